@@ -1,0 +1,219 @@
+"""The self-attention KV cache: preallocated, fixed capacity, positions by slot order.
+
+Token slots, the same for every layer:
+
+    [ sink | memory (pooled) | window ring | current chunk ]
+
+- Keys are stored before RoPE (`k`) and rotated once per chunk for the current read
+  (`k_rot`), with temporal positions given by the rank of each frame among the visible
+  ones (so they never exceed `DiTConfig.max_frames - 1`, however long the stream) and
+  spatial positions re-centred on the current camera.
+- The chunk in flight writes its K/V into the last region at every network
+  evaluation; `commit()` then moves its clean K/V (from the context pass) into the sink
+  or the window ring, pooling the window's oldest chunk into the memory bank first.
+- A frame is visible to the chunk in flight when its id is lower: the rule that makes
+  both normal generation and the re-cache of kept chunks causal.
+
+Capacity is fixed at construction; the position state is plain Python (no host syncs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from cache.memory import MemoryBank, compress_chunk
+from model.config import DiTConfig
+from model.rope import apply_rope
+
+RopeTables = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+@dataclass(frozen=True)
+class Region:
+    """A run of chunk slots: `chunks` chunks of `frames` frames, `tokens` tokens each."""
+
+    name: str
+    token_start: int
+    frame_start: int
+    chunks: int
+    frames: int  # frames per chunk
+    tokens: int  # tokens per chunk
+
+    def token_slice(self, i: int) -> slice:
+        s = self.token_start + i * self.tokens
+        return slice(s, s + self.tokens)
+
+    def frame_range(self, i: int) -> range:
+        s = self.frame_start + i * self.frames
+        return range(s, s + self.frames)
+
+    @property
+    def token_end(self) -> int:
+        return self.token_start + self.chunks * self.tokens
+
+
+class KVCache:
+    def __init__(self, cfg: DiTConfig, batch: int = 1, device: torch.device | str | None = None,
+                 dtype: torch.dtype = torch.float32):
+        self.cfg = cfg
+        K, T = cfg.chunk_frames, cfg.tokens_per_frame
+        regions, tok, fr = [], 0, 0
+        for name, chunks, tokens in (("sink", cfg.sink_chunks, K * T),
+                                     ("memory", cfg.memory_chunks, K * cfg.memory_tokens_per_frame),
+                                     ("window", cfg.window_chunks, K * T),
+                                     ("current", 1, K * T)):
+            regions.append(Region(name, tok, fr, chunks, K, tokens))
+            tok, fr = tok + chunks * tokens, fr + chunks * K
+        self.sink, self.memory, self.window, self.current = regions
+        self.regions = {r.name: r for r in regions}
+        assert tok == cfg.cache_tokens and fr == cfg.max_frames
+        self.n_tokens, self.n_frames = tok, fr
+
+        shape = (cfg.depth, batch, cfg.heads, tok, cfg.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)  # keys before RoPE
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.k_rot = torch.zeros(shape, device=device, dtype=dtype)  # keys for the current read
+        self.pos = torch.zeros(batch, tok, 2, device=device, dtype=dtype)  # world (x, y), tokens
+        self.cos = torch.zeros(batch, tok, cfg.head_dim, device=device, dtype=dtype)
+        self.sin = torch.zeros(batch, tok, cfg.head_dim, device=device, dtype=dtype)
+        token_frame = torch.cat([
+            torch.arange(r.frame_start, r.frame_start + r.chunks * K).repeat_interleave(r.tokens // K)
+            for r in regions])
+        self.token_frame = token_frame.to(device)  # (N,) frame slot of every token slot
+
+        self.bank = MemoryBank(cfg.memory_chunks)
+        self.frame_ids: list[int] = [-1] * fr  # stream frame index held by each frame slot
+        self.chunks_written = 0
+        self.max_time_position = 0  # the largest temporal position any read has used
+        self.mask: Tensor | None = None  # (1, 1, 1, N) visibility for the current read
+
+    # ------------------------------------------------------------------ reads
+    def begin_chunk(self, cur_pos: Tensor, center: Tensor, rope_tables: RopeTables,
+                    first_frame: int | None = None) -> None:
+        """Prepare a read for the chunk in flight, once per chunk.
+
+        cur_pos: (B, tokens_per_chunk, 2) world positions of its tokens; center: (B, 2)
+        the camera to re-centre on; first_frame: the chunk's stream frame index (default:
+        the next one). Rotates the visible context keys for all layers at once.
+        """
+        K = self.cfg.chunk_frames
+        first = self.chunks_written * K if first_frame is None else first_frame
+        cur = self.current
+        for j, f in enumerate(cur.frame_range(0)):
+            self.frame_ids[f] = first + j
+        visible = [0 <= i < first or f in cur.frame_range(0) for f, i in enumerate(self.frame_ids)]
+        order = sorted(i for i, vis in zip(self.frame_ids, visible) if vis)
+        rank = {i: r for r, i in enumerate(order)}
+        frame_time = [float(rank.get(i, 0)) for i in self.frame_ids]
+        self.max_time_position = max(self.max_time_position, len(order) - 1)
+
+        time = torch.tensor(frame_time, device=self.pos.device, dtype=self.pos.dtype)
+        time = time[self.token_frame].expand(self.pos.shape[0], -1)
+        self.pos[:, cur.token_slice(0)] = cur_pos
+        cos, sin = rope_tables(time, self.pos - center[:, None])
+        self.cos.copy_(cos)
+        self.sin.copy_(sin)
+        ctx = slice(0, cur.token_start)
+        self.k_rot[:, :, :, ctx] = apply_rope(self.k[:, :, :, ctx], self.cos[None, :, None, ctx],
+                                              self.sin[None, :, None, ctx])
+        if all(visible):
+            self.mask = None
+        else:
+            vis = torch.tensor(visible, device=self.pos.device)[self.token_frame]
+            self.mask = vis.view(1, 1, 1, -1)
+
+    def write(self, layer: int, k: Tensor, v: Tensor) -> None:
+        """Store the chunk in flight's K (before RoPE) and V, (B, H, tokens_per_chunk, Dh)."""
+        cur = self.current.token_slice(0)
+        self.k[layer, :, :, cur] = k
+        self.v[layer, :, :, cur] = v
+        self.k_rot[layer, :, :, cur] = apply_rope(k, self.cos[:, None, cur], self.sin[:, None, cur])
+
+    def read(self, layer: int) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Keys (rotated), values and the visibility mask for one layer's attention."""
+        return self.k_rot[layer], self.v[layer], self.mask
+
+    def current_rope(self) -> tuple[Tensor, Tensor]:
+        """cos, sin (B, 1, tokens_per_chunk, Dh) for the queries of the chunk in flight."""
+        cur = self.current.token_slice(0)
+        return self.cos[:, None, cur], self.sin[:, None, cur]
+
+    # ------------------------------------------------------------------ writes
+    def commit(self, dest: tuple[str, int] | None = None) -> tuple[str, int]:
+        """Move the chunk in flight into its slot; returns (region, index) it went to.
+
+        With `dest=None` the next slot in stream order: the sink while it fills, then the
+        window ring, whose oldest chunk is first pooled into the memory bank. An explicit
+        `dest` rewrites a kept chunk in place (re-cache), with no eviction.
+        """
+        if dest is None:
+            i = self.chunks_written
+            if i < self.sink.chunks:
+                dest = ("sink", i)
+            else:
+                w = (i - self.sink.chunks) % self.window.chunks
+                if i - self.sink.chunks >= self.window.chunks:
+                    self._evict(w)
+                dest = ("window", w)
+            self.chunks_written += 1
+        region = self.regions[dest[0]]
+        self._copy(self.current, 0, region, dest[1])
+        return dest
+
+    def _copy(self, src: Region, i: int, dst: Region, j: int) -> None:
+        s, d = src.token_slice(i), dst.token_slice(j)
+        self.k[:, :, :, d] = self.k[:, :, :, s]
+        self.v[:, :, :, d] = self.v[:, :, :, s]
+        self.pos[:, d] = self.pos[:, s]
+        for fs, fd in zip(src.frame_range(i), dst.frame_range(j)):
+            self.frame_ids[fd] = self.frame_ids[fs]
+
+    def _evict(self, w: int) -> None:
+        """Pool window chunk `w` into the memory bank (or drop it when there is none)."""
+        slot = self.bank.next_slot()
+        src = self.window.token_slice(w)
+        if slot is not None:
+            cfg = self.cfg
+            k, v, pos = compress_chunk(self.k[:, :, :, src], self.v[:, :, :, src], self.pos[:, src],
+                                       cfg.chunk_frames, cfg.grid, cfg.memory_pool)
+            d = self.memory.token_slice(slot)
+            self.k[:, :, :, d] = k
+            self.v[:, :, :, d] = v
+            self.pos[:, d] = pos
+            for fs, fd in zip(self.window.frame_range(w), self.memory.frame_range(slot)):
+                self.frame_ids[fd] = self.frame_ids[fs]
+            self.bank.advance()
+        for f in self.window.frame_range(w):
+            self.frame_ids[f] = -1
+
+    # ------------------------------------------------------------------ state
+    def kept_chunks(self) -> list[tuple[str, int]]:
+        """Sink and window chunks (those with exact K/V) in stream order: what a re-cache redoes."""
+        kept = [(r.name, i) for r in (self.sink, self.window) for i in range(r.chunks)
+                if self.frame_ids[r.frame_range(i)[0]] >= 0]
+        return sorted(kept, key=lambda s: self.frame_ids[self.regions[s[0]].frame_range(s[1])[0]])
+
+    def first_frame(self, region: str, index: int) -> int:
+        return self.frame_ids[self.regions[region].frame_range(index)[0]]
+
+    def positions(self, region: str, index: int) -> Tensor:
+        """World positions (B, tokens, 2) of a chunk slot."""
+        return self.pos[:, self.regions[region].token_slice(index)]
+
+    def rebase(self, offset: Tensor) -> None:
+        """Shift every stored world position by -offset (B, 2), to keep them small."""
+        self.pos -= offset[:, None]
+
+    def reset(self) -> None:
+        self.frame_ids = [-1] * self.n_frames
+        self.chunks_written = 0
+        self.bank.reset()
+        self.mask = None
+
+    def allocated_bytes(self) -> int:
+        return sum(t.numel() * t.element_size()
+                   for t in (self.k, self.v, self.k_rot, self.pos, self.cos, self.sin))

@@ -1,0 +1,122 @@
+"""The whole model (text encoder + DiT + VAE) and its checkpoints.
+
+A checkpoint is a folder: `config.json` (ModelConfig) and `model.safetensors`. Loading
+checks every tensor's name and shape against the config and never unpickles anything.
+Names: "debug" is the tiny random-init preset; "default" (or any other name) is the
+folder of that name under checkpoints/; anything else is a path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from model.config import ModelConfig, get_config
+from model.dit import DiT
+from model.text import TextEncoder
+from model.vae import VAE
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message names the problem."""
+
+
+class LiveReel(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.text = TextEncoder(config.text)
+        self.dit = DiT(config.dit)
+        self.vae = VAE(config.vae)
+
+
+def build_model(config: ModelConfig, seed: int = 0) -> LiveReel:
+    """A randomly initialised model, the same for the same seed."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LiveReel(config)
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    p = Path(name_or_path)
+    named = CHECKPOINTS / str(name_or_path)
+    if "/" not in str(name_or_path) and named.is_dir():
+        return named
+    return p
+
+
+def load_model(name_or_path: str | Path = "default", device: str | torch.device = "cpu") -> LiveReel:
+    if str(name_or_path) == "debug":
+        return build_model(get_config("debug")).to(device).eval()
+    path = resolve(name_or_path)
+    if not path.exists():
+        hint = (" Train it with `livereel train` (see README), or use `--checkpoint debug`."
+                if str(name_or_path) == "default" else "")
+        raise CheckpointError(f"no checkpoint at {path}.{hint}")
+    if path.is_file():
+        if path.suffix in PICKLE_SUFFIXES:
+            raise CheckpointError(f"{path}: pickled checkpoints are never loaded; use safetensors")
+        path = path.parent
+    cfg_file, weights = path / "config.json", path / "model.safetensors"
+    if not weights.exists():
+        pickled = [f.name for f in path.iterdir() if f.suffix in PICKLE_SUFFIXES]
+        extra = f" (found {pickled}: pickled checkpoints are never loaded)" if pickled else ""
+        raise CheckpointError(f"{path}: missing model.safetensors{extra}")
+    try:
+        config = ModelConfig.from_dict(json.loads(cfg_file.read_text()))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing config.json") from None
+    except (json.JSONDecodeError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{cfg_file}: bad config: {e}") from None
+    try:
+        state = load_file(weights)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{weights}: unreadable safetensors file: {e}") from None
+    model = LiveReel(config)
+    check_state(model, state, weights)
+    model.load_state_dict(state, strict=True)
+    log.info("loaded %s (%s, %.1fM parameters)", path, config.name, n_params(model) / 1e6)
+    return model.to(device).eval()
+
+
+def check_state(model: nn.Module, state: dict[str, torch.Tensor], where: Path | str) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing:
+        raise CheckpointError(f"{where}: missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    if unexpected:
+        raise CheckpointError(f"{where}: unexpected tensors {unexpected[:5]}"
+                              f"{' ...' if len(unexpected) > 5 else ''}")
+    for name, t in expected.items():
+        if state[name].shape != t.shape:
+            raise CheckpointError(f"{where}: tensor {name} has shape {tuple(state[name].shape)}, "
+                                  f"the config needs {tuple(t.shape)}")
+        if not torch.isfinite(state[name]).all():
+            raise CheckpointError(f"{where}: tensor {name} holds NaN or inf")
+
+
+def save_model(model: LiveReel, path: str | Path) -> Path:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = path / "model.safetensors.tmp"
+    save_file(state, str(tmp))
+    tmp.replace(path / "model.safetensors")
+    return path
+
+
+def n_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,268 @@
+"""Model configuration: one dataclass per network, named presets in a plain dict.
+
+Every derived size (tokens per frame, cache capacity, the largest temporal position)
+is a property computed from these fields, so no other file repeats it as a literal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+def _check(cond: bool, cls: str, name: str, msg: str, value: object) -> None:
+    if not cond:
+        raise ValueError(f"{cls}.{name} {msg} (got {value!r})")
+
+
+# --------------------------------------------------------------------------- VAE
+
+
+@dataclass
+class VAEConfig:
+    """Causal video autoencoder: per-frame 2-D convolutions plus causal temporal mixing."""
+
+    image_channels: int = 3
+    latent_channels: int = 16
+    enc_channels: tuple[int, ...] = (32, 64, 128)  # one entry per 2x downsample
+    dec_channels: tuple[int, ...] = (96, 48, 24)  # one entry per 2x upsample, coarse first
+    dec_out_channels: int = 16  # width of the last full-resolution conv
+    latent_scale: float = 1.0  # latents are (z - latent_shift) * latent_scale for the DiT
+    latent_shift: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.enc_channels = tuple(self.enc_channels)
+        self.dec_channels = tuple(self.dec_channels)
+        for name in ("image_channels", "latent_channels", "dec_out_channels"):
+            _check(getattr(self, name) > 0, "VAEConfig", name, "must be positive", getattr(self, name))
+        _check(len(self.enc_channels) > 0 and min(self.enc_channels) > 0, "VAEConfig",
+               "enc_channels", "must be non-empty and positive", self.enc_channels)
+        _check(len(self.dec_channels) == len(self.enc_channels), "VAEConfig", "dec_channels",
+               f"must have {len(self.enc_channels)} entries like enc_channels", self.dec_channels)
+        _check(min(self.dec_channels) > 0, "VAEConfig", "dec_channels", "must be positive",
+               self.dec_channels)
+        _check(self.latent_scale > 0, "VAEConfig", "latent_scale", "must be positive",
+               self.latent_scale)
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** len(self.enc_channels)
+
+
+# --------------------------------------------------------------------------- text
+
+
+@dataclass
+class TextConfig:
+    """Built-in text encoder: hashed word tokens, a small transformer, trained with the DiT."""
+
+    vocab_size: int = 4096  # hash buckets; words are hashed, so any prompt encodes
+    max_tokens: int = 16
+    dim: int = 128
+    depth: int = 2
+    heads: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "max_tokens", "dim", "heads"):
+            _check(getattr(self, name) > 0, "TextConfig", name, "must be positive", getattr(self, name))
+        _check(self.depth >= 0, "TextConfig", "depth", "must be >= 0", self.depth)
+        _check(self.dim % self.heads == 0, "TextConfig", "heads", f"must divide dim={self.dim}",
+               self.heads)
+
+
+# --------------------------------------------------------------------------- DiT
+
+
+@dataclass
+class DiTConfig:
+    """The causal DiT and the layout of its context: sink | memory | window | chunk.
+
+    Sizes in frames are latent frames. A chunk is `chunk_frames` latent frames; the
+    sink keeps the first `sink_frames`, the window the most recent `window_frames`,
+    and the memory bank `memory_frames` worth of evicted frames, pooled
+    `memory_pool` x `memory_pool` per frame.
+    """
+
+    latent_channels: int = 16
+    latent_size: int = 16  # latent grid side (H == W)
+    patch: int = 2
+    dim: int = 128
+    depth: int = 6
+    heads: int = 2
+    mlp_ratio: float = 4.0
+    text_dim: int = 128
+    chunk_frames: int = 2
+    sink_frames: int = 2
+    window_frames: int = 4
+    memory_frames: int = 4
+    memory_pool: int = 2
+    rope_time_dims: int = 16  # per head; the rest is split evenly between world y and x
+    rope_time_theta: float = 100.0
+    rope_space_theta: float = 100.0
+    camera_scale: float = 8.0  # per-frame motion (tokens/frame) is multiplied by this before its MLP
+    zero_init: bool = True  # adaLN-Zero; the debug preset keeps a small random init instead so
+    # that its untrained output still depends on the prompt and the camera
+
+    def __post_init__(self) -> None:
+        c = "DiTConfig"
+        for name in ("latent_channels", "latent_size", "patch", "dim", "depth", "heads",
+                     "text_dim", "chunk_frames", "window_frames", "memory_pool"):
+            _check(getattr(self, name) > 0, c, name, "must be positive", getattr(self, name))
+        for name in ("sink_frames", "memory_frames"):
+            _check(getattr(self, name) >= 0, c, name, "must be >= 0", getattr(self, name))
+        _check(self.mlp_ratio > 0, c, "mlp_ratio", "must be positive", self.mlp_ratio)
+        _check(self.latent_size % self.patch == 0, c, "patch",
+               f"must divide latent_size={self.latent_size}", self.patch)
+        _check(self.dim % self.heads == 0, c, "heads", f"must divide dim={self.dim}", self.heads)
+        _check(self.window_frames >= self.chunk_frames, c, "window_frames",
+               f"must be at least one chunk (chunk_frames={self.chunk_frames})", self.window_frames)
+        for name in ("sink_frames", "window_frames", "memory_frames"):
+            _check(getattr(self, name) % self.chunk_frames == 0, c, name,
+                   f"must be a multiple of chunk_frames={self.chunk_frames}", getattr(self, name))
+        _check(self.grid % self.memory_pool == 0, c, "memory_pool",
+               f"must divide the token grid side {self.grid}", self.memory_pool)
+        _check(self.head_dim % 2 == 0, c, "heads", "must leave an even head dim", self.heads)
+        _check(self.rope_time_dims % 2 == 0 and 0 <= self.rope_time_dims < self.head_dim, c,
+               "rope_time_dims", f"must be even and below head_dim={self.head_dim}",
+               self.rope_time_dims)
+        _check((self.head_dim - self.rope_time_dims) % 4 == 0, c, "rope_time_dims",
+               "must leave a multiple of 4 dims for world y and x", self.rope_time_dims)
+
+    # derived sizes -----------------------------------------------------------
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
+
+    @property
+    def grid(self) -> int:  # tokens per side of a latent frame
+        return self.latent_size // self.patch
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.grid**2
+
+    @property
+    def tokens_per_chunk(self) -> int:
+        return self.chunk_frames * self.tokens_per_frame
+
+    @property
+    def memory_tokens_per_frame(self) -> int:
+        return (self.grid // self.memory_pool) ** 2
+
+    @property
+    def sink_chunks(self) -> int:
+        return self.sink_frames // self.chunk_frames
+
+    @property
+    def window_chunks(self) -> int:
+        return self.window_frames // self.chunk_frames
+
+    @property
+    def memory_chunks(self) -> int:
+        return self.memory_frames // self.chunk_frames
+
+    @property
+    def context_frames(self) -> int:
+        """Frames a chunk can see before itself: sink + memory + window."""
+        return self.sink_frames + self.memory_frames + self.window_frames
+
+    @property
+    def max_frames(self) -> int:
+        """Temporal positions run 0..max_frames-1, however long the stream."""
+        return self.context_frames + self.chunk_frames
+
+    @property
+    def cache_tokens(self) -> int:
+        """Token slots of the KV cache: sink, memory, window, and the chunk in flight."""
+        return ((self.sink_frames + self.window_frames + self.chunk_frames) * self.tokens_per_frame
+                + self.memory_frames * self.memory_tokens_per_frame)
+
+
+# --------------------------------------------------------------------------- whole model
+
+
+@dataclass
+class ModelConfig:
+    name: str = "default"
+    image_size: int = 128
+    fps: int = 16
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    dit: DiTConfig = field(default_factory=DiTConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.vae, dict):
+            self.vae = VAEConfig(**self.vae)
+        if isinstance(self.text, dict):
+            self.text = TextConfig(**self.text)
+        if isinstance(self.dit, dict):
+            self.dit = DiTConfig(**self.dit)
+        _check(self.fps > 0, "ModelConfig", "fps", "must be positive", self.fps)
+        _check(self.image_size > 0 and self.image_size % self.vae.downsample == 0, "ModelConfig",
+               "image_size", f"must be a positive multiple of the VAE downsample {self.vae.downsample}",
+               self.image_size)
+        _check(self.image_size // self.vae.downsample == self.dit.latent_size, "ModelConfig",
+               "dit.latent_size", f"must equal image_size / {self.vae.downsample} = "
+               f"{self.image_size // self.vae.downsample}", self.dit.latent_size)
+        _check(self.vae.latent_channels == self.dit.latent_channels, "ModelConfig",
+               "dit.latent_channels", f"must equal vae.latent_channels={self.vae.latent_channels}",
+               self.dit.latent_channels)
+        _check(self.text.dim == self.dit.text_dim, "ModelConfig", "dit.text_dim",
+               f"must equal text.dim={self.text.dim}", self.dit.text_dim)
+
+    @property
+    def frames_per_chunk(self) -> int:
+        """Video frames one Generator.step() yields (the VAE has no temporal compression)."""
+        return self.dit.chunk_frames
+
+    @property
+    def pixels_per_token(self) -> int:
+        """Width in view pixels of one DiT token at zoom 0: the unit of world positions."""
+        return self.vae.downsample * self.dit.patch
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"ModelConfig: unknown fields {sorted(unknown)}")
+        return cls(**d)
+
+
+def _debug() -> ModelConfig:
+    return ModelConfig(
+        name="debug",
+        image_size=32,
+        fps=16,
+        vae=VAEConfig(latent_channels=4, enc_channels=(8, 8, 8), dec_channels=(8, 8, 8),
+                      dec_out_channels=8),
+        text=TextConfig(vocab_size=256, max_tokens=8, dim=16, depth=1, heads=2),
+        dit=DiTConfig(latent_channels=4, latent_size=4, patch=2, dim=32, depth=2, heads=2,
+                      text_dim=16, chunk_frames=2, sink_frames=2, window_frames=4,
+                      memory_frames=4, rope_time_dims=4, zero_init=False),
+    )
+
+
+PRESETS: dict[str, Callable[[], ModelConfig]] = {
+    "debug": _debug,
+    "default": ModelConfig,
+}
+
+
+def get_config(name: str) -> ModelConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]()
+
+
+def flops_per_token(cfg: DiTConfig, context_tokens: int, text_tokens: int) -> float:
+    """Forward FLOPs of one DiT token (matmuls and attention, 2 per MAC)."""
+    d, h = cfg.dim, int(cfg.dim * cfg.mlp_ratio)
+    per_layer = 2 * (4 * d * d + 2 * d * h + 2 * d * d)  # qkv+out, mlp, cross q+out
+    per_layer += 2 * 2 * d * (context_tokens + text_tokens)  # QK^T and AV
+    embed = 2 * 2 * cfg.latent_channels * cfg.patch**2 * d  # patch in and out
+    return cfg.depth * per_layer + embed

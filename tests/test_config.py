@@ -1,0 +1,41 @@
+import pytest
+
+from model.config import DiTConfig, ModelConfig, TextConfig, VAEConfig, get_config, PRESETS
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(window_frames=1), "window_frames"),
+    (dict(window_frames=3), "window_frames"),  # not a multiple of the chunk
+    (dict(depth=-1), "depth"),
+    (dict(memory_frames=-2), "memory_frames"),
+    (dict(heads=3), "heads"),  # 128 is not divisible by 3
+    (dict(patch=3), "patch"),
+    (dict(rope_time_dims=5), "rope_time_dims"),
+])
+def test_bad_dit_config_names_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=f"DiTConfig.{field}"):
+        DiTConfig(**kwargs)
+
+
+def test_bad_model_configs_name_the_field():
+    with pytest.raises(ValueError, match="ModelConfig.dit.latent_size"):
+        ModelConfig(image_size=64)
+    with pytest.raises(ValueError, match="ModelConfig.fps"):
+        ModelConfig(fps=0)
+    with pytest.raises(ValueError, match="VAEConfig.dec_channels"):
+        VAEConfig(dec_channels=(8, 8))
+    with pytest.raises(ValueError, match="TextConfig.heads"):
+        TextConfig(dim=10, heads=3)
+    with pytest.raises(ValueError, match="unknown preset"):
+        get_config("huge")
+    with pytest.raises(ValueError, match="unknown fields"):
+        ModelConfig.from_dict({"nme": "x"})
+
+
+def test_derived_sizes_come_from_the_config():
+    for name in PRESETS:
+        c = get_config(name)
+        d = c.dit
+        assert d.tokens_per_frame == (c.image_size // c.vae.downsample // d.patch) ** 2
+        assert d.max_frames == d.sink_frames + d.memory_frames + d.window_frames + d.chunk_frames
+        assert ModelConfig.from_dict(c.to_dict()) == c

@@ -1,0 +1,105 @@
+"""The KV cache: bounded, constant memory, positions within range, exact re-cache."""
+
+import pytest
+import torch
+
+from cache.kv import KVCache
+from cache.memory import MemoryBank, pool_tokens
+from model.generate import Generator
+
+
+def tensor_bytes(*objs) -> int:
+    seen, total = set(), 0
+    for obj in objs:
+        for v in vars(obj).values():
+            items = v.values() if isinstance(v, dict) else [v]
+            for item in items:
+                for t in (item if isinstance(item, tuple) else (item,)):
+                    if isinstance(t, torch.Tensor) and id(t) not in seen:
+                        seen.add(id(t))
+                        total += t.numel() * t.element_size()
+    return total
+
+
+@torch.no_grad()
+def test_ten_thousand_chunks_constant_memory_bounded_positions(debug_model):
+    gen = Generator(debug_model, seed=3, steps=1)
+    gen.set_prompt("a green star orbiting in the forest")
+    gen.set_camera(pan=(0.7, -0.2), zoom=0.1)
+    d = debug_model.config.dit
+    for i in range(10_000):
+        x = gen.step()
+        if i == 9:
+            bytes_10 = gen.cache.allocated_bytes()
+            state_10 = tensor_bytes(gen, gen.cache)
+            kept_10 = len(gen._kept)
+    assert torch.isfinite(x).all()
+    assert gen.cache.allocated_bytes() == bytes_10
+    assert tensor_bytes(gen, gen.cache) == state_10
+    assert len(gen._kept) == kept_10 == d.sink_chunks + d.window_chunks
+    assert gen.cache.max_time_position <= d.max_frames - 1
+    assert gen.cache.max_time_position == d.max_frames - 1  # and the full layout was used
+    assert gen.cache.bank.written == 10_000 - d.sink_chunks - d.window_chunks
+
+
+@torch.no_grad()
+def test_recache_equals_fresh_forward_under_new_prompt(debug_model):
+    """After a prompt switch the kept chunks' K/V equal a fresh block-causal forward over
+    the kept latents under the new prompt."""
+    m = debug_model
+    d = m.config.dit
+    gen = Generator(m, seed=5, steps=2)
+    gen.set_prompt("a red ball bouncing over snow")
+    gen.set_camera(pan=(0.5, 0.25))
+    n = d.sink_chunks + d.window_chunks  # every chunk still kept, none in memory yet
+    for _ in range(n):
+        gen.step()
+    old_k = gen.cache.k.clone()
+    gen.set_prompt("a purple cube in the city at night")
+    gen.apply_controls()
+    slots = gen.cache.kept_chunks()
+    assert len(slots) == n
+    x = torch.cat([gen._kept[s][0] for s in slots], dim=1)
+    pos = torch.cat([gen._kept[s][1].pos for s in slots], dim=1)
+    motion = torch.cat([gen._kept[s][1].motion for s in slots], dim=1)
+    from model.camera import CameraCond
+
+    cam = CameraCond(pos, motion)
+    text = m.text.encode(["a purple cube in the city at night"])
+    ctx = m.dit.clip_context(cam, keep_kv=True)
+    m.dit(x, torch.zeros(x.shape[:2]), text, cam, ctx)
+    T = d.tokens_per_chunk
+    for layer, (k, v) in enumerate(ctx.kv):
+        for c, (region, index) in enumerate(slots):
+            sl = gen.cache.regions[region].token_slice(index)
+            ck, cv = gen.cache.k[layer, :, :, sl], gen.cache.v[layer, :, :, sl]
+            rk, rv = k[:, :, c * T:(c + 1) * T], v[:, :, c * T:(c + 1) * T]
+            assert ((ck - rk).norm() / rk.norm()).item() <= 1e-4
+            assert ((cv - rv).norm() / rv.norm()).item() <= 1e-4
+    assert not torch.allclose(old_k, gen.cache.k)  # the prompt did change them
+
+
+def test_memory_bank_ring_and_pooling():
+    bank = MemoryBank(2)
+    slots = []
+    for _ in range(5):
+        slots.append(bank.next_slot())
+        bank.advance()
+    assert slots == [0, 1, 0, 1, 0] and bank.filled == 2
+    assert MemoryBank(0).next_slot() is None
+    # 1 frame, 4x4 grid, pool 2: the mean of each 2x2 block
+    x = torch.arange(16.0).view(1, 16, 1)
+    pooled = pool_tokens(x, frames=1, grid=4, pool=2)
+    assert pooled.flatten().tolist() == [2.5, 4.5, 10.5, 12.5]
+
+
+def test_cache_layout_and_reset(debug_model):
+    d = debug_model.config.dit
+    cache = KVCache(d)
+    assert cache.n_tokens == d.cache_tokens
+    assert cache.k.shape == (d.depth, 1, d.heads, d.cache_tokens, d.head_dim)
+    assert [r.name for r in cache.regions.values()] == ["sink", "memory", "window", "current"]
+    cache.chunks_written = 3
+    cache.frame_ids[0] = 7
+    cache.reset()
+    assert cache.chunks_written == 0 and set(cache.frame_ids) == {-1}
