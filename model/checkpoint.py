@@ -45,7 +45,25 @@ def build_model(config: ModelConfig, seed: int = 0) -> LiveReel:
     """A randomly initialised model, the same for the same seed."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return LiveReel(config)
+        model = LiveReel(config)
+        if config.visible_init:
+            visible_init(model)
+        return model
+
+
+@torch.no_grad()
+def visible_init(model: LiveReel) -> None:
+    """Re-initialise an untrained model so that its frames are visible: unit-gain decoder
+    convolutions (a default-initialised decoder squashes everything to mid grey) and a
+    strong conditioning path (so the picture is mostly a function of the prompt)."""
+    dec = model.vae.decoder
+    for m in dec.modules():
+        if isinstance(m, nn.Conv2d) and m is not dec.mix.conv:
+            nn.init.kaiming_normal_(m.weight, nonlinearity="linear")
+            nn.init.normal_(m.bias, std=0.3)
+    dit = model.dit
+    for m in [b.ada for b in dit.blocks] + [dit.final.ada, dit.final.linear, dit.text_pool]:
+        nn.init.normal_(m.weight, std=1.0)
 
 
 def resolve(name_or_path: str | Path) -> Path:

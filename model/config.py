@@ -25,16 +25,15 @@ class VAEConfig:
 
     image_channels: int = 3
     latent_channels: int = 16
-    enc_channels: tuple[int, ...] = (32, 64, 128)  # one entry per 2x downsample
-    dec_channels: tuple[int, ...] = (96, 48, 24)  # one entry per 2x upsample, coarse first
-    dec_out_channels: int = 16  # width of the last full-resolution conv
+    enc_channels: tuple[int, ...] = (32, 64, 128)  # widths at H/2, H/4, H/8 (one per 2x down)
+    dec_channels: tuple[int, ...] = (96, 48, 24)  # widths at H/8, H/4, H/2, coarse first
     latent_scale: float = 1.0  # latents are (z - latent_shift) * latent_scale for the DiT
     latent_shift: float = 0.0
 
     def __post_init__(self) -> None:
         self.enc_channels = tuple(self.enc_channels)
         self.dec_channels = tuple(self.dec_channels)
-        for name in ("image_channels", "latent_channels", "dec_out_channels"):
+        for name in ("image_channels", "latent_channels"):
             _check(getattr(self, name) > 0, "VAEConfig", name, "must be positive", getattr(self, name))
         _check(len(self.enc_channels) > 0 and min(self.enc_channels) > 0, "VAEConfig",
                "enc_channels", "must be non-empty and positive", self.enc_channels)
@@ -101,8 +100,6 @@ class DiTConfig:
     rope_time_theta: float = 100.0
     rope_space_theta: float = 100.0
     camera_scale: float = 8.0  # per-frame motion (tokens/frame) is multiplied by this before its MLP
-    zero_init: bool = True  # adaLN-Zero; the debug preset keeps a small random init instead so
-    # that its untrained output still depends on the prompt and the camera
 
     def __post_init__(self) -> None:
         c = "DiTConfig"
@@ -190,6 +187,9 @@ class ModelConfig:
     vae: VAEConfig = field(default_factory=VAEConfig)
     text: TextConfig = field(default_factory=TextConfig)
     dit: DiTConfig = field(default_factory=DiTConfig)
+    # A random model whose frames span the colour range and follow the prompt strongly
+    # (the debug preset, so tests can see a prompt change), instead of the training init.
+    visible_init: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.vae, dict):
@@ -238,12 +238,12 @@ def _debug() -> ModelConfig:
         name="debug",
         image_size=32,
         fps=16,
-        vae=VAEConfig(latent_channels=4, enc_channels=(8, 8, 8), dec_channels=(8, 8, 8),
-                      dec_out_channels=8),
+        vae=VAEConfig(latent_channels=4, enc_channels=(8, 8, 8), dec_channels=(8, 8, 8)),
         text=TextConfig(vocab_size=256, max_tokens=8, dim=16, depth=1, heads=2),
         dit=DiTConfig(latent_channels=4, latent_size=4, patch=2, dim=32, depth=2, heads=2,
                       text_dim=16, chunk_frames=2, sink_frames=2, window_frames=4,
-                      memory_frames=4, rope_time_dims=4, zero_init=False),
+                      memory_frames=4, rope_time_dims=4),
+        visible_init=True,
     )
 
 

@@ -252,12 +252,9 @@ class DiT(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
-        if self.cfg.zero_init:  # adaLN-Zero: every block starts as the identity
-            for m in [b.ada for b in self.blocks] + [self.final.ada, self.final.linear]:
-                nn.init.zeros_(m.weight)
-        else:
-            for m in [b.ada for b in self.blocks] + [self.final.ada]:
-                nn.init.normal_(m.weight, std=0.1)
+        # adaLN-Zero: every block starts as the identity
+        for m in [b.ada for b in self.blocks] + [self.final.ada, self.final.linear]:
+            nn.init.zeros_(m.weight)
 
     # -- conditioning --------------------------------------------------------
     def text_kv(self, text: TextCond) -> Tensor:

@@ -1,5 +1,10 @@
 """Causal video autoencoder: 8x spatial compression, no temporal compression.
 
+Residual autoencoding (as in DC-AE): the first and last 2x are a lossless
+pixel-(un)shuffle, and every down/up stage adds a non-parametric shortcut (space to
+channels and a channel average, or channel repeat and channels to space), so the
+network starts from a low-resolution copy of the picture and learns the detail.
+
 Every frame goes through 2-D convolutions; frames talk to each other only through
 `TemporalMix`, a causal temporal convolution (kernel 2 in time, 1x1 in space) whose
 state is the previous frame's features. So `decode_step(z, state)` streams chunk by
@@ -54,64 +59,110 @@ def _frames(fn, x: Tensor) -> Tensor:
     return y.view(*x.shape[:2], *y.shape[1:])
 
 
+def match_channels(x: Tensor, c: int) -> Tensor | None:
+    """The non-parametric shortcut of residual autoencoding (DC-AE): average groups of
+    channels, or repeat them, to get `c`; None when the counts do not divide."""
+    n = x.shape[1]
+    if n % c == 0:
+        return x.view(x.shape[0], c, n // c, *x.shape[2:]).mean(2)
+    if c % n == 0:
+        return x.repeat_interleave(c // n, dim=1)
+    return None
+
+
+class Down(nn.Module):
+    """2x down: a strided conv plus a space-to-channel shortcut."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.cout = cout
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.conv2(F.silu(self.conv(x)))
+        short = match_channels(F.pixel_unshuffle(x, 2), self.cout)
+        return h if short is None else h + short
+
+
+class Up(nn.Module):
+    """2x up: nearest upsampling and a conv, plus a channel-to-space shortcut."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, padding=1)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.cout = cout
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.silu(self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest")))
+        h = h + self.conv2(h)
+        short = match_channels(x, 4 * self.cout)
+        return h if short is None else h + F.pixel_shuffle(short, 2)
+
+
 class Encoder(nn.Module):
+    """(3, H, W) -> pixel-unshuffle 2x -> convs and Downs -> (latent, H/8, W/8)."""
+
     def __init__(self, cfg: VAEConfig):
         super().__init__()
-        ch = (cfg.enc_channels[0],) + cfg.enc_channels
-        self.conv_in = nn.Conv2d(cfg.image_channels, ch[0], 3, padding=1)
-        self.down = nn.ModuleList([
-            nn.Sequential(nn.Conv2d(ch[i], ch[i + 1], 3, stride=2, padding=1), nn.SiLU(),
-                          nn.Conv2d(ch[i + 1], ch[i + 1], 3, padding=1))
-            for i in range(len(cfg.enc_channels))])
+        ch = cfg.enc_channels
+        self.conv_in = nn.Conv2d(4 * cfg.image_channels, ch[0], 3, padding=1)
+        self.down = nn.ModuleList([Down(ch[i], ch[i + 1]) for i in range(len(ch) - 1)])
         self.mid1 = ResBlock(ch[-1])
         self.mix = TemporalMix(ch[-1])
         self.mid2 = ResBlock(ch[-1])
         self.conv_out = nn.Conv2d(ch[-1], cfg.latent_channels, 3, padding=1)
+        self.latent_channels = cfg.latent_channels
 
     def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         def spatial(h: Tensor) -> Tensor:
-            h = self.conv_in(h)
+            h = self.conv_in(F.pixel_unshuffle(h, 2))
             for down in self.down:
-                h = F.silu(down(h))
+                h = down(h)
             return self.mid1(h)
+
+        def out(h: Tensor) -> Tensor:
+            h = self.mid2(h)
+            short = match_channels(h, self.latent_channels)
+            z = self.conv_out(F.silu(h))
+            return z if short is None else z + short
 
         h = _frames(spatial, x)
         h, s0 = self.mix(h, state[0])
-        return _frames(lambda y: self.conv_out(F.silu(self.mid2(y))), h), [s0]
-
-
-class Up(nn.Module):
-    def __init__(self, cin: int, cout: int, extra: bool):
-        super().__init__()
-        self.conv = nn.Conv2d(cin, cout, 3, padding=1)
-        self.extra = nn.Conv2d(cout, cout, 3, padding=1) if extra else None
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = F.silu(self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest")))
-        if self.extra is not None:
-            x = x + F.silu(self.extra(x))
-        return x
+        return _frames(out, h), [s0]
 
 
 class Decoder(nn.Module):
+    """(latent, H/8, W/8) -> convs and Ups -> pixel-shuffle 2x -> (3, H, W)."""
+
     def __init__(self, cfg: VAEConfig):
         super().__init__()
-        ch = cfg.dec_channels + (cfg.dec_out_channels,)
+        ch = cfg.dec_channels
         self.conv_in = nn.Conv2d(cfg.latent_channels, ch[0], 3, padding=1)
         self.mid = ResBlock(ch[0])
         self.mix = TemporalMix(ch[0])
-        self.up = nn.ModuleList([Up(ch[i], ch[i + 1], extra=i < len(ch) - 2)
-                                 for i in range(len(ch) - 1)])
-        self.conv_out = nn.Conv2d(ch[-1], cfg.image_channels, 3, padding=1)
+        self.mid2 = ResBlock(ch[0])
+        self.up = nn.ModuleList([Up(ch[i], ch[i + 1]) for i in range(len(ch) - 1)])
+        self.conv_out = nn.Conv2d(ch[-1], 4 * cfg.image_channels, 3, padding=1)
+        self.first = ch[0]
 
     def forward(self, z: Tensor, state: State) -> tuple[Tensor, State]:
-        h = _frames(lambda y: self.mid(self.conv_in(y)), z)
+        def inp(y: Tensor) -> Tensor:
+            h = self.conv_in(y)
+            short = match_channels(y, self.first)
+            return self.mid(h if short is None else h + short)
+
+        h = _frames(inp, z)
         h, s0 = self.mix(h, state[0])
 
         def spatial(y: Tensor) -> Tensor:
+            y = self.mid2(y)
             for up in self.up:
                 y = up(y)
-            return self.conv_out(y)
+            out = self.conv_out(F.silu(y))
+            short = match_channels(y, out.shape[1])
+            return F.pixel_shuffle(out if short is None else out + short, 2)
 
         return _frames(spatial, h), [s0]
 

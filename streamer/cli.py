@@ -25,14 +25,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser(command: str | None = None) -> tuple[argparse.ArgumentParser, object]:
+def build_parser(command: str | None = None, add_help: bool = True
+                 ) -> tuple[argparse.ArgumentParser, object]:
     """The parser, with the flags of `command` (if given) filled in from its module."""
-    parser = argparse.ArgumentParser(prog="livereel", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="livereel", description=__doc__.splitlines()[0],
+                                     add_help=add_help)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # the first pass (add_help=False) only finds the command; the second one validates
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=add_help)
     module = None
     for name, (module_name, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, add_help=add_help)
         if name == command:
             try:
                 module = importlib.import_module(module_name)
@@ -46,7 +49,7 @@ def build_parser(command: str | None = None) -> tuple[argparse.ArgumentParser, o
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    first, _ = build_parser()[0].parse_known_args(argv)
+    first, _ = build_parser(add_help=False)[0].parse_known_args(argv)
     parser, module = build_parser(first.command)
     args = parser.parse_args(argv)
     logging.basicConfig(

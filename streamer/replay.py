@@ -1,0 +1,89 @@
+"""`livereel replay LOG -o OUT.mp4`: render a recorded session again.
+
+The log (JSON lines, streamer/session.py) holds the seed, the model and every control
+with the frame it took effect at. With the same model and steps the replay's frames equal
+the ones streamed live; with more `--steps` it tells the same story at higher quality.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from streamer.export import TimelineError, render
+
+KNOWN = {"prompt": {"text"}, "camera": {"pan", "zoom"}, "reset": {"seed"}, "pause": set(),
+         "resume": set()}
+
+
+def load_log(path: Path) -> tuple[dict, list[dict]]:
+    """(header, control events) from a session log, validated line by line."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        raise TimelineError(f"{path}: no such file") from None
+    except UnicodeDecodeError:
+        raise TimelineError(f"{path}: not a text file") from None
+    rows = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise TimelineError(f"{path}:{n}: not JSON ({e.msg}); the log may be truncated") from None
+        if not isinstance(row, dict) or "what" not in row:
+            raise TimelineError(f"{path}:{n}: each line must be an object with 'what'")
+        rows.append((n, row))
+    if not rows or rows[0][1]["what"] != "header":
+        raise TimelineError(f"{path}: the first line must be the header")
+    header = rows[0][1]
+    for key in ("seed", "fps", "steps", "model"):
+        if key not in header:
+            raise TimelineError(f"{path}:1: header lacks '{key}'")
+    events, last = [], 0
+    for n, row in rows[1:]:
+        what = row["what"]
+        if what not in KNOWN:
+            raise TimelineError(f"{path}:{n}: unknown event '{what}'")
+        missing = KNOWN[what] - set(row)
+        if missing or not isinstance(row.get("frame"), int) or row["frame"] < 0:
+            raise TimelineError(f"{path}:{n}: '{what}' event needs a frame >= 0 and {sorted(KNOWN[what])}")
+        if row["frame"] < last:
+            raise TimelineError(f"{path}:{n}: frame {row['frame']} comes before frame {last}")
+        last = row["frame"]
+        events.append(row)
+    return header, events
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("log", type=Path, help="session log (.jsonl) from the web page or --record-dir")
+    p.add_argument("-o", "--output", type=Path, required=True, help="MP4 to write")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: as recorded)")
+    p.add_argument("--checkpoint", default=None, help="model to use (default: the recorded one)")
+    p.add_argument("--frames", type=int, default=None,
+                   help="frames to render (default: through the last event, plus 10 seconds)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from model import CheckpointError, load_model
+    from model.generate import Generator
+    from model.sample import write_mp4
+
+    try:
+        header, events = load_log(args.log)
+        model = load_model(args.checkpoint or header["model"])
+    except (TimelineError, CheckpointError) as e:
+        raise SystemExit(f"livereel replay: {e}") from None
+    steps = args.steps or int(header["steps"])
+    if steps < 1:
+        raise SystemExit("livereel replay: --steps must be >= 1")
+    fps = model.config.fps
+    n = args.frames or max([header.get("frames", 0)] + [e["frame"] for e in events]) + 10 * fps
+    gen = Generator(model, seed=int(header["seed"]), steps=steps)
+    if header.get("prompt") and not any(e["what"] == "prompt" and e["frame"] == 0 for e in events):
+        gen.set_prompt(header["prompt"])
+    write_mp4(render(gen, events, n, desc="replay"), args.output, fps)
+    print(f"wrote {args.output}: {n} frames at {fps} fps, {steps} steps")
+    return 0

@@ -1,0 +1,167 @@
+"""Runs the sessions of one device in one worker thread, so that the event loop never
+waits on the model.
+
+Which session goes next: earliest deadline first, where a session's deadline is when
+its queue runs dry (now + frames queued / fps). A session is served just in time: only
+once its queue holds less than one round of work (the recent chunk times of all
+running sessions) plus a small margin, and only if the chunk fits in its queue. So
+generation stays about one chunk ahead of playback; no work is wasted on frames that
+would wait, and latency does not grow. When the device is too slow, queues run dry
+and the tracks repeat their last frame; nothing piles up.
+
+Results go back to the event loop with `loop.call_soon_threadsafe`. An exception in
+one session's step ends that session (its `on_error` runs on the loop) while the
+others go on.
+
+Batching several sessions into one forward is a later step: `_next_batch` picks the
+sessions to run and `_run` runs them; today a batch is one session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from streamer.session import Session
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 1
+MARGIN_FRAMES = 2
+"""Frames of slack on top of the expected work, for timing jitter."""
+MAX_IDLE_WAIT = 0.5
+"""Longest sleep between looks at the sessions (seconds)."""
+
+
+class SchedulerFull(RuntimeError):
+    """The device already runs its maximum number of sessions."""
+
+
+@dataclass
+class _Entry:
+    session: Session
+    on_error: Callable[[BaseException], None]
+    served: int = 0  # steps run; breaks deadline ties in round-robin order
+
+
+class Scheduler:
+    """One worker thread running the chunks of up to `max_sessions` sessions."""
+
+    def __init__(
+        self,
+        *,
+        max_sessions: int,
+        device: str = "cpu",
+        on_chunk: Callable[[Session], None] | None = None,
+    ) -> None:
+        """`on_chunk(session)` runs on the worker thread after each chunk (metrics:
+        `session.chunk_seconds`); it must be quick and thread-safe."""
+        self.max_sessions = max_sessions
+        self.device = device
+        self._on_chunk = on_chunk
+        self._cond = threading.Condition()
+        self._entries: dict[str, _Entry] = {}
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ------------------------------------------------------------ event loop
+
+    def start(self) -> None:
+        """Start the worker; call from the event loop that is to receive results."""
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._work, name=f"livereel-{self.device}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the worker after the step in progress (blocks for that step)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join()
+
+    def add(self, session: Session, on_error: Callable[[BaseException], None]) -> None:
+        """Run `session` from now on; raises `SchedulerFull` past `max_sessions`."""
+        with self._cond:
+            if len(self._entries) >= self.max_sessions:
+                raise SchedulerFull(f"{len(self._entries)} of {self.max_sessions} sessions in use")
+            self._entries[session.id] = _Entry(session, on_error)
+            self._cond.notify()
+
+    def remove(self, session: Session) -> None:
+        """Stop running `session` (a step in progress still finishes)."""
+        with self._cond:
+            self._entries.pop(session.id, None)
+
+    def wake(self) -> None:
+        """Look at the sessions again now (a control made one runnable)."""
+        with self._cond:
+            self._cond.notify()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._entries)
+
+    @property
+    def full(self) -> bool:
+        return len(self) >= self.max_sessions
+
+    # ------------------------------------------------------------ worker thread
+
+    def _work(self) -> None:
+        while batch := self._next_batch():
+            self._run(batch)
+
+    def _next_batch(self) -> list[_Entry]:
+        """Wait until some session is due; [] when stopping."""
+        with self._cond:
+            while not self._stopping:
+                wait = self._due()
+                if isinstance(wait, list):
+                    return wait
+                self._cond.wait(wait)
+            return []
+
+    def _due(self) -> list[_Entry] | float:
+        """The sessions to run now, or how long to sleep before looking again."""
+        timing = {sid: e.session.timing() for sid, e in self._entries.items()}
+        running = [e for sid, e in self._entries.items() if timing[sid] is not None]
+        if not running:
+            return MAX_IDLE_WAIT
+        # One round of work: what the next chunk of every running session should cost.
+        # A session without a measured chunk yet makes everyone due now.
+        work = sum(e.session.chunk_seconds_avg or float("inf") for e in running)
+
+        def start_in(e: _Entry) -> float:
+            ahead, fits_in = timing[e.session.id]
+            return max(ahead - work - MARGIN_FRAMES / e.session.info.fps, fits_in)
+
+        due = [e for e in running if start_in(e) <= 0]
+        if not due:
+            return min(min(start_in(e) for e in running), MAX_IDLE_WAIT)
+        due.sort(key=lambda e: (timing[e.session.id][0], e.served))
+        return due[:MAX_BATCH]
+
+    def _run(self, batch: list[_Entry]) -> None:
+        # One step per session, in turn. A batched step (one forward over the sessions
+        # whose shapes match) replaces this loop.
+        assert self._loop is not None
+        for entry in batch:
+            session = entry.session
+            entry.served += 1
+            try:
+                session.step()
+            except Exception as e:  # the model failed: end this session, keep the others
+                log.exception("session %s: generation failed; ending it", session.id)
+                session.error = f"{type(e).__name__}: {e}"
+                self.remove(session)
+                self._loop.call_soon_threadsafe(entry.on_error, e)
+                continue
+            if self._on_chunk is not None:
+                self._on_chunk(session)
+            if not session.ready.is_set():
+                self._loop.call_soon_threadsafe(session.ready.set)

@@ -1,0 +1,220 @@
+"""The Gradio demo on the debug model: launched on loopback, driven over HTTP by
+gradio_client as a browser tab would drive it, its streamed segments fetched from
+Gradio's playlist and decoded with PyAV."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import socket
+import time
+
+import av
+import httpx
+import numpy as np
+import pytest
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+from gradio_client.utils import Status
+
+from streamer.demo import DemoStream, InputError, build_app, check_prompt, check_seed, main, write_segment
+from streamer.replay import load_log
+
+PROMPT = "a red ball bouncing over grassland by day"
+NEW_PROMPT = "a snowy forest at night"
+DEADLINE = 120.0  # seconds before a wait gives up (a hang guard, not a timing assert)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(condition, what: str) -> None:
+    end = time.monotonic() + DEADLINE
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.05)
+
+
+def segments(job) -> int:
+    return len(job.outputs())
+
+
+def streamed_frames(job) -> list[np.ndarray]:
+    """Every segment of a finished stream, fetched from its playlist, each decoded on
+    its own: a list of (F, H, W, 3) arrays."""
+    url = job.outputs()[-1][0]["url"]
+    playlist = httpx.get(url, timeout=30).raise_for_status().text
+    assert "#EXT-X-ENDLIST" in playlist  # the stream was closed
+    out = []
+    for name in (line for line in playlist.splitlines() if line and not line.startswith("#")):
+        data = httpx.get(url.rsplit("/", 1)[0] + "/" + name, timeout=30).raise_for_status().content
+        with av.open(io.BytesIO(data), format="mpegts") as container:
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        out.append(np.stack(frames))
+    return out
+
+
+def event_log(client: Client) -> list[dict]:
+    saved = client.predict(api_name="/log")
+    text = httpx.get(saved["url"], timeout=30).raise_for_status().text
+    return [json.loads(line) for line in text.splitlines()]
+
+
+@pytest.fixture(scope="module")
+def demo_url(debug_model):
+    app = build_app(debug_model, steps=2, max_sessions=1)
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        app.close()
+
+
+def test_stream_switch_prompt_bad_input_and_queue(demo_url, debug_model, tmp_path):
+    cfg = debug_model.config
+    tab = Client(demo_url, download_files=False, verbose=False)
+    other = Client(demo_url, download_files=False, verbose=False)
+
+    stream = tab.submit(PROMPT, 0, api_name="/start")
+    wait_for(lambda: segments(stream) >= 1, "the first segment")
+    assert "Switching" in tab.predict(NEW_PROMPT, api_name="/switch")
+
+    # Bad input is refused with a message; the stream goes on.
+    with pytest.raises(AppError, match="Type a prompt"):
+        tab.predict("", api_name="/switch")
+    with pytest.raises(AppError, match="1000 characters long; at most 500"):
+        tab.predict("x" * 1000, api_name="/switch")
+    with pytest.raises(AppError, match="seed must be a whole number"):
+        tab.predict(-1, api_name="/reset")
+    with pytest.raises(AppError, match="seed must be a whole number"):
+        other.predict(PROMPT, -1, api_name="/check")
+    with pytest.raises(AppError, match="Not streaming"):
+        other.predict(NEW_PROMPT, api_name="/switch")  # a tab without a stream steers nothing
+    # The stream takes the switch (its status says so), then a camera move a chunk later.
+    wait_for(lambda: f"prompt: {NEW_PROMPT}" in stream.outputs()[-1][1], "the switch to stream")
+    assert "pan (+0.50, +0.00)" in tab.predict(0.5, api_name="/pan_right")
+
+    # The only slot is taken: a second tab is told so and waits in the queue.
+    assert "in the queue" in other.predict(PROMPT, 0, api_name="/check")
+    baseline = other.submit(PROMPT, 0, api_name="/start")
+    wait_for(lambda: baseline.status().code == Status.IN_QUEUE, "the second stream to be queued")
+    seen = segments(stream)
+    wait_for(lambda: segments(stream) >= seen + 2, "segments after the controls")
+    assert segments(baseline) == 0 and not stream.done()
+    assert "Stopped" in tab.predict(api_name="/stop")
+    wait_for(stream.done, "the stream to end")
+    assert stream.status().success
+
+    # The event log: header, the initial prompt, the switch mid-stream, the camera.
+    events = event_log(tab)
+    header = events[0]
+    assert {k: header[k] for k in ("what", "version", "model", "seed", "fps", "size",
+                                   "frames_per_chunk", "steps", "prompt")} == {
+        "what": "header", "version": 1, "model": "debug", "seed": 0, "fps": cfg.fps,
+        "size": cfg.image_size, "frames_per_chunk": cfg.frames_per_chunk, "steps": 2,
+        "prompt": PROMPT}
+    controls = [(e["what"], e.get("text") or e.get("pan")) for e in events[1:]]
+    assert controls == [("prompt", PROMPT), ("prompt", NEW_PROMPT), ("camera", [0.5, 0.0])]
+    switched, moved = events[2]["frame"], events[3]["frame"]
+    assert 0 < switched < moved and switched % cfg.frames_per_chunk == 0
+    log_path = tmp_path / "session.jsonl"
+    log_path.write_text("".join(json.dumps(e) + "\n" for e in events))
+    assert len(load_log(log_path)[1]) == 3  # `livereel replay` takes it
+
+    # The segments decode to frames of the model's size, at least 3 chunks of them.
+    pieces = streamed_frames(stream)
+    assert all(s.shape[1:] == (cfg.image_size, cfg.image_size, 3) for s in pieces)
+    assert all(len(s) % cfg.frames_per_chunk == 0 for s in pieces)
+    steered = np.concatenate(pieces)
+    assert len(steered) >= max(3 * cfg.frames_per_chunk, moved + cfg.frames_per_chunk)
+
+    # The queued tab starts once the slot frees: the same seed and prompt, never steered.
+    per_segment = len(pieces[0])
+    wait_for(lambda: segments(baseline) * per_segment > len(steered), "the baseline stream")
+    other.predict(api_name="/stop")
+    wait_for(baseline.done, "the baseline to end")
+    plain = np.concatenate(streamed_frames(baseline))
+    assert len(plain) >= len(steered)
+    # Identical up to the switch, different from the frame it took effect at.
+    same = [np.array_equal(a, b) for a, b in zip(steered[: switched + 1], plain)]
+    assert same == [True] * switched + [False]
+
+
+def test_stream_logs_controls_at_session_frames(debug_model):
+    k = debug_model.config.frames_per_chunk
+    stream = DemoStream(debug_model, steps=1, seed=3, prompt="first")
+    first = stream.chunk()
+    assert first.shape == (k, debug_model.config.image_size, debug_model.config.image_size, 3)
+    stream.stage_prompt("second", transition=3)
+    assert stream.move_camera("x", -0.5) == ((-0.5, 0.0), 0.0)
+    assert stream.move_camera("zoom", 0.25) == ((-0.5, 0.0), 0.25)  # one axis at a time
+    stream.chunk()
+    assert stream.move_camera("stop", 0.0) == ((0.0, 0.0), 0.0)
+    stream.stage_reset(9)
+    stream.chunk()
+    events = stream.log.events()
+    assert events[0]["seed"] == 3 and events[0]["steps"] == 1
+    assert [(e["what"], e["frame"]) for e in events[1:]] == [
+        ("prompt", 0), ("camera", k), ("prompt", k), ("reset", 2 * k), ("camera", 2 * k)]
+    assert events[3]["transition"] == 3 and events[4]["seed"] == 9
+    assert events[2]["pan"] == [-0.5, 0.0] and events[2]["zoom"] == 0.25
+    # Frames count over the whole session, across the reset; the Generator's restarted.
+    assert stream.frames_made == 3 * k and stream.generator.frame_index == k
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "Type a prompt"), ("   ", "Type a prompt"), ("x" * 501, "at most 500"),
+])
+def test_check_prompt_refuses(text, message):
+    with pytest.raises(InputError, match=message):
+        check_prompt(text)
+
+
+def test_check_prompt_and_seed_accept():
+    assert check_prompt("  a red ball  ") == "a red ball"
+    assert check_prompt("x" * 500) == "x" * 500
+    assert check_seed(0) == 0 and check_seed(7.0) == 7 and check_seed(2**32 - 1) == 2**32 - 1
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 1.5, None, float("nan"), True, "3"])
+def test_check_seed_refuses(seed):
+    with pytest.raises(InputError, match="seed must be a whole number"):
+        check_seed(seed)
+
+
+def test_segment_decodes_and_continues_the_timeline(tmp_path):
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (6, 32, 48, 3), dtype=np.uint8)
+    path = write_segment(frames, tmp_path / "s.ts", fps=16, first_frame=32)
+    with av.open(str(path)) as container:
+        assert container.format.name == "mpegts"
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264"
+        decoded = list(container.decode(video=0))
+    assert [f.pts * f.time_base * 16 for f in decoded] == list(range(32, 38))
+    assert decoded[0].key_frame  # decodes on its own
+    pixels = np.stack([f.to_ndarray(format="rgb24") for f in decoded])
+    assert pixels.shape == frames.shape
+    smooth = np.broadcast_to(np.linspace(0, 255, 48, dtype=np.uint8)[None, None, :, None], (6, 32, 48, 3))
+    path = write_segment(np.ascontiguousarray(smooth), tmp_path / "t.ts", fps=16, first_frame=0)
+    with av.open(str(path)) as container:
+        back = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    assert np.abs(back.astype(int) - smooth).mean() < 3  # the picture survives encoding
+
+
+def test_missing_checkpoint_exits_nonzero_with_the_reason(capsys):
+    args = argparse.Namespace(port=free_port(), host="127.0.0.1", checkpoint="/nonexistent/checkpoint",
+                              steps=4, max_sessions=2)
+    assert main(args) == 1
+    assert "no checkpoint at /nonexistent/checkpoint" in capsys.readouterr().err
+
+
+def test_build_app_refuses_bad_limits(debug_model):
+    with pytest.raises(ValueError):
+        build_app(debug_model, steps=4, max_sessions=0)

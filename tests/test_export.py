@@ -1,0 +1,142 @@
+"""Timeline export and log replay: real PyAV encoding, real Generator (debug preset)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import av
+import numpy as np
+import pytest
+
+from model.generate import Generator
+from streamer.export import TimelineError, load_timeline, render, timeline_events
+from streamer.replay import load_log
+
+
+def decode(path):
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+        return frames, float(s.average_rate), (s.codec_context.width, s.codec_context.height)
+
+
+def cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "streamer.cli", *args], capture_output=True,
+                          text=True, **kw)
+
+
+def test_export_twenty_seconds_with_switches_and_pan(tmp_path, debug_model):
+    tl = {"seed": 3, "duration": 20.0, "events": [
+        {"at": 0.0, "prompt": "a red ball bouncing over grassland by day"},
+        {"at": 5.0, "camera": {"pan": [0.5, 0.0], "zoom": 0.0}},
+        {"at": 8.0, "prompt": "a blue cube drifting over a snowfield at night"},
+        {"at": 14.0, "prompt": "a white star orbiting above the ocean at sunset", "transition": 1.0}]}
+    path = tmp_path / "tl.json"
+    path.write_text(json.dumps(tl))
+    out = tmp_path / "out.mp4"
+    r = cli("export", str(path), "-o", str(out), "--checkpoint", "debug", "--steps", "1")
+    assert r.returncode == 0, r.stderr
+    frames, fps, size = decode(out)
+    cfg = debug_model.config
+    assert len(frames) == 20 * cfg.fps and fps == cfg.fps and size == (cfg.image_size,) * 2
+    # The frames after each switch differ as the prompts say: each stretch of the video is
+    # nearest to what the Generator makes under that stretch's prompt (rendered here without
+    # encoding) and far from the other prompts'. Compared on 4x4-pooled pictures, which
+    # survive H.264; the debug model's per-pixel noise does not.
+    gen = Generator(debug_model, seed=3, steps=1)
+    raw = np.stack(list(render(gen, timeline_events(load_timeline(path), cfg.fps, cfg.frames_per_chunk),
+                               20 * cfg.fps)))
+
+    def pooled(x, a, b):
+        x = x[a * cfg.fps:b * cfg.fps].astype(np.float32)
+        return x.reshape(len(x), cfg.image_size // 4, 4, cfg.image_size // 4, 4, 3).mean((2, 4))
+
+    enc = np.stack(frames)
+    stretches = [(1, 4), (10, 13), (17, 20)]  # under prompt 1, 2 and 3
+    for i, (a, b) in enumerate(stretches):
+        dist = [np.abs(pooled(enc, a, b) - pooled(raw, *o)).mean() for o in stretches]
+        assert int(np.argmin(dist)) == i, dist
+        assert min(d for j, d in enumerate(dist) if j != i) > 2 * dist[i], dist
+
+
+def test_bad_timelines_name_the_event(tmp_path):
+    cases = {
+        r"events\[1\] \(at 1.0s\) comes before": {"duration": 5, "events": [{"at": 3, "prompt": "a"},
+                                                                      {"at": 1, "prompt": "b"}]},
+        r"events\[0\] at 6.0s is past the end": {"duration": 5, "events": [{"at": 6, "prompt": "a"}]},
+        r"events\.0\.camera\.pan": {"duration": 5, "events": [{"at": 0, "camera": {"pan": [2, 0]}}]},
+        r"events\.0\.colour: Extra": {"duration": 5, "events": [{"at": 0, "prompt": "a", "colour": "red"}]},
+        r"exactly one": {"duration": 5, "events": [{"at": 0}]},
+        r"duration": {"duration": -1, "events": [{"at": 0, "prompt": "a"}]},
+        r"events\.0\.prompt": {"duration": 5, "events": [{"at": 0, "prompt": ""}]},
+    }
+    for needle, tl in cases.items():
+        p = tmp_path / "t.json"
+        p.write_text(json.dumps(tl))
+        with pytest.raises(TimelineError, match=needle):
+            load_timeline(p)
+    p.write_text("{nope")
+    with pytest.raises(TimelineError, match="not JSON"):
+        load_timeline(p)
+    r = cli("export", str(p), "-o", str(tmp_path / "x.mp4"), "--checkpoint", "debug")
+    assert r.returncode != 0 and "not JSON" in r.stderr
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_killed_export_leaves_no_output(tmp_path):
+    p = tmp_path / "t.json"
+    p.write_text(json.dumps({"duration": 600, "events": [{"at": 0, "prompt": "a red ball"}]}))
+    out = tmp_path / "long.mp4"
+    proc = subprocess.Popen([sys.executable, "-m", "streamer.cli", "export", str(p), "-o", str(out),
+                             "--checkpoint", "debug", "--steps", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(tmp_path.glob(".long.mp4.*.part")):
+        time.sleep(0.2)
+    assert list(tmp_path.glob(".long.mp4.*.part")), "the export never started writing"
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+
+
+def write_log(path, header, events):
+    path.write_text("\n".join(json.dumps(r) for r in [header] + events) + "\n")
+
+
+def test_two_replays_of_one_log_are_identical(tmp_path, debug_model):
+    header = {"what": "header", "version": 1, "model": "debug", "seed": 9, "fps": 16, "steps": 1,
+              "prompt": "a green cube in the forest"}
+    events = [{"what": "prompt", "frame": 0, "text": "a green cube in the forest", "transition": 0},
+              {"what": "camera", "frame": 8, "pan": [0.0, 0.5], "zoom": 0.0},
+              {"what": "reset", "frame": 16, "seed": 4},
+              {"what": "prompt", "frame": 20, "text": "a red star over the desert", "transition": 2}]
+    log = tmp_path / "s.jsonl"
+    write_log(log, header, events)
+    outs = []
+    for name in ("a.mp4", "b.mp4"):
+        r = cli("replay", str(log), "-o", str(tmp_path / name), "--frames", "32")
+        assert r.returncode == 0, r.stderr
+        outs.append(decode(tmp_path / name)[0])
+    assert len(outs[0]) == 32
+    assert all(np.array_equal(a, b) for a, b in zip(*outs))
+
+
+def test_bad_logs_name_the_line(tmp_path):
+    log = tmp_path / "s.jsonl"
+    header = {"what": "header", "model": "debug", "seed": 0, "fps": 16, "steps": 1}
+    write_log(log, header, [{"what": "camera", "frame": 8, "pan": [0, 0], "zoom": 0},
+                            {"what": "prompt", "frame": 4, "text": "x"}])
+    with pytest.raises(TimelineError, match=":3: frame 4 comes before frame 8"):
+        load_log(log)
+    write_log(log, header, [{"what": "teleport", "frame": 8}])
+    with pytest.raises(TimelineError, match="unknown event 'teleport'"):
+        load_log(log)
+    log.write_text(json.dumps(header) + '\n{"what": "prompt", "fr')
+    with pytest.raises(TimelineError, match="truncated"):
+        load_log(log)
+    r = cli("replay", str(log), "-o", str(tmp_path / "x.mp4"))
+    assert r.returncode != 0 and "truncated" in r.stderr

@@ -1,0 +1,147 @@
+import asyncio
+
+import pytest
+import pytest_asyncio
+from fakes import FakeConfig, FakeGenerator, fake_info
+
+from streamer.controls import Pause, Prompt, Resume
+from streamer.scheduler import Scheduler, SchedulerFull
+from streamer.session import QUEUE_CHUNKS, Session
+
+pytestmark = pytest.mark.asyncio
+
+# A chunk plays for a whole second: far longer than the fake takes to make one, even on
+# a loaded machine, so "is a chunk due?" has one answer.
+CFG = FakeConfig(fps=4, frames_per_chunk=4)
+K = CFG.frames_per_chunk
+WAIT = 10.0  # seconds before a condition that should hold soon is called a failure
+
+
+def make_session(**kwargs) -> Session:
+    return Session(FakeGenerator(CFG, **kwargs), fake_info(CFG), prompt="p")
+
+
+async def until(condition, what: str) -> None:
+    for _ in range(int(WAIT / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"not within {WAIT} s: {what}")
+
+
+@pytest_asyncio.fixture
+async def scheduler():
+    s = Scheduler(max_sessions=3)
+    s.start()
+    yield s
+    s.stop()
+
+
+def no_error(e: BaseException) -> None:
+    raise AssertionError(f"unexpected session error {e!r}")
+
+
+async def test_stays_about_one_chunk_ahead(scheduler):
+    a = make_session()
+    scheduler.add(a, no_error)
+    await until(lambda: a.ready.is_set(), "the track is told the first chunk is there")
+    await asyncio.sleep(0.3)
+    # Nobody plays, and one chunk is more than one round of work ahead: no more is made.
+    assert a.chunks_made == 1 and a.stats().queued == K
+    for _ in range(K - 1):
+        a.next_frame()
+    await until(lambda: a.chunks_made == 2, "a new chunk once the queue runs low")
+
+
+async def test_the_queue_bound_holds_when_generation_is_slow(scheduler):
+    # Each chunk takes longer to make than to play: the scheduler would start the next
+    # at once, but never past the queue's bound.
+    fast = FakeConfig(fps=16, frames_per_chunk=4)
+    a = Session(FakeGenerator(fast, delay=0.25 * 1.2), fake_info(fast), prompt="p")
+    scheduler.add(a, no_error)
+    await until(lambda: a.chunks_made == QUEUE_CHUNKS, "the queue is filled")
+    await asyncio.sleep(0.5)
+    assert a.chunks_made == QUEUE_CHUNKS and a.stats().queued == a.capacity
+
+
+async def test_serves_every_session_and_only_where_there_is_room(scheduler):
+    sessions = [make_session() for _ in range(3)]
+    for s in sessions:
+        scheduler.add(s, no_error)
+    await until(lambda: all(s.chunks_made == 1 for s in sessions), "every session served")
+    # Play the second session only: only it gets a new chunk.
+    for _ in range(K):
+        sessions[1].next_frame()
+    await until(lambda: sessions[1].chunks_made == 2, "the played session is refilled")
+    await asyncio.sleep(0.2)
+    assert [s.chunks_made for s in sessions] == [1, 2, 1]
+
+
+async def test_a_paused_session_is_skipped_until_resumed(scheduler):
+    a = make_session()
+    a.control(Pause(type="pause"))
+    scheduler.add(a, no_error)
+    await asyncio.sleep(0.3)
+    assert a.chunks_made == 0
+    a.control(Resume(type="resume"))
+    scheduler.wake()
+    await until(lambda: a.chunks_made > 0, "the resumed session is served")
+
+
+async def test_a_failing_session_ends_alone(scheduler):
+    good, bad = make_session(), make_session(fail_on="boom")
+    errors = []
+    loop = asyncio.get_running_loop()
+    scheduler.add(good, no_error)
+    scheduler.add(bad, lambda e: errors.append((e, asyncio.get_running_loop() is loop)))
+    await until(lambda: bad.chunks_made and good.chunks_made, "both run")
+    for _ in range(K):
+        bad.next_frame()
+    bad.control(Prompt(type="prompt", text="boom now"))
+    await until(lambda: errors, "the failure is reported")
+    error, on_loop = errors[0]
+    assert isinstance(error, RuntimeError) and "boom" in str(error) and on_loop
+    assert "boom" in bad.error and len(scheduler) == 1
+    # The other session goes on.
+    before = good.chunks_made
+    for _ in range(K):
+        good.next_frame()
+    await until(lambda: good.chunks_made > before, "the healthy session keeps going")
+
+
+async def test_the_loop_runs_while_the_model_works(scheduler):
+    a = make_session(delay=0.5)
+    ticks_during_step = 0
+
+    async def ticker():
+        nonlocal ticks_during_step
+        while True:
+            await asyncio.sleep(0.01)
+            ticks_during_step += a.generator.running.is_set()
+
+    task = asyncio.ensure_future(ticker())
+    scheduler.add(a, no_error)
+    await until(lambda: a.chunks_made >= 1, "one slow chunk")
+    task.cancel()
+    assert ticks_during_step > 0
+
+
+async def test_admission_limit(scheduler):
+    sessions = [make_session() for _ in range(3)]
+    for s in sessions:
+        scheduler.add(s, no_error)
+    assert scheduler.full
+    with pytest.raises(SchedulerFull, match="3 of 3"):
+        scheduler.add(make_session(), no_error)
+    scheduler.remove(sessions[0])
+    assert not scheduler.full and len(scheduler) == 2
+    scheduler.add(make_session(), no_error)
+
+
+async def test_stop_ends_the_worker():
+    s = Scheduler(max_sessions=1)
+    s.start()
+    s.add(make_session(delay=0.1), no_error)
+    await asyncio.sleep(0.05)
+    s.stop()
+    assert not s._thread.is_alive()

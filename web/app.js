@@ -1,0 +1,294 @@
+// The livereel page: wires the UI to a Stream. Holds no model logic.
+//
+// window.livereel exposes the stream and a small state object for tests and the
+// console: state.applied / state.errors list the server's replies as they come.
+
+import { Stream } from "./stream.js";
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+
+const PAN_KEYS = {
+  w: "up", arrowup: "up", s: "down", arrowdown: "down",
+  a: "left", arrowleft: "left", d: "right", arrowright: "right",
+  "+": "in", "=": "in", "-": "out", _: "out",
+};
+const MAX_EVENTS = 12;
+
+const state = {
+  connection: "closed",
+  session: null,
+  hello: null,
+  prompt: "",
+  paused: false,
+  applied: [],
+  errors: [],
+  stats: null,
+  video: null,
+  controlLatency: [], // {what, sent, applied, shown} in ms since page load
+};
+const held = new Set(); // directions held now, from keys and buttons
+let lastCamera = "[0,0]0";
+const pending = new Map(); // what -> {what, sent} awaiting "applied"
+
+const video = $("video");
+const stream = new Stream(video);
+window.livereel = { stream, state };
+
+// ---------------------------------------------------------------- connection
+
+async function connect() {
+  const config = await fetch("config.json").then((r) => r.json()).catch(() => ({}));
+  stream.iceServers = config.iceServers ?? [];
+  const prompt = $("prompt").value.trim() || params.get("prompt") || config.prompt || "";
+  const seedText = $("seed").value || params.get("seed") || "";
+  const seed = seedText === "" ? undefined : Number(seedText);
+  $("prompt").value = prompt;
+  Object.assign(state, { session: null, hello: null, paused: false });
+  showError("");
+  try {
+    await stream.connect({ prompt, seed });
+  } catch (err) {
+    showError(`Cannot connect: ${err.message}`);
+  }
+}
+
+stream.addEventListener("state", (e) => {
+  const { state: s, reason } = e.detail;
+  state.connection = s;
+  const pill = $("state");
+  pill.dataset.state = s;
+  pill.textContent = { connecting: "connecting", live: "live", closed: "offline", failed: "error" }[s] ?? s;
+  $("veil").hidden = s === "live";
+  $("veil-text").textContent =
+    s === "connecting" ? "Connecting…" : s === "live" ? "" : reason ? `${reason}. Reconnect to start again.` : "Offline";
+  if (s === "failed" && reason) showError(reason);
+  if (s !== "live") releaseAll();
+});
+
+stream.addEventListener("message", (e) => {
+  const msg = e.detail;
+  switch (msg.type) {
+    case "hello":
+      state.hello = msg;
+      state.session = msg.session;
+      state.prompt = msg.prompt;
+      $("seed").value = msg.seed;
+      $("model").textContent = `${msg.model} · ${msg.size}px · ${msg.fps} fps`;
+      $("caption").textContent = msg.prompt;
+      const link = $("download");
+      link.href = `sessions/${encodeURIComponent(msg.session)}/log.jsonl`;
+      link.setAttribute("download", `livereel-${msg.session}.jsonl`);
+      link.removeAttribute("aria-disabled");
+      break;
+    case "applied":
+      onApplied(msg);
+      break;
+    case "stats":
+      state.stats = msg;
+      $("s-chunk").textContent = `${msg.chunk_ms.toFixed(0)} ms`;
+      $("s-chunk").title = `${msg.chunk} chunks made`;
+      $("s-frame").textContent = msg.frame;
+      $("s-held").textContent = msg.held;
+      break;
+    case "error":
+      state.errors.push(msg);
+      showError(`${msg.code}: ${msg.detail}`);
+      logEvent(`error ${msg.code}`, msg.detail, "bad");
+      break;
+  }
+});
+
+function onApplied(msg) {
+  const now = performance.now();
+  state.applied.push({ ...msg, at: now });
+  const wait = pending.get(msg.what);
+  if (wait) {
+    pending.delete(msg.what);
+    const entry = { what: msg.what, sent: wait.sent, applied: now, shown: null };
+    state.controlLatency.push(entry);
+    waitingForFrame.push(entry);
+  }
+  let text = "";
+  if (msg.what === "prompt") {
+    state.prompt = msg.text;
+    $("caption").textContent = msg.text;
+    text = msg.text;
+  } else if (msg.what === "camera") {
+    text = `pan ${msg.pan.map((v) => v.toFixed(2)).join(", ")} · zoom ${msg.zoom.toFixed(2)}`;
+  } else if (msg.what === "reset") {
+    text = `seed ${msg.seed}`;
+  } else {
+    state.paused = msg.what === "pause";
+    $("pause").textContent = state.paused ? "Resume" : "Pause";
+    $("badge").hidden = !state.paused;
+    $("badge").textContent = "paused";
+  }
+  logEvent(`${msg.what} @ ${msg.frame}`, text);
+}
+
+// The first frame presented after an "applied" is the first one made under it.
+const waitingForFrame = [];
+stream.addEventListener("frame", (e) => {
+  const { now, metadata } = e.detail;
+  const received = metadata.receiveTime ?? now;
+  while (waitingForFrame.length && received >= waitingForFrame[0].applied - 5) {
+    waitingForFrame.shift().shown = now;
+  }
+});
+
+function send(message) {
+  if (!stream.send(message)) {
+    showError("Not connected.");
+    return false;
+  }
+  pending.set(message.type, { sent: performance.now() });
+  return true;
+}
+
+// ---------------------------------------------------------------- controls
+
+$("prompt-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const text = $("prompt").value.trim();
+  if (!text) return;
+  send({ type: "prompt", text, transition: Number($("transition").value) });
+  $("prompt").blur(); // keys steer the camera again; "/" comes back here
+});
+$("prompt").addEventListener("keydown", (e) => e.key === "Escape" && $("prompt").blur());
+
+$("pause").addEventListener("click", togglePause);
+function togglePause() {
+  send({ type: state.paused ? "resume" : "pause" });
+}
+
+$("reset").addEventListener("click", () => {
+  let seed = Number($("seed").value);
+  if (!Number.isInteger(seed) || seed < 0 || seed > 4294967295) {
+    seed = Math.floor(Math.random() * 2 ** 32);
+    $("seed").value = seed;
+  }
+  send({ type: "reset", seed });
+});
+
+$("reconnect").addEventListener("click", connect);
+
+$("speed").addEventListener("input", () => {
+  $("speed-out").textContent = Number($("speed").value).toFixed(2);
+  sendCamera();
+});
+
+$("smooth").addEventListener("change", () => $("screen").classList.toggle("smooth", $("smooth").checked));
+
+function sendCamera() {
+  const v = Number($("speed").value);
+  const x = (held.has("right") - held.has("left")) * v;
+  const y = (held.has("down") - held.has("up")) * v;
+  const zoom = (held.has("in") - held.has("out")) * v;
+  const key = `[${x},${y}]${zoom}`;
+  if (key === lastCamera || stream.state !== "live") return;
+  lastCamera = key;
+  send({ type: "camera", pan: [x, y], zoom });
+  $("camera-now").textContent = key === "[0,0]0" ? "still" : `pan ${x.toFixed(2)}, ${y.toFixed(2)} · zoom ${zoom.toFixed(2)}`;
+  for (const b of document.querySelectorAll(".hold")) b.classList.toggle("on", held.has(b.dataset.key));
+}
+
+function press(dir) {
+  if (!held.has(dir)) {
+    held.add(dir);
+    sendCamera();
+  }
+}
+
+function release(dir) {
+  if (held.delete(dir)) sendCamera();
+}
+
+function releaseAll() {
+  if (held.size) {
+    held.clear();
+    sendCamera();
+  }
+  lastCamera = "[0,0]0";
+}
+
+const typing = (el) => el instanceof HTMLInputElement || el instanceof HTMLSelectElement || el instanceof HTMLTextAreaElement;
+
+window.addEventListener("keydown", (e) => {
+  if (typing(e.target) || e.ctrlKey || e.metaKey || e.altKey) return;
+  const dir = PAN_KEYS[e.key.toLowerCase()];
+  if (dir) {
+    e.preventDefault();
+    press(dir);
+  } else if (e.key === " " && !e.repeat && !(e.target instanceof HTMLButtonElement)) {
+    e.preventDefault();
+    togglePause();
+  } else if (e.key === "/") {
+    e.preventDefault();
+    $("prompt").focus();
+  }
+});
+window.addEventListener("keyup", (e) => {
+  const dir = PAN_KEYS[e.key.toLowerCase()];
+  if (dir) release(dir);
+});
+window.addEventListener("blur", releaseAll);
+document.addEventListener("visibilitychange", () => document.hidden && releaseAll());
+
+for (const button of document.querySelectorAll(".hold")) {
+  const dir = button.dataset.key;
+  button.addEventListener("pointerdown", (e) => {
+    button.setPointerCapture(e.pointerId);
+    press(dir);
+  });
+  for (const type of ["pointerup", "pointercancel", "lostpointercapture"]) {
+    button.addEventListener(type, () => release(dir));
+  }
+  button.addEventListener("contextmenu", (e) => e.preventDefault());
+}
+
+// ---------------------------------------------------------------- display
+
+function showError(text) {
+  const el = $("error");
+  el.textContent = text;
+  el.hidden = !text;
+}
+
+function logEvent(title, detail = "", kind = "") {
+  const li = document.createElement("li");
+  li.className = kind;
+  const b = document.createElement("b");
+  b.textContent = title;
+  li.append(b, document.createTextNode(detail ? ` ${detail}` : ""));
+  const list = $("events");
+  list.prepend(li);
+  while (list.children.length > MAX_EVENTS) list.lastChild.remove();
+}
+
+// Stats from getStats once a second: delivered fps, and a latency estimate of
+// server queue + jitter buffer + half the round trip.
+let previous = null;
+setInterval(async () => {
+  const s = await stream.stats().catch(() => null);
+  if (!s) return;
+  if (previous && s.framesDecoded < previous.framesDecoded) previous = null; // a new session
+  const fps = previous && s.time > previous.time
+    ? ((s.framesDecoded - previous.framesDecoded) * 1000) / (s.time - previous.time)
+    : s.framesPerSecond ?? 0;
+  const jitter = s.jitterBufferEmittedCount
+    ? ((s.jitterBufferDelay - (previous?.jitterBufferDelay ?? 0)) /
+        Math.max(1, s.jitterBufferEmittedCount - (previous?.jitterBufferEmittedCount ?? 0))) * 1000
+    : 0;
+  const kbps = previous ? ((s.bytesReceived - previous.bytesReceived) * 8) / (s.time - previous.time) : 0;
+  previous = s;
+  const queued = state.stats && state.hello ? (state.stats.queued / state.hello.fps) * 1000 : 0;
+  const latency = queued + jitter + (s.rtt ?? 0) * 500;
+  state.video = { fps, jitterMs: jitter, queuedMs: queued, latencyMs: latency, kbps, codec: s.codec, width: s.width, height: s.height };
+  $("s-fps").textContent = fps.toFixed(1);
+  $("s-latency").textContent = `${latency.toFixed(0)} ms`;
+  $("s-kbps").textContent = kbps.toFixed(0);
+  $("s-video").textContent = `${s.codec} ${s.width}×${s.height} · session ${state.session ?? "–"}`;
+}, 1000);
+
+connect();
