@@ -99,9 +99,13 @@ def train(args: argparse.Namespace) -> Path:
     out = run / "result"
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(out / "vae.safetensors"))
+    report = vae_report(vae, size=cfg.image_size, fps=cfg.fps)
+    torch.set_num_threads(args.threads)
     (out / "vae.json").write_text(json.dumps({"latent_shift": shift, "latent_scale": scale,
-                                              "preset": args.preset, "steps": args.steps}, indent=2))
+                                              "preset": args.preset, "steps": args.steps,
+                                              "held_out": report}, indent=2))
     log.info("VAE done: latent shift %.4f scale %.4f -> %s", shift, scale, out)
+    print(json.dumps(report, indent=2))
     return out
 
 
@@ -110,6 +114,44 @@ def latent_stats(vae: VAE, pool: ClipPool, clips: int = 32) -> tuple[float, floa
     x = from_uint8(torch.from_numpy(pool.frames[:clips, :8]))
     z = torch.cat([vae.encode(x[i:i + 4]) for i in range(0, clips, 4)])
     return float(z.mean()), float(1.0 / z.std())
+
+
+@torch.no_grad()
+def vae_report(vae: VAE, clips: int = 12, frames: int = 32, size: int = 128, fps: int = 16) -> dict:
+    """Held-out clips (seeds never trained on): PSNR and SSIM of reconstructions, the motion
+    gate (camera shift measured on the reconstruction vs the true one, px/frame), and the
+    decode time per frame (one thread and two)."""
+    from model.eval import measure_shift, psnr, ssim
+    from model.vae import to_uint8
+    from model.world import render_clip
+
+    ps, ss, errs, moving = [], [], [], []
+    for i in range(clips):
+        clip = render_clip(9_000_000 + i, n_frames=frames, size=size, fps=fps)
+        x = from_uint8(torch.from_numpy(clip.frames))[None]
+        y = to_uint8(vae.decode(vae.encode(x))[0]).numpy()
+        ps += [psnr(a, b) for a, b in zip(clip.frames, y)]
+        ss += [ssim(a, b) for a, b in zip(clip.frames, y)]
+        for f in range(1, frames):
+            true = np.array(measure_shift(clip.frames[f - 1], clip.frames[f]))
+            rec = np.array(measure_shift(y[f - 1], y[f]))
+            if clip.velocity[f, 2] == 0 and np.abs(clip.velocity[f, :2]).sum() > 0:
+                errs.append(np.abs(rec - clip.velocity[f, :2]).max())
+                moving.append(np.abs(true - clip.velocity[f, :2]).max())
+    z = vae.encode(from_uint8(torch.from_numpy(clip.frames))[None])
+    timing = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        vae.decode_step(z[:, :2], vae.init_state())
+        t0 = time.perf_counter()
+        state = vae.init_state()
+        for f in range(0, frames, 2):
+            _, state = vae.decode_step(z[:, f:f + 2], state)
+        timing[f"decode_ms_per_frame_{threads}t"] = 1000 * (time.perf_counter() - t0) / frames
+    return {"psnr_db": float(np.mean(ps)), "ssim": float(np.mean(ss)),
+            "motion_err_px": float(np.mean(errs)) if errs else float("nan"),
+            "motion_err_px_on_ground_truth": float(np.mean(moving)) if moving else float("nan"),
+            "motion_frames": len(errs), **timing}
 
 
 def load_trained_vae(vae: VAE, result: Path) -> None:
