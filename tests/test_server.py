@@ -476,3 +476,48 @@ def test_serve_refuses_a_bad_ice_server(caplog):
 
     assert main(serve_args("--checkpoint", "debug", "--ice-server", "http://example.org")) == 2
     assert "--ice-server" in caplog.text
+
+
+@pytest.mark.asyncio
+async def test_recorded_session_replays_to_the_streamed_frames(server, clients, debug_model, tmp_path,
+                                                               monkeypatch):
+    """The log a live session records (--record-dir) renders, through `livereel replay`'s
+    renderer, to exactly the frames the track played, controls and reset included."""
+    import numpy as np
+
+    from model.generate import Generator
+    from streamer.export import render
+    from streamer.replay import load_log
+    from streamer.session import Session
+
+    played: dict[int, np.ndarray] = {}
+    original = Session.next_frame
+
+    def record(self):
+        out = original(self)
+        if out is not None and not out.held:
+            played[out.index] = out.frame.copy()
+        return out
+
+    monkeypatch.setattr(Session, "next_frame", record)
+    c = await clients(server.port).open(prompt="a red ball bouncing over the desert", seed=5)
+    await c.frames_after(6)
+    c.send({"type": "camera", "pan": [0.5, -0.25], "zoom": 0.1})
+    await c.expect("applied", what="camera")
+    c.send({"type": "prompt", "text": "a blue cube in a snowy forest at night", "transition": 2})
+    await c.expect("applied", what="prompt")
+    await c.frames_after(6)
+    c.send({"type": "reset", "seed": 11})
+    await c.expect("applied", what="reset")
+    await c.frames_after(8)
+    await c.close()
+    await until(lambda: (tmp_path / f"{c.session}.jsonl").exists(), "the session log")
+
+    header, events = load_log(tmp_path / f"{c.session}.jsonl")
+    assert [e["what"] for e in events if e["what"] != "prompt"][:2] == ["camera", "reset"]
+    n = max(played) + 1
+    gen = Generator(debug_model, seed=header["seed"], steps=header["steps"])
+    replayed = list(render(gen, events, n))
+    assert len(played) >= 16
+    for index, frame in played.items():
+        assert np.array_equal(replayed[index], frame), f"frame {index} differs"
