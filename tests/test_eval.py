@@ -1,0 +1,264 @@
+"""Control-fidelity metrics, the shipped attribute classifier, and `livereel eval`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model import eval as ev
+from model import world
+from model.world import Scene
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return ev.load_classifier()
+
+
+def _texture(biome: str = "forest") -> np.ndarray:
+    return (world.biome_texture(biome) * 255).astype(np.float64)
+
+
+# ------------------------------------------------------------------ camera
+
+
+@pytest.mark.parametrize("d", [(5, -3), (0, 0), (-2, 4)])
+def test_measure_shift_integer(d):
+    tex = _texture()
+    a = tex[100:228, 100:228]
+    b = tex[100 + d[1] : 228 + d[1], 100 + d[0] : 228 + d[0]]  # b(x) = a(x + d)
+    dx, dy = ev.measure_shift(a.astype(np.uint8), b.astype(np.uint8))
+    assert abs(dx - d[0]) < 0.1 and abs(dy - d[1]) < 0.1
+
+
+@pytest.mark.parametrize("d", [(1.3, -0.6), (-2.5, 0.25)])
+def test_measure_shift_subpixel_fourier(d):
+    g = _texture("grassland").mean(-1)
+    ky, kx = np.fft.fftfreq(g.shape[0])[:, None], np.fft.fftfreq(g.shape[1])[None, :]
+    shifted = np.fft.ifft2(np.fft.fft2(g) * np.exp(2j * np.pi * (kx * d[0] + ky * d[1]))).real  # g(x + d)
+    dx, dy = ev.measure_shift(g[150:278, 150:278], shifted[150:278, 150:278])
+    assert abs(dx - d[0]) < 0.1 and abs(dy - d[1]) < 0.1
+
+
+@pytest.mark.parametrize("biome", world.BIOMES)
+def test_measure_shift_subpixel_world_camera(biome):
+    cams = np.array([[200.0, 300.0, 0.0], [202.3, 298.6, 0.0]])
+    a, b = (world.render_background(biome, cams).permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
+    dx, dy = ev.measure_shift(a, b)
+    assert abs(dx - 2.3) < 0.1 and abs(dy + 1.4) < 0.1
+
+
+def test_measure_shift_with_object_in_view():
+    scene = Scene("city", "day", "clear", "star", "red", "orbiting")
+    frames = world.WorldStream(scene, seed=3).render(4, (3.0, -2.0, 0.0))
+    for f in range(1, 4):
+        dx, dy = ev.measure_shift(frames[f - 1], frames[f])
+        assert abs(dx - 3.0) < 0.2 and abs(dy + 2.0) < 0.2
+
+
+def test_measure_zoom_direction_and_size():
+    scene = Scene("forest", "day", "clear", "ball", "blue", "drifting")
+    stream = world.WorldStream(scene, seed=1)
+    zin = stream.render(5, (0.0, 0.0, 0.03))
+    zout = stream.render(5, (0.0, 0.0, -0.03))
+    assert ev.measure_zoom(zin[0], zin[4]) == pytest.approx(0.12, abs=0.02)
+    assert ev.measure_zoom(zout[0], zout[4]) == pytest.approx(-0.12, abs=0.02)
+
+
+def test_camera_error_on_ground_truth():
+    gen = ev.WorldGenerator(seed=2, size=128, fps=16, frames_per_chunk=8)
+    frames, cmds = [], []
+    for pan, zoom in (((0.0, 0.0), 0.0), ((0.25, 0.0), 0.0), ((0.0, -0.5), 0.0), ((0.0, 0.0), 0.32)):
+        gen.set_camera(pan=pan, zoom=zoom)
+        frames.append(gen.next_frames())
+        cmds += [(pan[0] * 8, pan[1] * 8, zoom / 16)] * 8
+    out = ev.camera_error(np.concatenate(frames), np.array(cmds))
+    assert out["pan_frames"] == 16 and out["zoom_frames"] == 1  # disjoint 4-frame pairs inside the zoom
+    assert out["pan_direction_accuracy"] == 1.0 and out["zoom_direction_accuracy"] == 1.0
+    assert out["pan_error_px"] < 0.3 and out["still_error_px"] < 0.3
+    assert out["pan_speed_ratio"] == pytest.approx(1.0, abs=0.1)
+
+
+# ------------------------------------------------------------------ prompts and switches
+
+
+def _labels(**cols):
+    return {a: np.array(v, dtype=object) for a, v in cols.items()}
+
+
+def test_prompt_adherence_counts_named_attributes_only():
+    labels = _labels(colour=["red", "red", "blue", "red"], shape=["ball", "cube", "ball", "ball"],
+                     biome=["ocean"] * 4)
+    out = ev.prompt_adherence(labels, "a red ball")
+    assert out["per_attribute"] == {"colour": 0.75, "shape": 0.75}
+    assert out["all"] == 0.5 and out["mean"] == 0.75
+    per_frame = ev.prompt_adherence(labels, ["a red ball", "a red cube", "a blue ball", "ocean"])
+    assert per_frame["all"] == 1.0
+
+
+def test_switch_latency_constructed():
+    labels = _labels(colour=["red"] * 10 + ["blue", "red"] + ["blue"] * 8, shape=["ball"] * 20)
+    # switch commanded at frame 7; blue flickers at 10, holds from 12
+    assert ev.switch_latency(labels, 7, "a blue ball", "a red ball") == 5
+    assert ev.switch_latency(labels, 7, "a blue ball", "a red ball", stable=1) == 3
+    assert ev.switch_latency(labels, 12, "a blue ball") == 0
+    assert ev.switch_latency(labels, 7, "a green ball", "a red ball") is None
+
+
+def test_switch_latency_on_world_frames(classifier):
+    a = Scene("desert", "day", "clear", "cube", "red", "drifting")
+    b = Scene("ocean", "day", "clear", "cube", "blue", "drifting")
+    stream = world.WorldStream(a, seed=4)
+    frames = [stream.render(15)]  # the switch is commanded at 12; the new scene appears at 15
+    stream.set_scene(b)
+    frames.append(stream.render(10))
+    frames = np.concatenate(frames)
+    labels = ev.classify(frames, classifier)
+    assert ev.switch_latency(labels, 12, "a blue cube over the ocean", "a red cube in the desert") == 3
+    assert ev.transition_smoothness(frames, 15) > 3  # a hard cut
+
+
+def test_transition_smoothness_of_a_crossfade():
+    a = np.full((30, 16, 16, 3), 40, np.uint8)
+    ramp = np.linspace(40, 200, 30)[:, None, None, None]
+    assert ev.transition_smoothness(np.broadcast_to(ramp, a.shape).astype(np.uint8), 15) < 1.5
+
+
+def test_bad_frames():
+    frames = world.WorldStream(Scene("forest", "night", "rain", "ball", "red", "bouncing"), seed=0).render(4)
+    assert ev.bad_frames(frames)["black"] == 0 and ev.bad_frames(frames)["noise"] == 0
+    rng = np.random.default_rng(0)
+    frames[1] = 0
+    frames[2] = rng.integers(0, 256, frames[2].shape)
+    out = ev.bad_frames(frames)
+    assert out["black_frames"] == [1] and out["noise_frames"] == [2]
+
+
+# ------------------------------------------------------------------ revisit, flicker, drift
+
+
+def test_revisit_identical_and_different():
+    frames = world.WorldStream(Scene("city", "day", "clear", "ball", "red", "bouncing"), seed=0).render(2)
+    same = ev.revisit_consistency(frames[:1], frames[:1])
+    assert same["psnr"] == float("inf") and same["ssim"] == pytest.approx(1.0)
+    other = world.WorldStream(Scene("city", "day", "clear", "ball", "red", "bouncing"), seed=9).render(1)
+    diff = ev.revisit_consistency(frames[:1], other)
+    assert diff["psnr"] < 20 and diff["ssim"] < 0.5
+
+
+def test_ground_truth_revisit_is_exact_but_for_the_object():
+    stream = world.WorldStream(Scene("grassland", "day", "clear", "star", "white", "drifting"), seed=3)
+    first = stream.render(4)
+    stream.render(32, (4.0, 0.0, 0.0))
+    stream.render(32, (-4.0, 0.0, 0.0))
+    back = stream.render(4)
+    out = ev.revisit_consistency(first, back)
+    assert out["psnr_trimmed"] > 40 and out["ssim"] > 0.9
+
+
+def test_flicker():
+    still = np.repeat(world.WorldStream(Scene("desert", "day", "clear", "ball", "red", "drifting")).render(1), 6, 0)
+    assert ev.flicker(still) == 0.0
+    frames = still.copy()
+    frames[3] = frames[3] // 2
+    mask = np.array([False, True, True, False, False, True])  # pairs (0,1), (1,2), (4,5)
+    assert ev.flicker(frames, mask) == 0.0
+    assert ev.flicker(frames) > 0
+
+
+def test_drift_curves_and_sharpness():
+    frames = world.WorldStream(Scene("city", "sunset", "clear", "cube", "yellow", "orbiting")).render(40)
+    labels = _labels(biome=["city"] * 40, colour=["yellow"] * 20 + ["red"] * 20)
+    out = ev.drift_curves(frames, labels, "a yellow cube in the city", fps=10, window_s=2.0)
+    assert len(out["windows"]) == 2
+    assert out["adherence_first"] == 1.0 and out["adherence_last"] == 0.0
+    assert out["sharpness_ratio_last_first"] == pytest.approx(1.0, abs=0.2)
+    blurred = torch.nn.functional.avg_pool2d(torch.from_numpy(frames).permute(0, 3, 1, 2).float(), 3, 1, 1)
+    blurred = blurred.permute(0, 2, 3, 1).numpy().astype(np.uint8)
+    assert ev.sharpness(blurred).mean() < 0.5 * ev.sharpness(frames).mean()
+
+
+# ------------------------------------------------------------------ classifier
+
+
+def test_classifier_is_small_and_safetensors():
+    d = ev.DEFAULT_CLASSIFIER_DIR
+    assert (d / "classifier.safetensors").stat().st_size < 2_000_000
+    cfg = json.loads((d / "config.json").read_text())
+    assert set(cfg["vocab"]) == set(ev.CLASSIFIED)
+
+
+def test_classifier_accuracy_on_held_out_ground_truth(classifier):
+    # render_clip seeds 5000..5149: clips training never rendered (it trains on random_frames)
+    acc = ev.classifier_accuracy(classifier, range(5000, 5150), frames_per_clip=3)
+    for a in ("biome", "time", "weather", "colour"):
+        assert acc[a] >= 0.98, acc
+    assert acc["shape"] >= 0.9, acc
+
+
+# ------------------------------------------------------------------ scenario and CLI
+
+
+def test_prompt_file_and_scenario(tmp_path):
+    f = tmp_path / "p.txt"
+    f.write_text("# comment\na red ball over the sea\n\na blue cube at night -> a green star in the rain\n")
+    chains = ev.read_prompt_file(f)
+    assert chains == [["a red ball over the sea"], ["a blue cube at night", "a green star in the rain"]]
+    runs = ev.build_scenario(0, 0.5, fps=16, frames_per_chunk=12, chains=chains)
+    assert [r.kind for r in runs] == ["control", "control", "revisit", "drift"]
+    assert all(s.frames % 12 == 0 for r in runs for s in r.segments)
+    assert sum(s.frames for s in runs[-1].segments) == pytest.approx(0.5 * 60 * 16, abs=24)
+    for r in runs:  # every zoom is undone, so pans run at zoom 0
+        assert sum(s.zoom * s.frames for s in r.segments) == pytest.approx(0.0)
+    assert world.parse_prompt(runs[2].prompt)["weather"] == "clear"
+    (tmp_path / "empty.txt").write_text("\n# nothing\n")
+    with pytest.raises(ValueError):
+        ev.read_prompt_file(tmp_path / "empty.txt")
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "streamer.cli", "eval", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_ground_truth_writes_every_field(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red ball bouncing over snow at night -> a yellow ball in the desert by day\n")
+    out = tmp_path / "out.json"
+    res = _cli("--ground-truth", "--prompts", str(prompts), "--minutes", "0.1", "--json", str(out),
+               "--plots", str(tmp_path / "plots"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "adherence: all attributes" in res.stdout
+    doc = json.loads(out.read_text())
+    assert set(doc) == {"scenario", "classifier", "ground_truth"}
+    gt = doc["ground_truth"]
+    for key in ("adherence", "switch", "bad_frames", "camera", "revisit", "flicker", "drift", "series"):
+        assert key in gt
+    assert gt["adherence"]["all"] >= 0.95
+    assert gt["switch"]["count"] == 1 and gt["switch"]["followed"] == 1
+    assert gt["switch"]["latency_frames_max"] <= 1
+    assert gt["bad_frames"]["black"] == 0 and gt["bad_frames"]["noise"] == 0
+    assert gt["camera"]["pan_error_px"] < 0.5 and gt["camera"]["pan_direction_accuracy"] >= 0.95
+    assert gt["camera"]["zoom_direction_accuracy"] >= 0.95
+    assert gt["revisit"]["psnr_trimmed"] == "inf" or gt["revisit"]["psnr_trimmed"] > 30  # JSON has no inf
+    assert set(gt["drift"]) >= {"windows", "adherence_first", "adherence_last", "sharpness_ratio_last_first"}
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["adherence.png", "camera.png", "drift.png"]
+
+
+def test_cli_rejects_bad_input(tmp_path):
+    res = _cli("--ground-truth", "--minutes", "0", cwd=tmp_path)
+    assert res.returncode != 0 and "--minutes" in res.stderr
+    res = _cli("--ground-truth", "--prompts", str(tmp_path / "missing.txt"), cwd=tmp_path)
+    assert res.returncode != 0 and "prompts" in res.stderr
+    res = _cli("--ground-truth", "--classifier", str(tmp_path), cwd=tmp_path)
+    assert res.returncode != 0 and "classifier" in res.stderr

@@ -1,0 +1,200 @@
+"""The procedural world: determinism, captions and their parser, camera and streams."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from model import world
+from model.world import Scene
+
+
+def test_vocabulary_sizes():
+    assert len(world.BIOMES) >= 6 and len(world.TIMES) >= 3 and len(world.WEATHERS) >= 3
+    assert len(world.SHAPES) >= 4 and len(world.COLOURS) >= 6 and len(world.MOTIONS) >= 3
+    assert set(world.ATTRIBUTES) == set(world.VOCAB)
+
+
+def test_scene_rejects_unknown_values():
+    with pytest.raises(ValueError):
+        Scene("moon", "day", "clear", "ball", "red", "bouncing")
+
+
+# ------------------------------------------------------------------ captions
+
+
+def _all_scenes():
+    for values in itertools.product(*(world.VOCAB[a] for a in world.ATTRIBUTES)):
+        yield Scene(*values)
+
+
+def test_caption_roundtrip_every_scene_every_template():
+    rng = np.random.default_rng(0)
+    n = 0
+    for scene in _all_scenes():
+        for t in range(len(world.CAPTION_TEMPLATES)):
+            text = world.caption(scene, rng, template=t)
+            assert world.parse_prompt(text) == scene.attributes(), text
+            n += 1
+    assert n == 3888 * len(world.CAPTION_TEMPLATES)
+
+
+_SLOT_TABLES = {
+    "colour": ("colour", world.COLOUR_WORDS),
+    "shape": ("shape", world.SHAPE_WORDS),
+    "motion_ing": ("motion", world.MOTION_ING),
+    "motion_3s": ("motion", world.MOTION_3S),
+    "place": ("biome", world.BIOME_PLACE),
+    "biome_adj": ("biome", world.BIOME_ADJ),
+    "time_phrase": ("time", world.TIME_PHRASE),
+    "time_noun": ("time", world.TIME_NOUN),
+    "weather_phrase": ("weather", world.WEATHER_PHRASE),
+    "weather_clause": ("weather", world.WEATHER_CLAUSE),
+}
+
+
+def test_every_phrase_in_every_template_roundtrips():
+    """Each word of the grammar, in every template and next to every neighbour value."""
+    for t in world.CAPTION_TEMPLATES:
+        for slot, (attr, table) in _SLOT_TABLES.items():
+            if "{" + slot + "}" not in t:
+                continue
+            for value, phrases in table.items():
+                for phrase in phrases:
+                    for other in world.VOCAB:  # vary the neighbours too
+                        for k in range(len(world.VOCAB[other])):
+                            base = {a: world.VOCAB[a][0] for a in world.ATTRIBUTES}
+                            base[other] = world.VOCAB[other][k]
+                            base[attr] = value
+                            scene = Scene(**base)
+                            slots = {s: tab[getattr(scene, a)][0] for s, (a, tab) in _SLOT_TABLES.items()}
+                            slots[slot] = phrase
+                            slots["a"] = "an" if slots["colour"][0] in "aeiou" else "a"
+                            text = t.format(**slots)
+                            assert world.parse_prompt(text) == scene.attributes(), text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_caption_roundtrip_random(seed):
+    rng = np.random.default_rng(seed)
+    scene = world.sample_scene(rng)
+    text = world.caption(scene, rng)
+    assert world.parse_prompt(text) == scene.attributes()
+
+
+def test_parse_partial_and_paraphrases():
+    assert world.parse_prompt("snowy night, a crimson ball bounces") == {
+        "biome": "snowfield", "time": "night", "shape": "ball", "colour": "red", "motion": "bouncing"}
+    assert world.parse_prompt("a red ball bouncing over snow at night") == {
+        "biome": "snowfield", "time": "night", "shape": "ball", "colour": "red", "motion": "bouncing"}
+    assert world.parse_prompt("A scarlet SPHERE!") == {"shape": "ball", "colour": "red"}
+    assert world.parse_prompt("nighttime city while it snows") == {
+        "biome": "city", "time": "night", "weather": "snow"}
+    assert world.parse_prompt("a box in the woods at golden hour") == {
+        "biome": "forest", "time": "sunset", "shape": "cube"}
+    assert world.parse_prompt("a banana on the moon") == {}
+    assert world.parse_prompt("") == {}
+
+
+# ------------------------------------------------------------------ rendering
+
+
+def test_render_clip_is_deterministic():
+    a = world.render_clip(3, n_frames=12, size=64)
+    b = world.render_clip(3, n_frames=12, size=64)
+    c = world.render_clip(4, n_frames=12, size=64)
+    assert a.frames.tobytes() == b.frames.tobytes()
+    assert np.array_equal(a.camera, b.camera) and a.segments == b.segments
+    assert a.frames.tobytes() != c.frames.tobytes()
+
+
+def test_clip_fields():
+    clip = world.render_clip(11, n_frames=32, size=64, switch=True)
+    assert clip.frames.shape == (32, 64, 64, 3) and clip.frames.dtype == np.uint8
+    assert clip.camera.shape == (32, 3) and clip.camera.dtype == np.float32
+    assert clip.velocity.shape == (32, 3) and clip.velocity.dtype == np.float32
+    assert np.allclose(clip.velocity[1:], np.diff(clip.camera, axis=0), atol=1e-3)
+    assert len(clip.scenes) == 32
+    assert len(clip.switch_frames) == 1
+    sf = clip.switch_frames[0]
+    assert clip.scenes[sf - 1] != clip.scenes[sf] and clip.scenes[sf] == clip.scenes[-1]
+    assert [s for s, _ in clip.segments] == [0, sf]
+    assert world.parse_prompt(clip.prompt_at(sf - 1)) == clip.scenes[0].attributes()
+    assert world.parse_prompt(clip.prompt_at(sf)) == clip.scenes[sf].attributes()
+    still = world.render_clip(11, n_frames=8, size=64, switch=False, camera="still")
+    assert not still.switch_frames and np.all(still.velocity == 0)
+
+
+def test_switch_share_and_camera_programs():
+    clips = [world.render_clip(s, n_frames=4, size=32) for s in range(200)]
+    share = np.mean([bool(c.switch_frames) for c in clips])
+    assert 0.2 < share < 0.4
+    rng = np.random.default_rng(0)
+    cmds = np.concatenate([world.random_camera_program(rng, 64, 128) for _ in range(200)])
+    speed = np.linalg.norm(cmds[:, :2], axis=1)
+    assert speed.max() <= 6.0 + 1e-9 and np.mean(speed[speed > 0] <= 4) > 0.6
+    assert np.abs(cmds[:, 2]).max() <= 0.03 + 1e-9
+    assert (speed == 0).mean() > 0.1 and (cmds[:, 2] != 0).mean() > 0.05
+
+
+def test_background_is_a_function_of_world_coordinates():
+    cams = np.array([[300.0, 200.0, 0.0], [308.0, 195.0, 0.0]])
+    for biome in world.BIOMES:
+        a, b = world.render_background(biome, cams).numpy()
+        # camera moved by (+8, -5): what was at view (x, y) is now at (x - 8, y + 5)
+        assert np.allclose(a[:, :-5, 8:], b[:, 5:, :-8], atol=1e-5), biome
+        assert a.std() > 0.03, f"{biome} is too flat to measure camera motion"
+    # one tile period later the world repeats exactly
+    far = cams + [world.TILE, 0, 0]
+    assert np.allclose(world.render_background("city", far), world.render_background("city", cams), atol=1e-4)
+
+
+def test_night_keeps_texture_and_tints():
+    base = dict(biome="grassland", weather="clear", shape="ball", colour="red", motion="drifting")
+    day = world.WorldStream(Scene(time="day", **base), seed=1).render(1)[0].astype(float)
+    night = world.WorldStream(Scene(time="night", **base), seed=1).render(1)[0].astype(float)
+    assert night.mean() < 0.6 * day.mean()
+    assert night[..., 2].mean() > night[..., 0].mean()  # blue tint
+    assert night.std(axis=(0, 1)).mean() > 8  # texture still visible
+
+
+def test_object_size_scales_with_view():
+    scene = Scene("ocean", "day", "clear", "ball", "yellow", "orbiting")
+    for size in (64, 128):
+        f = world.WorldStream(scene, seed=2, size=size).render(1)[0].astype(int)
+        yellow = (f[..., 0] > 180) & (f[..., 1] > 150) & (f[..., 2] < 90)
+        diameter = 2 * np.sqrt(yellow.sum() / np.pi)
+        assert 0.12 * size < diameter < 0.24 * size, (size, diameter)
+
+
+def test_world_stream_continues_and_returns():
+    scene = Scene("desert", "sunset", "rain", "star", "blue", "bouncing")
+    one = world.WorldStream(scene, seed=5, size=64)
+    two = world.WorldStream(scene, seed=5, size=64)
+    whole = one.render(8, (2.0, -1.0, 0.0))
+    parts = np.concatenate([two.render(3, (2.0, -1.0, 0.0)), two.render(5, (2.0, -1.0, 0.0))])
+    assert np.array_equal(whole, parts)
+    start = two.camera.copy()
+    two.render(10, (4.0, 0.0, 0.0))
+    two.render(10, (-4.0, 0.0, 0.0))
+    assert np.allclose(two.camera, start)
+    two.render(5, (0.0, 0.0, 0.03))
+    assert two.camera[2] == pytest.approx(start[2] + 0.15)
+    two.set_scene(Scene("ocean", "day", "clear", "ball", "red", "drifting"))
+    assert two.render(2).shape == (2, 64, 64, 3) and two.frame_index == 35
+
+
+def test_zoom_is_clamped():
+    stream = world.WorldStream(world.sample_scene(np.random.default_rng(0)), size=32)
+    stream.render(200, (0.0, 0.0, 0.03))
+    assert stream.camera[2] == pytest.approx(world.ZOOM_RANGE[1])
+
+
+def test_pan_to_px_per_frame():
+    assert world.pan_to_px_per_frame(0.5, 128, 16) == pytest.approx(4.0)
+    assert world.pan_to_px_per_frame(-1.0, 64, 16) == pytest.approx(-4.0)
