@@ -41,6 +41,24 @@ def write_mp4(frames: Iterable[np.ndarray], path: str | Path, fps: int, crf: int
     return path
 
 
+def save_strip(frames: list[tuple[float, str, np.ndarray]], path: Path) -> None:
+    """Frames side by side, each titled with its time and prompt (matplotlib PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import textwrap
+
+    fig, axes = plt.subplots(1, len(frames), figsize=(2.2 * len(frames), 2.9))
+    for ax, (t, prompt, frame) in zip(np.atleast_1d(axes), frames):
+        ax.imshow(frame, interpolation="nearest")
+        ax.set_title(f"{t:.1f} s\n" + "\n".join(textwrap.wrap(prompt, 24)[:2]), fontsize=7)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", default="a red ball bouncing over grassland by day",
                    help="what to generate")
@@ -51,7 +69,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default="default", help="checkpoint name or path ('debug' for a random model)")
     p.add_argument("--steps", type=int, default=4, help="denoising steps per chunk")
     p.add_argument("--seed", type=int, default=0, help="noise seed")
+    p.add_argument("--then", default=None, metavar="PROMPT", help="switch to this prompt mid-clip")
+    p.add_argument("--switch-at", type=float, default=None, metavar="SECONDS",
+                   help="when to switch to --then (default: half way)")
     p.add_argument("-o", "--output", type=Path, default=Path("sample.mp4"), help="MP4 to write")
+    p.add_argument("--strip", type=Path, default=None, metavar="PNG",
+                   help="also save a few frames side by side, labelled with time and prompt")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -72,10 +95,25 @@ def main(args: argparse.Namespace) -> int:
     cfg = model.config
     n_chunks = int(np.ceil(args.seconds * cfg.fps / cfg.frames_per_chunk))
 
+    switch = None
+    if args.then is not None:
+        at = args.seconds / 2 if args.switch_at is None else args.switch_at
+        switch = int(at * cfg.fps / cfg.frames_per_chunk)
+    kept: list[tuple[float, str, np.ndarray]] = []
+    picks = set(np.linspace(0, n_chunks - 1, 6).astype(int))
+
     def frames():
-        for _ in tqdm(range(n_chunks), desc="sample", unit="chunk"):
-            yield from gen.next_frames()
+        for c in tqdm(range(n_chunks), desc="sample", unit="chunk"):
+            if c == switch:
+                gen.set_prompt(args.then)
+            chunk = gen.next_frames()
+            if c in picks:
+                kept.append((c * cfg.frames_per_chunk / cfg.fps, gen.prompt, chunk[-1]))
+            yield from chunk
 
     write_mp4(frames(), args.output, cfg.fps)
+    if args.strip is not None:
+        save_strip(kept, args.strip)
+        print(f"wrote {args.strip}")
     print(f"wrote {args.output} ({n_chunks * cfg.frames_per_chunk} frames at {cfg.fps} fps)")
     return 0

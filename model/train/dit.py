@@ -60,6 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="data order seed")
     p.add_argument("--out", type=Path, default=None,
                    help="also save the final model here (e.g. checkpoints/default)")
+    p.add_argument("--export", type=Path, default=None, metavar="DIR",
+                   help="only write the EMA model of the run's latest state to DIR, then exit")
 
 
 class LatentPool:
@@ -236,9 +238,27 @@ def ema_model(model: LiveReel, ema: torch.nn.ModuleDict) -> LiveReel:
     return m.eval()
 
 
+def export(args: argparse.Namespace) -> Path:
+    """The EMA model of the run's latest saved state, as a checkpoint folder."""
+    from safetensors.torch import load_file
+
+    if not (args.run / "state.json").exists():
+        raise SystemExit(f"no run state in {args.run}")
+    cfg = get_config(args.preset)
+    model = build_model(cfg)
+    load_trained_vae(model.vae, args.vae)
+    tensors = load_file(args.run / "state.safetensors")
+    ema = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
+    model.text.load_state_dict({k[len("text."):]: v for k, v in ema.items() if k.startswith("text.")})
+    model.dit.load_state_dict({k[len("dit."):]: v for k, v in ema.items() if k.startswith("dit.")})
+    step = json.loads((args.run / "state.json").read_text())["step"]
+    log.info("exporting the EMA model of %s at step %d", args.run, step)
+    return save_model(model.eval(), args.export)
+
+
 def main(args: argparse.Namespace) -> int:
     if not (args.vae / "vae.safetensors").exists():
         raise SystemExit(f"no trained VAE at {args.vae}: run `livereel train vae` first")
-    out = train(args)
+    out = export(args) if args.export is not None else train(args)
     print(f"wrote {out}")
     return 0
