@@ -16,13 +16,21 @@ send back; the stream goes on.
 Camera velocities: pan [x, y] in view widths per second (x right, y down, image
 coordinates: the camera moves, the picture slides the other way), zoom in log2 of the
 view width per second (positive zooms in); each in [-1, 1].
+
+Prompts are one line of Unicode text: any script, right-to-left and zero-width marks
+and emoji included; control characters (NUL, newlines, ...) and whitespace-only text
+are errors. A client may send `CONTROL_RATE` messages a second (bursts of
+`CONTROL_BURST`); `RateLimiter` drops the rest and says so at most once a second.
 """
 
 from __future__ import annotations
 
+import time
+import unicodedata
+from collections.abc import Callable
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 MAX_CONTROL_BYTES = 4096
 """At most this many bytes (UTF-8) in one data-channel message."""
@@ -33,10 +41,24 @@ MAX_SDP_CHARS = 60_000
 MAX_PROMPT_CHARS = 500
 MAX_TRANSITION_CHUNKS = 16
 MAX_SEED = 2**32 - 1
+CONTROL_RATE = 30.0
+"""Control messages a session may send per second, on average."""
+CONTROL_BURST = 30
+"""... and at once, after a quiet spell."""
+
+
+def _one_line_of_text(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must contain some text, not only whitespace")
+    for i, ch in enumerate(text):
+        if unicodedata.category(ch) in ("Cc", "Cs"):
+            raise ValueError(f"must not contain control characters or lone surrogates (U+{ord(ch):04X} at {i})")
+    return text
+
 
 Velocity = Annotated[float, Field(ge=-1.0, le=1.0, allow_inf_nan=False)]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
-PromptText = Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
+PromptText = Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS), AfterValidator(_one_line_of_text)]
 
 
 class Message(BaseModel):
@@ -151,6 +173,7 @@ ErrorCode = Literal[
     "unexpected",  # a valid message at the wrong time or place
     "server_full",  # the session limit is reached
     "bad_offer",  # the SDP offer could not be answered
+    "rate_limited",  # over CONTROL_RATE messages a second; the excess was dropped
     "generation_failed",  # the model raised; the session is over
 ]
 
@@ -186,7 +209,12 @@ def parse_signal(raw: str | bytes) -> Offer:
 
 
 def _parse(adapter: TypeAdapter, raw: str | bytes, limit: int):
-    size = len(raw.encode() if isinstance(raw, str) else raw)
+    if isinstance(raw, str):
+        try:
+            raw = raw.encode()
+        except UnicodeEncodeError as e:  # lone surrogates: not text a peer can send
+            raise ProtocolError("bad_json", f"not valid Unicode text: {e.reason} at {e.start}") from None
+    size = len(raw)
     if size > limit:
         raise ProtocolError("too_large", f"message is {size} bytes, the limit is {limit}")
     try:
@@ -212,3 +240,58 @@ def _describe(e: ValidationError) -> tuple[ErrorCode, str]:
             )
         parts.append(f"{'.'.join(loc)}: {err['msg']}")
     return "bad_message", "; ".join(parts)
+
+
+# ---------------------------------------------------------------- rate limit
+
+
+class RateLimiter:
+    """A token bucket: `rate` messages a second on average, `burst` at once.
+
+    `admit()` says whether a message may be handled; `notice()` returns the error to
+    send about the dropped ones, at most once per `notice_every` seconds (None
+    otherwise), so that a flood gets a trickle of replies, not one per message.
+    """
+
+    def __init__(
+        self,
+        rate: float = CONTROL_RATE,
+        burst: int = CONTROL_BURST,
+        *,
+        notice_every: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.notice_every = notice_every
+        self.dropped = 0
+        """Messages dropped in all."""
+        self._clock = clock
+        self._tokens = float(burst)
+        self._last = clock()
+        self._noticed_at: float | None = None
+        self._unnoticed = 0
+
+    def admit(self) -> bool:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        self.dropped += 1
+        self._unnoticed += 1
+        return False
+
+    def notice(self) -> Error | None:
+        if not self._unnoticed:
+            return None
+        now = self._clock()
+        if self._noticed_at is not None and now - self._noticed_at < self.notice_every:
+            return None
+        self._noticed_at = now
+        n, self._unnoticed = self._unnoticed, 0
+        return Error(
+            code="rate_limited",
+            detail=f"more than {self.rate:g} messages a second: {n} dropped; slow down",
+        )

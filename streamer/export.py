@@ -87,11 +87,17 @@ class TimelineError(ValueError):
 
 def load_timeline(path: Path) -> Timeline:
     try:
-        return Timeline.model_validate(json.loads(Path(path).read_text()))
+        return Timeline.model_validate(json.loads(Path(path).read_text(encoding="utf-8")))
     except FileNotFoundError:
         raise TimelineError(f"{path}: no such file") from None
+    except UnicodeDecodeError:
+        raise TimelineError(f"{path}: not a text file") from None
+    except OSError as e:
+        raise TimelineError(f"{path}: cannot read: {e.strerror}") from None
     except json.JSONDecodeError as e:
         raise TimelineError(f"{path}: not JSON: {e}") from None
+    except RecursionError:
+        raise TimelineError(f"{path}: JSON nested too deeply") from None
     except ValidationError as e:
         raise TimelineError(f"{path}: {_explain(e)}") from None
 
@@ -157,16 +163,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    # Everything the user gave is checked before the model (and torch) is loaded.
+    if args.steps < 1:
+        raise SystemExit("livereel export: --steps must be >= 1")
+    if args.seed is not None and not 0 <= args.seed < 2**63:
+        raise SystemExit("livereel export: --seed must be in [0, 2**63)")
+    try:
+        tl = load_timeline(args.timeline)
+    except TimelineError as e:
+        raise SystemExit(f"livereel export: {e}") from None
+
     from model import CheckpointError, load_model
     from model.generate import Generator
     from model.sample import write_mp4
 
-    if args.steps < 1:
-        raise SystemExit("livereel export: --steps must be >= 1")
     try:
-        tl = load_timeline(args.timeline)
         model = load_model(args.checkpoint)
-    except (TimelineError, CheckpointError) as e:
+    except CheckpointError as e:
         raise SystemExit(f"livereel export: {e}") from None
     fps = model.config.fps
     gen = Generator(model, seed=tl.seed if args.seed is None else args.seed, steps=args.steps)

@@ -11,20 +11,25 @@ import argparse
 import json
 from pathlib import Path
 
+from streamer.controls import ProtocolError, parse_control
 from streamer.export import TimelineError, render
 
 KNOWN = {"prompt": {"text"}, "camera": {"pan", "zoom"}, "reset": {"seed"}, "pause": set(),
          "resume": set()}
+"""Each event's required fields; "transition" is optional on a prompt. Values are checked
+as the live control messages are (streamer/controls.py)."""
 
 
 def load_log(path: Path) -> tuple[dict, list[dict]]:
     """(header, control events) from a session log, validated line by line."""
     try:
-        lines = Path(path).read_text().splitlines()
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise TimelineError(f"{path}: no such file") from None
     except UnicodeDecodeError:
         raise TimelineError(f"{path}: not a text file") from None
+    except OSError as e:
+        raise TimelineError(f"{path}: cannot read: {e.strerror}") from None
     rows = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -33,23 +38,40 @@ def load_log(path: Path) -> tuple[dict, list[dict]]:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise TimelineError(f"{path}:{n}: not JSON ({e.msg}); the log may be truncated") from None
+        except RecursionError:
+            raise TimelineError(f"{path}:{n}: JSON nested too deeply") from None
         if not isinstance(row, dict) or "what" not in row:
             raise TimelineError(f"{path}:{n}: each line must be an object with 'what'")
         rows.append((n, row))
     if not rows or rows[0][1]["what"] != "header":
         raise TimelineError(f"{path}: the first line must be the header")
     header = rows[0][1]
-    for key in ("seed", "fps", "steps", "model"):
+    for key, kind in (("seed", int), ("fps", int), ("steps", int), ("model", str)):
         if key not in header:
             raise TimelineError(f"{path}:1: header lacks '{key}'")
+        if not isinstance(header[key], kind) or isinstance(header[key], bool):
+            raise TimelineError(f"{path}:1: header '{key}' must be {'an integer' if kind is int else 'a string'}")
+    if not 0 <= header["seed"] < 2**63:
+        raise TimelineError(f"{path}:1: header 'seed' must be in [0, 2**63)")
+    if header.get("prompt") is not None:
+        try:
+            parse_control(json.dumps({"type": "prompt", "text": header["prompt"]}))
+        except ProtocolError as e:
+            raise TimelineError(f"{path}:1: header {e.reply.detail}") from None
     events, last = [], 0
     for n, row in rows[1:]:
         what = row["what"]
         if what not in KNOWN:
             raise TimelineError(f"{path}:{n}: unknown event '{what}'")
         missing = KNOWN[what] - set(row)
-        if missing or not isinstance(row.get("frame"), int) or row["frame"] < 0:
+        frame = row.get("frame")
+        if missing or not isinstance(frame, int) or isinstance(frame, bool) or frame < 0:
             raise TimelineError(f"{path}:{n}: '{what}' event needs a frame >= 0 and {sorted(KNOWN[what])}")
+        fields = KNOWN[what] | ({"transition"} if what == "prompt" and "transition" in row else set())
+        try:
+            parse_control(json.dumps({"type": what, **{k: row[k] for k in fields}}))
+        except ProtocolError as e:
+            raise TimelineError(f"{path}:{n}: {e.reply.detail}") from None
         if row["frame"] < last:
             raise TimelineError(f"{path}:{n}: frame {row['frame']} comes before frame {last}")
         last = row["frame"]
@@ -67,18 +89,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    # Everything the user gave is checked before the model (and torch) is loaded.
+    if args.steps is not None and args.steps < 1:
+        raise SystemExit("livereel replay: --steps must be >= 1")
+    if args.frames is not None and args.frames < 1:
+        raise SystemExit("livereel replay: --frames must be >= 1")
+    try:
+        header, events = load_log(args.log)
+    except TimelineError as e:
+        raise SystemExit(f"livereel replay: {e}") from None
+    steps = args.steps or header["steps"]
+    if not isinstance(steps, int) or steps < 1:
+        raise SystemExit(f"livereel replay: {args.log}:1: header 'steps' must be an integer >= 1")
+
     from model import CheckpointError, load_model
     from model.generate import Generator
     from model.sample import write_mp4
 
     try:
-        header, events = load_log(args.log)
         model = load_model(args.checkpoint or header["model"])
-    except (TimelineError, CheckpointError) as e:
+    except CheckpointError as e:
         raise SystemExit(f"livereel replay: {e}") from None
-    steps = args.steps or int(header["steps"])
-    if steps < 1:
-        raise SystemExit("livereel replay: --steps must be >= 1")
     fps = model.config.fps
     n = args.frames or max([header.get("frames", 0)] + [e["frame"] for e in events]) + 10 * fps
     gen = Generator(model, seed=int(header["seed"]), steps=steps)

@@ -76,13 +76,14 @@ class Scheduler:
         self._thread = threading.Thread(target=self._work, name=f"livereel-{self.device}", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop the worker after the step in progress (blocks for that step)."""
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop the worker after the step in progress (blocks for that step, or at most
+        `timeout` seconds: the thread is a daemon and does not hold up the process)."""
         with self._cond:
             self._stopping = True
             self._cond.notify()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(timeout)
 
     def add(self, session: Session, on_error: Callable[[BaseException], None]) -> None:
         """Run `session` from now on; raises `SchedulerFull` past `max_sessions`."""

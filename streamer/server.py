@@ -1,17 +1,30 @@
 """`livereel serve`: one HTTP + WebSocket server (websockets) for the browser client.
 
-    GET /                         the client (files under web/)
-    GET /ws                       signaling WebSocket: offer -> answer; closing it ends the session
-    GET /config.json              ICE servers for the browser, the server's default prompt
-    GET /sessions/ID/log.jsonl    a session's event log (live sessions and the last few ended)
-    GET /healthz                  {"status": "ok", ...}
-    GET /metrics                  Prometheus text
+    GET /                         the client (files under web/)                      open
+    GET /ws                       signaling WebSocket: offer -> answer;              token, origin
+                                  closing it ends the session
+    GET /config.json              ICE servers for the browser, the default prompt    token
+    GET /sessions/ID/log.jsonl    a session's event log (live and recently ended)    token
+    GET /healthz                  {"status": "ok", ...}                              open
+    GET /metrics                  Prometheus text                                    token
 
 Each offer makes a Session (its own Generator), a Peer (aiortc) and a place in the
 device's Scheduler. The server binds 127.0.0.1 unless told otherwise; there it keeps
 only loopback ICE candidates and needs no STUN. For other networks pass
 `--host 0.0.0.0 --ice-server stun:HOST:PORT` (and a TURN server where peers sit
 behind NATs); the browser gets the same list from /config.json.
+
+Access. With `--token` every path marked "token" needs it, as `?token=` (the page
+passes on its own) or `Authorization: Bearer`. The signaling socket also checks the
+Origin a browser sends: the page's own origin (the Host it asked for) or one given
+with `--allow-origin`; this stops other web sites from opening sessions through a
+visitor's browser. A client that sends no Origin is not a browser: it is let in when
+a token is set (the token is the check) or the server is bound to loopback (only
+local programs reach it), refused otherwise. Bound to loopback, the Host must be a
+loopback name too, so a DNS-rebinding page cannot pass as same-origin. Session ids
+are 128 random bits: a session's log can be fetched only by whoever knows its id,
+and no path addresses another session's controls (they travel on its own peer
+connection).
 """
 
 from __future__ import annotations
@@ -19,28 +32,40 @@ from __future__ import annotations
 import argparse
 import asyncio
 import email.utils
+import hmac
 import http
 import ipaddress
 import json
 import logging
 import mimetypes
+import os
 import secrets
 import signal
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
-from urllib.parse import unquote, urlsplit
+from typing import Any, Callable, Sequence
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from aiortc import RTCIceServer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import ValidationError
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from streamer.controls import MAX_PROMPT_CHARS, MAX_SIGNAL_BYTES, Answer, Error, ProtocolError, parse_signal
+from streamer.controls import (
+    CONTROL_RATE,
+    MAX_SIGNAL_BYTES,
+    Answer,
+    Error,
+    Offer,
+    ProtocolError,
+    RateLimiter,
+    parse_signal,
+)
 from streamer.scheduler import Scheduler, SchedulerFull
 from streamer.session import Session, StreamInfo
 from streamer.webrtc import Peer, ice_server_json, parse_ice_server
@@ -55,7 +80,21 @@ PING_SECONDS = 5.0
 """WebSocket keepalive: a peer that vanishes without closing is dropped in 2x this."""
 ENDED_LOGS_KEPT = 32
 """Ended sessions whose logs stay downloadable."""
+SHUTDOWN_SECONDS = 4.0
+"""On SIGTERM/SIGINT: time to close every session before the process exits anyway
+(within 5 s all told)."""
+MIN_TOKEN_CHARS = 16
 STATIC_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+SECURITY_HEADERS = [
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),  # the page's URL may hold the token
+    ("X-Frame-Options", "DENY"),
+    (
+        "Content-Security-Policy",
+        "default-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; "
+        "base-uri 'none'; form-action 'none'",
+    ),
+]
 
 
 class Metrics:
@@ -70,6 +109,15 @@ class Metrics:
             "livereel_sessions_rejected", "Offers refused", ["reason"], registry=r
         )
         self.session_errors = Counter("livereel_session_errors", "Sessions ended by a model error", registry=r)
+        self.controls = Counter(
+            "livereel_control_messages",
+            "Control messages received, by result: accepted, invalid or rate_limited (dropped unread)",
+            ["result"],
+            registry=r,
+        )
+        self.refused = Counter(
+            "livereel_requests_refused", "HTTP requests refused: token, origin or host", ["reason"], registry=r
+        )
         self.frames_sent = Counter("livereel_frames_sent", "Video frames sent, held ones included", registry=r)
         self.frames_held = Counter(
             "livereel_frames_held", "Frames repeated because generation was late", registry=r
@@ -102,7 +150,10 @@ class Server:
     """Sessions over WebRTC for one model on one device.
 
     `make_generator(seed)` builds a Generator for a new session (in a worker thread,
-    as it may allocate caches); `info` describes the stream it makes.
+    as it may allocate caches); `info` describes the stream it makes. `token` and
+    `allowed_origins` are the access rules of the module docstring; `control_rate`
+    is the control messages a second each peer may send (in bursts of one second's
+    worth).
     """
 
     def __init__(
@@ -116,6 +167,9 @@ class Server:
         ice_servers: list[RTCIceServer] | None = None,
         default_prompt: str = DEFAULT_PROMPT,
         web_root: Path = WEB_ROOT,
+        token: str | None = None,
+        allowed_origins: Sequence[str] = (),
+        control_rate: float = CONTROL_RATE,
     ) -> None:
         self.make_generator = make_generator
         self.info = info
@@ -124,9 +178,13 @@ class Server:
         self.ice_servers = ice_servers or []
         self.default_prompt = default_prompt
         self.web_root = web_root.resolve()
+        self.token = token
+        self.allowed_origins = {_origin(o) for o in allowed_origins}
+        self.control_rate = control_rate
         self.scheduler = Scheduler(max_sessions=max_sessions, on_chunk=self._on_chunk)
         self.metrics = Metrics(lambda: len(self.scheduler))
         self.live: dict[str, _Live] = {}
+        self._opening = 0  # offers past the admission check, not yet in the scheduler
         self._ended_logs: OrderedDict[str, str] = OrderedDict()
         self._server = None
 
@@ -153,11 +211,22 @@ class Server:
         )
         return self._server.sockets[0].getsockname()[1]
 
-    async def stop(self) -> None:
+    @property
+    def full(self) -> bool:
+        return len(self.scheduler) + self._opening >= self.scheduler.max_sessions
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Close every session (their sockets get 1001 "going away"), then the worker.
+        With a `timeout`, gives up waiting after that many seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
-        await asyncio.to_thread(self.scheduler.stop)
+            try:
+                await asyncio.wait_for(self._server.wait_closed(), timeout)
+            except TimeoutError:
+                log.warning("sessions still closing after %g s", timeout)
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.1)
+        await asyncio.to_thread(self.scheduler.stop, left)
 
     # ------------------------------------------------------------ signaling
 
@@ -174,12 +243,13 @@ class Server:
         live = await self._open(ws, offer.sdp, offer.prompt or self.default_prompt, offer.seed)
         if live is None:
             return
+        replies = RateLimiter(rate=1.0, burst=1)  # to anything more on the socket
         try:
             await ws.send(Answer(sdp=live.answer, session=live.session.id).to_json())
             async for _ in ws:
-                await ws.send(
-                    Error(code="unexpected", detail="one offer per socket; controls go on the data channel").to_json()
-                )
+                if replies.admit():
+                    detail = "one offer per socket; controls go on the data channel"
+                    await ws.send(Error(code="unexpected", detail=detail).to_json())
         except ConnectionClosed:
             pass
         finally:
@@ -187,10 +257,21 @@ class Server:
 
     async def _open(self, ws: ServerConnection, sdp: str, prompt: str, seed: int | None) -> _Live | None:
         """A running session answering `sdp`, or None after replying with an error."""
-        if self.scheduler.full:
+        if self.full:
             return await self._refuse(ws, _server_full(self.scheduler.max_sessions))
+        self._opening += 1  # holds the place while the generator is built and the offer answered
+        try:
+            return await self._start_session(ws, sdp, prompt, seed)
+        finally:
+            self._opening -= 1
+
+    async def _start_session(self, ws: ServerConnection, sdp: str, prompt: str, seed: int | None) -> _Live | None:
         seed = secrets.randbelow(2**32) if seed is None else seed
-        generator = await asyncio.to_thread(self.make_generator, seed)
+        try:
+            generator = await asyncio.to_thread(self.make_generator, seed)
+        except Exception as e:  # the model could not start a stream: say so, keep serving
+            log.exception("cannot start a session")
+            return await self._refuse(ws, Error(code="generation_failed", detail=f"cannot start a session: {e}"[:500]))
         session = Session(generator, self.info, prompt=prompt, record_dir=self.record_dir)
         peer = Peer(
             session,
@@ -199,6 +280,7 @@ class Server:
             metrics=self.metrics,
             wake=self.scheduler.wake,
             on_end=lambda reason: self._end(ws, session, reason),
+            limiter=RateLimiter(rate=self.control_rate, burst=max(1, round(self.control_rate))),
         )
         try:
             answer = await peer.answer(sdp)
@@ -208,7 +290,7 @@ class Server:
             session.close()
             if isinstance(e, ProtocolError):
                 return await self._refuse(ws, e.reply)
-            if isinstance(e, SchedulerFull):  # another offer took the last place meanwhile
+            if isinstance(e, SchedulerFull):  # cannot happen while `full` counts openings; kept as a guard
                 return await self._refuse(ws, _server_full(self.scheduler.max_sessions))
             raise
         live = self.live[session.id] = _Live(session, peer, answer)
@@ -260,8 +342,22 @@ class Server:
     # ------------------------------------------------------------ HTTP
 
     def _http(self, connection: ServerConnection, request: Request) -> Response | None:
-        path = urlsplit(request.path).path
+        url = urlsplit(request.path)
+        path = url.path
+        if any(len(request.headers.get_all(name)) > 1 for name in ("Host", "Origin", "Authorization")):
+            return _response(400, "repeated Host, Origin or Authorization header\n", "text/plain; charset=utf-8")
+        host = request.headers.get("Host")
+        if self.loopback and host is not None and not _is_loopback_name(_host_name(host)):
+            return self._refused("host", 421, f"this server answers only to loopback names, not {host!r}")
+        private = path in ("/ws", "/config.json", "/metrics") or path.startswith("/sessions/")
+        if private and not self._token_ok(request, url.query):
+            return self._refused("token", 401, "this server needs its token: open the page with ?token=TOKEN")
         if path == "/ws":
+            origin = request.headers.get("Origin")
+            if origin is None and self.token is None and not self.loopback:
+                return self._refused("origin", 403, "clients that send no Origin need the server's --token")
+            if origin is not None and not self._origin_ok(origin, host):
+                return self._refused("origin", 403, f"origin {origin!r} may not open sessions here")
             return None  # the WebSocket handshake goes on
         if path == "/healthz":
             return _response(
@@ -286,6 +382,28 @@ class Server:
         if path.startswith("/sessions/") and path.endswith("/log.jsonl"):
             return self._log(path.removeprefix("/sessions/").removesuffix("/log.jsonl"))
         return self._static(path)
+
+    def _token_ok(self, request: Request, query: str) -> bool:
+        if self.token is None:
+            return True
+        given = parse_qs(query).get("token", [None])[-1]
+        auth = request.headers.get("Authorization", "")
+        if given is None and auth.startswith("Bearer "):
+            given = auth.removeprefix("Bearer ").strip()
+        return given is not None and hmac.compare_digest(given.encode(), self.token.encode())
+
+    def _origin_ok(self, origin: str, host: str | None) -> bool:
+        """The page's own origin (scheme://Host), or one allowed on the command line."""
+        origin = _origin(origin)
+        if origin in self.allowed_origins:
+            return True
+        scheme, _, netloc = origin.partition("://")
+        return scheme in ("http", "https") and host is not None and netloc == host.lower()
+
+    def _refused(self, reason: str, status: int, detail: str) -> Response:
+        self.metrics.refused.labels(reason).inc()
+        log.info("refused a request (%s): %s", reason, detail)
+        return _response(status, json.dumps({"error": reason, "detail": detail}), "application/json")
 
     def _log(self, session_id: str) -> Response:
         live = self.live.get(session_id)
@@ -315,11 +433,32 @@ def _response(status: int, body: str | bytes, content_type: str, extra: list[tup
             ("Connection", "close"),
             ("Content-Length", str(len(body))),
             ("Content-Type", content_type),
-            ("X-Content-Type-Options", "nosniff"),
+            *SECURITY_HEADERS,
             *extra,
         ]
     )
     return Response(status.value, status.phrase, headers, body)
+
+
+def _origin(origin: str) -> str:
+    return origin.strip().rstrip("/").lower()
+
+
+def _host_name(host: str) -> str:
+    """The name in a Host header: "[::1]:8080" -> "::1", "localhost:80" -> "localhost"."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
+def _is_loopback_name(name: str) -> bool:
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _server_full(limit: int) -> Error:
@@ -330,7 +469,9 @@ def _server_full(limit: int) -> Error:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default: loopback only; 0.0.0.0 for every network)"
+    )
     parser.add_argument("--port", type=int, default=8080, help="port for HTTP and the signaling WebSocket")
     parser.add_argument(
         "--checkpoint", default="default", help='"default" (shipped model), "debug" (tiny, random) or a path'
@@ -346,12 +487,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="STUN/TURN server for both sides, repeatable: stun:HOST:PORT or turn:USER:PASS@HOST:PORT",
     )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("LIVEREEL_TOKEN"),
+        help="secret that /ws, /config.json, /metrics and session logs require (?token= or a Bearer header); "
+        "open the page as http://HOST:PORT/?token=TOKEN (default: $LIVEREEL_TOKEN, else none)",
+    )
+    parser.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="another web origin (scheme://host[:port]) whose pages may open sessions, repeatable "
+        "(the page's own origin always may)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
-    from model import CheckpointError, load_model
-    from model.generate import Generator
-
     try:
         ice_servers = [parse_ice_server(url) for url in args.ice_server]
     except ValueError as e:
@@ -360,9 +512,28 @@ def main(args: argparse.Namespace) -> int:
     if args.max_sessions < 1 or args.steps < 1:
         log.error("--max-sessions and --steps must be at least 1")
         return 2
-    if not 1 <= len(args.prompt) <= MAX_PROMPT_CHARS:
-        log.error("--prompt must have 1 to %d characters", MAX_PROMPT_CHARS)
+    if not 0 <= args.port <= 65535:
+        log.error("--port must be in 0-65535 (0: any free port)")
         return 2
+    try:
+        Offer(type="offer", sdp="-", prompt=args.prompt)
+    except ValidationError as e:
+        log.error("--prompt: %s", e.errors(include_url=False)[0]["msg"])
+        return 2
+    if args.token is not None and (len(args.token) < MIN_TOKEN_CHARS or not args.token.isprintable()):
+        log.error(
+            "--token must be at least %d printable characters (try: %s)", MIN_TOKEN_CHARS, secrets.token_urlsafe(24)
+        )
+        return 2
+    for origin in args.allow_origin:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/") or parts.query:
+            log.error("--allow-origin %r: give scheme://host[:port], as a browser's Origin header has it", origin)
+            return 2
+
+    from model import CheckpointError, load_model  # (torch: only once the flags are good)
+    from model.generate import Generator
+
     try:
         model = load_model(args.checkpoint)
     except CheckpointError as e:
@@ -387,6 +558,8 @@ def main(args: argparse.Namespace) -> int:
         record_dir=args.record_dir,
         ice_servers=ice_servers,
         default_prompt=args.prompt,
+        token=args.token,
+        allowed_origins=args.allow_origin,
     )
     return asyncio.run(_serve(server, args.port))
 
@@ -399,14 +572,25 @@ async def _serve(server: Server, port: int) -> int:
         return 1
     host = f"[{server.host}]" if ":" in server.host else server.host
     log.info(
-        "serving %s (%d px, %d fps) at http://%s:%d/ (up to %d sessions)",
-        server.info.model, server.info.size, server.info.fps, host, port, server.scheduler.max_sessions,
+        "serving %s (%d px, %d fps) at http://%s:%d/%s (up to %d sessions)",
+        server.info.model, server.info.size, server.info.fps, host, port,
+        "?token=..." if server.token else "", server.scheduler.max_sessions,
     )
+    if not server.loopback:
+        log.warning(
+            "bound to %s: reachable from other machines; %s", server.host,
+            "sessions need the token" if server.token else "anyone who reaches it can stream (set --token)",
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutting down")
-    await server.stop()
+    for sig in signals:  # a second signal ends the process at once
+        loop.remove_signal_handler(sig)
+    sessions, start = len(server.live), time.monotonic()
+    log.info("shutting down: closing %d session(s)", sessions)
+    await server.stop(timeout=SHUTDOWN_SECONDS)
+    log.info("stopped: %d session(s) closed in %.1f s", sessions, time.monotonic() - start)
     return 0

@@ -134,7 +134,7 @@ class Session:
         session_id: str | None = None,
         record_dir: Path | None = None,
     ) -> None:
-        self.id = session_id or secrets.token_urlsafe(12)
+        self.id = session_id or secrets.token_urlsafe(16)  # 128 random bits: not guessable
         self.generator = generator
         self.info = info
         self.capacity = QUEUE_CHUNKS * info.frames_per_chunk

@@ -7,6 +7,12 @@ follows the receiver's estimate between 250 kbps and 1.5 Mbps, far more than 128
 needs) and keeps the colours exact (H.264 in Chromium shifts them). The answer offers
 VP8 only; every WebRTC browser decodes it. A keyframe every two seconds stands in for
 keyframe requests, which aiortc cannot pass to a pre-encoded track.
+
+A peer that goes away without a word (its process killed, its network gone) is noticed
+by silence: every receiver sends RTCP reports and data-channel acknowledgements, so
+nothing received for SILENCE_SECONDS ends the session. (A text message on the channel
+that is not UTF-8 makes aiortc drop the connection before the Peer sees it; browsers
+never send one, and only the sender's session ends.)
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError
 
-from streamer.controls import Hello, Message, ProtocolError, parse_control
+from streamer.controls import Hello, Message, ProtocolError, RateLimiter, parse_control
 from streamer.session import Played, Session
 
 if TYPE_CHECKING:
@@ -48,6 +54,14 @@ BITS_PER_PIXEL = 0.8
 about 210 kbps for 128x128 at 16 fps."""
 KEYFRAME_SECONDS = 2
 STATS_INTERVAL = 1.0
+CONNECT_SECONDS = 30.0
+"""A peer whose media connection is not up this long after the answer is given up."""
+SILENCE_SECONDS = 5.0
+"""A peer that has sent nothing (no RTCP report, no data channel ack) for this long is
+gone (network lost, process killed) and its session ends. Receivers send RTCP at least
+once a second, and acknowledge the stats message sent every STATS_INTERVAL."""
+MAX_BUFFERED_BYTES = 256 * 1024
+"""Server messages for a peer that does not take them are dropped past this."""
 
 
 def video_bitrate(size: int, fps: int) -> int:
@@ -143,8 +157,9 @@ class SessionTrack(VideoStreamTrack):
 class Peer:
     """One browser: its peer connection, track and control channel, bound to a session.
 
-    `on_end(reason)` runs once when the connection fails or closes; `wake()` when a
-    control may have made the session runnable again (resume, reset).
+    `on_end(reason)` runs once when the connection fails, closes or falls silent;
+    `wake()` when a control may have made the session runnable again (resume, reset).
+    Control messages are rate-limited per peer (`limiter`).
     """
 
     def __init__(
@@ -156,6 +171,7 @@ class Peer:
         metrics: Metrics,
         wake: Callable[[], None],
         on_end: Callable[[str], None],
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.session = session
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers))
@@ -165,8 +181,9 @@ class Peer:
         self._metrics = metrics
         self._wake = wake
         self._on_end = on_end
+        self._limiter = limiter or RateLimiter()
         self._ended = False
-        self._stats_task: asyncio.Task | None = None
+        self._watch_task: asyncio.Task | None = None
         self.pc.on("datachannel", self._on_datachannel)
         self.pc.on("connectionstatechange", self._on_connection_state)
 
@@ -189,17 +206,19 @@ class Peer:
             raise ProtocolError("bad_offer", f"cannot answer this SDP offer: {type(e).__name__}: {e}") from None
         if "VP8" not in self.pc.localDescription.sdp:
             raise ProtocolError("bad_offer", "the offer does not accept VP8 video")
+        self._watch_task = asyncio.ensure_future(self._watch())
         return self.pc.localDescription.sdp
 
     def send(self, msg: Message) -> None:
-        """Send on the control channel if it is open (dropped otherwise)."""
-        if self.channel is not None and self.channel.readyState == "open":
-            self.channel.send(msg.to_json())
+        """Send on the control channel if it is open and the peer keeps up (dropped otherwise)."""
+        channel = self.channel
+        if channel is not None and channel.readyState == "open" and channel.bufferedAmount < MAX_BUFFERED_BYTES:
+            channel.send(msg.to_json())
 
     async def close(self) -> None:
         self._ended = True
-        if self._stats_task is not None:
-            self._stats_task.cancel()
+        if self._watch_task is not None:
+            self._watch_task.cancel()
         self.track.stop()
         await self.pc.close()
 
@@ -224,15 +243,23 @@ class Peer:
                 seed=self.session.generator.seed,
             )
         )
-        self._stats_task = asyncio.ensure_future(self._send_stats())
 
     def _on_message(self, raw: str | bytes) -> None:
+        if not self._limiter.admit():  # before parsing: a flood costs as little as can be
+            self._metrics.controls.labels("rate_limited").inc()
+            notice = self._limiter.notice()
+            if notice is not None:
+                log.info("session %s: %s", self.session.id, notice.detail)
+                self.send(notice)
+            return
         try:
             msg = parse_control(raw)
         except ProtocolError as e:
+            self._metrics.controls.labels("invalid").inc()
             log.info("session %s: rejected a control message: %s", self.session.id, e)
             self.send(e.reply)
             return
+        self._metrics.controls.labels("accepted").inc()
         applied = self.session.control(msg)
         if applied is not None:
             self.send(applied)
@@ -246,17 +273,41 @@ class Peer:
             self._metrics.control_seconds.observe(seconds)
             self.send(applied)
 
-    async def _send_stats(self) -> None:
-        while True:
+    async def _watch(self) -> None:
+        """Stats to the client every STATS_INTERVAL, and the end of a peer that vanished
+        without closing anything: one that never connects, or falls silent."""
+        start = heard_at = time.monotonic()
+        heard = 0
+        while not self._ended:
             await asyncio.sleep(STATS_INTERVAL)
+            now = time.monotonic()
+            if self.pc.connectionState != "connected":
+                if self.pc.connectionState in ("new", "connecting") and now - start > CONNECT_SECONDS:
+                    self._end(f"no media connection in {CONNECT_SECONDS:.0f} s")
+                heard_at = now  # silence counts from the connection
+                continue
             self.send(self.session.stats())
+            received = await self._packets_received()
+            if received != heard:
+                heard, heard_at = received, now
+            elif now - heard_at > SILENCE_SECONDS:
+                self._end(f"peer silent for {now - heard_at:.0f} s")
+
+    async def _packets_received(self) -> int:
+        """Packets (media feedback, data channel) received from the peer so far."""
+        report = await self.pc.getStats()
+        return sum(s.packetsReceived for s in report.values() if s.type == "transport")
 
     def _on_connection_state(self) -> None:
         state = self.pc.connectionState
         log.debug("session %s: connection %s", self.session.id, state)
-        if state in ("failed", "closed") and not self._ended:
+        if state in ("failed", "closed"):
+            self._end(f"peer connection {state}")
+
+    def _end(self, reason: str) -> None:
+        if not self._ended:
             self._ended = True
-            self._on_end(f"peer connection {state}")
+            self._on_end(reason)
 
 
 # ---------------------------------------------------------------- ICE

@@ -1,20 +1,39 @@
-"""A stand-in for model.generate.Generator, for fast tests of the streaming mechanics.
+"""Stand-ins for the two ends of a stream, for tests of the streaming mechanics.
 
-Same surface as the real one (set_prompt, set_camera, reset staged and applied at the
-start of `next_frames`, `applied` listing them), no network: each frame is one flat
-colour derived from the prompt, with the frame index in the blue channel.
+`FakeGenerator` has the surface of model.generate.Generator (set_prompt, set_camera,
+reset staged and applied at the start of `next_frames`, `applied` listing them), no
+network: each frame is one flat colour derived from the prompt, with the frame index
+in the blue channel.
+
+`Client` is a browser stand-in (aiortc, in-process): recvonly video plus the `control`
+data channel. Run as a program (`python tests/fakes.py PORT [--flood RATE SECONDS]`)
+it is a client in a process of its own, to be killed or to flood a server.
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import hashlib
+import http.client
+import json
+import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
+import pytest_asyncio
+import websockets
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from prometheus_client.parser import text_string_to_metric_families
 
+from streamer.server import Server
 from streamer.session import StreamInfo
+
+WAIT = 15.0
+"""Seconds before something that should happen soon is called a failure."""
 
 
 @dataclass(frozen=True)
@@ -100,3 +119,186 @@ def fake_info(config: FakeConfig = FakeConfig(), steps: int = 1) -> StreamInfo:
         frames_per_chunk=config.frames_per_chunk,
         steps=steps,
     )
+
+
+# ---------------------------------------------------------------- a browser
+
+
+class Client:
+    """A browser stand-in: recvonly video + the `control` data channel."""
+
+    def __init__(self, port: int, *, query: str = "", headers: dict[str, str] | None = None) -> None:
+        self.port = port
+        self.url = f"ws://127.0.0.1:{port}/ws{query}"
+        self.headers = headers
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.pc.addTransceiver("video", direction="recvonly")
+        self.channel = self.pc.createDataChannel("control")
+        self.messages: asyncio.Queue[dict] = asyncio.Queue()
+        self.seen: list[dict] = []
+        self.channel.on("message", self._on_message)
+        self.frames: deque = deque(maxlen=64)
+        self.frame_count = 0
+        self._reader: asyncio.Task | None = None
+        self.pc.on("track", lambda track: self._read(track))
+        self.ws = None
+        self.session = None
+
+    async def offer(self, **fields) -> dict:
+        """Send the offer; returns the server's reply (answer or error)."""
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        self.ws = await websockets.connect(self.url, additional_headers=self.headers)
+        await self.ws.send(json.dumps({"type": "offer", "sdp": self.pc.localDescription.sdp, **fields}))
+        reply = json.loads(await asyncio.wait_for(self.ws.recv(), WAIT))
+        if reply["type"] == "answer":
+            self.session = reply["session"]
+            await self.pc.setRemoteDescription(RTCSessionDescription(reply["sdp"], "answer"))
+        return reply
+
+    async def open(self, **fields) -> Client:
+        reply = await self.offer(**fields)
+        assert reply["type"] == "answer", reply
+        await self.expect("hello")
+        return self
+
+    def send(self, message: dict | str | bytes) -> None:
+        self.channel.send(message if isinstance(message, (str, bytes)) else json.dumps(message))
+
+    async def expect(self, kind: str, **match) -> dict:
+        """The next message of this type (and these fields) on the channel."""
+
+        async def find() -> dict:
+            while True:
+                msg = await self.messages.get()
+                if msg["type"] == kind and all(msg.get(k) == v for k, v in match.items()):
+                    return msg
+
+        return await asyncio.wait_for(find(), WAIT)
+
+    async def frames_after(self, n: int) -> None:
+        target = self.frame_count + n
+        await until(lambda: self.frame_count >= target, f"{n} more frames")
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        await self.pc.close()
+        if self.ws is not None:
+            await self.ws.close()
+
+    def _on_message(self, raw: str) -> None:
+        msg = json.loads(raw)
+        self.seen.append(msg)
+        self.messages.put_nowait(msg)
+
+    def _read(self, track) -> None:
+        async def read() -> None:
+            while True:
+                frame = await track.recv()
+                self.frames.append(frame)
+                self.frame_count += 1
+
+        self._reader = asyncio.ensure_future(read())
+
+
+async def until(condition, what: str, wait: float = WAIT) -> None:
+    for _ in range(int(wait / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"not within {wait} s: {what}")
+
+
+def get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
+    conn.request("GET", path, headers=headers or {})
+    response = conn.getresponse()
+    result = response.status, dict(response.getheaders()), response.read()
+    conn.close()
+    return result
+
+
+async def fetch(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    return await asyncio.to_thread(get, port, path, headers)
+
+
+async def metric(port: int, name: str, query: str = "", **labels) -> float:
+    _, _, body = await fetch(port, "/metrics" + query)
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+def real_server(model, steps: int = 2, **kwargs) -> Server:
+    """A Server running the real Generator on `model` (the debug one in tests)."""
+    from model.generate import Generator
+
+    cfg = model.config
+    info = StreamInfo(model=cfg.name, fps=cfg.fps, size=cfg.image_size, frames_per_chunk=cfg.frames_per_chunk,
+                      steps=steps)
+    return Server(lambda seed: Generator(model, seed=seed, steps=steps), info, **kwargs)
+
+
+@pytest_asyncio.fixture
+async def started():
+    """`await started(server)` starts it on a free port (returned); stopped after the test."""
+    servers = []
+
+    async def start(server: Server) -> int:
+        servers.append(server)
+        return await server.start(0)
+
+    yield start
+    for server in servers:
+        await server.stop()
+
+
+@pytest_asyncio.fixture
+async def clients():
+    """`clients(port, **kwargs)` makes a Client, closed after the test."""
+    made: list[Client] = []
+
+    def make(port: int, **kwargs) -> Client:
+        made.append(Client(port, **kwargs))
+        return made[-1]
+
+    yield make
+    for c in made:
+        await c.close()
+
+
+# ---------------------------------------------------------------- as a program
+
+
+async def _run(port: int, flood: tuple[float, float] | None) -> None:
+    """Open a session and print it; then stream until killed, or flood the control
+    channel at RATE messages a second for SECONDS and print what came back."""
+    client = Client(port)
+    await client.open()
+    print(json.dumps({"session": client.session}), flush=True)
+    if flood is None:
+        await asyncio.Event().wait()
+    rate, seconds = flood
+    sent, start = 0, time.monotonic()
+    while (elapsed := time.monotonic() - start) < seconds:
+        for _ in range(int(rate * elapsed) - sent):
+            client.send({"type": "camera", "pan": [0.1 * (sent % 10), 0.0], "zoom": 0.0})
+            sent += 1
+        await asyncio.sleep(0.005)
+    await asyncio.sleep(1.0)  # the last replies
+    errors = [m for m in client.seen if m["type"] == "error"]
+    print(json.dumps({"sent": sent, "seconds": time.monotonic() - start, "errors": errors}), flush=True)
+    await client.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="a livereel client in its own process")
+    parser.add_argument("port", type=int)
+    parser.add_argument("--flood", type=float, nargs=2, metavar=("RATE", "SECONDS"))
+    cli = parser.parse_args()
+    sys.exit(asyncio.run(_run(cli.port, cli.flood)))

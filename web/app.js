@@ -35,10 +35,22 @@ const video = $("video");
 const stream = new Stream(video);
 window.livereel = { stream, state };
 
+// A server started with --token needs it on /ws, /config.json and the logs: the page
+// passes on the one in its own address (http://host:port/?token=...).
+const token = params.get("token");
+const withToken = (path) => (token ? `${path}?token=${encodeURIComponent(token)}` : path);
+
 // ---------------------------------------------------------------- connection
 
 async function connect() {
-  const config = await fetch("config.json").then((r) => r.json()).catch(() => ({}));
+  const reply = await fetch(withToken("config.json")).catch(() => null);
+  if (reply && (reply.status === 401 || reply.status === 403)) {
+    const why = await reply.json().catch(() => ({}));
+    showError(`Not allowed: ${why.detail ?? reply.statusText}`);
+    $("veil-text").textContent = "Not allowed";
+    return;
+  }
+  const config = reply && reply.ok ? await reply.json().catch(() => ({})) : {};
   stream.iceServers = config.iceServers ?? [];
   const prompt = $("prompt").value.trim() || params.get("prompt") || config.prompt || "";
   const seedText = $("seed").value || params.get("seed") || "";
@@ -47,7 +59,7 @@ async function connect() {
   Object.assign(state, { session: null, hello: null, paused: false });
   showError("");
   try {
-    await stream.connect({ prompt, seed });
+    await stream.connect({ prompt, seed, token });
   } catch (err) {
     showError(`Cannot connect: ${err.message}`);
   }
@@ -77,7 +89,7 @@ stream.addEventListener("message", (e) => {
       $("model").textContent = `${msg.model} · ${msg.size}px · ${msg.fps} fps`;
       $("caption").textContent = msg.prompt;
       const link = $("download");
-      link.href = `sessions/${encodeURIComponent(msg.session)}/log.jsonl`;
+      link.href = withToken(`sessions/${encodeURIComponent(msg.session)}/log.jsonl`);
       link.setAttribute("download", `livereel-${msg.session}.jsonl`);
       link.removeAttribute("aria-disabled");
       break;

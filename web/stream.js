@@ -19,8 +19,9 @@ export class Stream extends EventTarget {
     this.timings = {};
   }
 
-  /** Open a session: offer -> answer over /ws, then media and the control channel. */
-  async connect({ prompt, seed } = {}) {
+  /** Open a session: offer -> answer over /ws (with the server's token, if it has
+   * one), then media and the control channel. */
+  async connect({ prompt, seed, token } = {}) {
     this.close();
     this.timings = { start: performance.now() };
     this._setState("connecting");
@@ -46,7 +47,9 @@ export class Stream extends EventTarget {
 
     await pc.setLocalDescription(await pc.createOffer());
     await iceGatheringDone(pc);
-    const ws = new WebSocket(new URL("/ws", location.href).href.replace(/^http/, "ws"));
+    const url = new URL("/ws", location.href);
+    if (token) url.searchParams.set("token", token);
+    const ws = new WebSocket(url.href.replace(/^http/, "ws"));
     this.ws = ws;
     ws.onmessage = (e) => this._onSignal(e.data);
     ws.onclose = (e) => {
