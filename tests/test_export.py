@@ -93,7 +93,7 @@ def test_killed_export_leaves_no_output(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "streamer.cli", "export", str(p), "-o", str(out),
                              "--checkpoint", "debug", "--steps", "1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
+    deadline = time.time() + 300  # a wait bound, not a timing assert: CI machines can be slow
     while time.time() < deadline and not list(tmp_path.glob(".long.mp4.*.part")):
         time.sleep(0.2)
     assert list(tmp_path.glob(".long.mp4.*.part")), "the export never started writing"
