@@ -80,6 +80,8 @@ class KVCache:
         self.pos = torch.zeros(batch, tok, 2, device=device, dtype=dtype)  # world (x, y), tokens
         self.cos = torch.zeros(batch, tok, cfg.head_dim, device=device, dtype=dtype)
         self.sin = torch.zeros(batch, tok, cfg.head_dim, device=device, dtype=dtype)
+        cur = self.current.token_slice(0)  # the chunk in flight's tables, (B, 1, tokens, Dh) views
+        self._cur_rope = (self.cos[:, None, cur], self.sin[:, None, cur])
         token_frame = torch.cat([
             torch.arange(r.frame_start, r.frame_start + r.chunks * K).repeat_interleave(r.tokens // K)
             for r in regions])
@@ -118,8 +120,8 @@ class KVCache:
         self.cos.copy_(cos)
         self.sin.copy_(sin)
         ctx = slice(0, cur.token_start)
-        self.k_rot[:, :, :, ctx] = apply_rope(self.k[:, :, :, ctx], self.cos[None, :, None, ctx],
-                                              self.sin[None, :, None, ctx])
+        apply_rope(self.k[:, :, :, ctx], self.cos[None, :, None, ctx], self.sin[None, :, None, ctx],
+                   out=self.k_rot[:, :, :, ctx])
         if all(visible):
             self.mask = None
         else:
@@ -129,9 +131,14 @@ class KVCache:
     def write(self, layer: int, k: Tensor, v: Tensor) -> None:
         """Store the chunk in flight's K (before RoPE) and V, (B, H, tokens_per_chunk, Dh)."""
         cur = self.current.token_slice(0)
+        self.store(layer, k, v)
+        apply_rope(k, *self._cur_rope, out=self.k_rot[layer, :, :, cur])
+
+    def store(self, layer: int, k: Tensor, v: Tensor) -> None:
+        """`write` without the rotated copy (a `CacheBatch` keeps that itself)."""
+        cur = self.current.token_slice(0)
         self.k[layer, :, :, cur] = k
         self.v[layer, :, :, cur] = v
-        self.k_rot[layer, :, :, cur] = apply_rope(k, self.cos[:, None, cur], self.sin[:, None, cur])
 
     def read(self, layer: int) -> tuple[Tensor, Tensor, Tensor | None]:
         """Keys (rotated), values and the visibility mask for one layer's attention."""
@@ -139,8 +146,7 @@ class KVCache:
 
     def current_rope(self) -> tuple[Tensor, Tensor]:
         """cos, sin (B, 1, tokens_per_chunk, Dh) for the queries of the chunk in flight."""
-        cur = self.current.token_slice(0)
-        return self.cos[:, None, cur], self.sin[:, None, cur]
+        return self._cur_rope
 
     # ------------------------------------------------------------------ writes
     def commit(self, dest: tuple[str, int] | None = None) -> tuple[str, int]:
@@ -217,3 +223,41 @@ class KVCache:
     def allocated_bytes(self) -> int:
         return sum(t.numel() * t.element_size()
                    for t in (self.k, self.v, self.k_rot, self.pos, self.cos, self.sin))
+
+
+class CacheBatch:
+    """Several streams' caches read as one batch: the context of a batched step.
+
+    Made after every cache's `begin_chunk`, it gathers their rotated keys, values,
+    current-chunk RoPE tables and visibility masks into batch buffers once per chunk (the
+    context is the same for all the chunk's evaluations). `write` updates the batch
+    buffers and stores each stream's own K/V, so that each cache's `commit` follows as
+    usual. The same verbs as `KVCache`, so the DiT cannot tell the two apart.
+    """
+
+    def __init__(self, caches: list[KVCache]):
+        self.caches = caches
+        self.rows = [c.k.shape[1] for c in caches]
+        self.cur = caches[0].current.token_slice(0)
+        self.k_rot = torch.cat([c.k_rot for c in caches], dim=1)  # (depth, B, H, N, Dh)
+        self.v = torch.cat([c.v for c in caches], dim=1)
+        self.cos = torch.cat([c.cos[:, None, self.cur] for c in caches])  # (B, 1, tokens, Dh)
+        self.sin = torch.cat([c.sin[:, None, self.cur] for c in caches])
+        self.mask: Tensor | None = None
+        if any(c.mask is not None for c in caches):
+            n = caches[0].n_tokens
+            self.mask = torch.cat([
+                (c.mask if c.mask is not None else torch.ones(n, dtype=torch.bool, device=c.k.device)
+                 ).view(1, 1, 1, n).expand(rows, 1, 1, n) for c, rows in zip(caches, self.rows)])
+
+    def write(self, layer: int, k: Tensor, v: Tensor) -> None:
+        for cache, kk, vv in zip(self.caches, k.split(self.rows), v.split(self.rows)):
+            cache.store(layer, kk, vv)
+        self.v[layer, :, :, self.cur] = v
+        apply_rope(k, self.cos, self.sin, out=self.k_rot[layer, :, :, self.cur])
+
+    def read(self, layer: int) -> tuple[Tensor, Tensor, Tensor | None]:
+        return self.k_rot[layer], self.v[layer], self.mask
+
+    def current_rope(self) -> tuple[Tensor, Tensor]:
+        return self.cos, self.sin

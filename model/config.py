@@ -260,9 +260,21 @@ def get_config(name: str) -> ModelConfig:
 
 
 def flops_per_token(cfg: DiTConfig, context_tokens: int, text_tokens: int) -> float:
-    """Forward FLOPs of one DiT token (matmuls and attention, 2 per MAC)."""
+    """Forward FLOPs of one DiT token (matmuls and attention, 2 per MAC), attending to
+    `context_tokens` self-attention keys (its own chunk included) and `text_tokens` text
+    keys. The per-frame modulation (timestep and camera MLPs, adaLN) is shared by a
+    frame's tokens and counted here divided among them."""
     d, h = cfg.dim, int(cfg.dim * cfg.mlp_ratio)
     per_layer = 2 * (4 * d * d + 2 * d * h + 2 * d * d)  # qkv+out, mlp, cross q+out
     per_layer += 2 * 2 * d * (context_tokens + text_tokens)  # QK^T and AV
     embed = 2 * 2 * cfg.latent_channels * cfg.patch**2 * d  # patch in and out
-    return cfg.depth * per_layer + embed
+    per_frame = 2 * (256 * d + d * d + 3 * d + d * d + cfg.text_dim * d  # t, camera, text pool
+                     + cfg.depth * 6 * d * d + 2 * d * d)  # adaLN of the blocks and the final layer
+    return cfg.depth * per_layer + embed + per_frame / cfg.tokens_per_frame
+
+
+def flops_per_chunk(cfg: DiTConfig, steps: int, text_tokens: int, batch: int = 1) -> float:
+    """Forward FLOPs of one streamed chunk: `steps` denoising evaluations and the context
+    pass, each over the chunk's tokens against the whole cache (`batch` 2 with guidance)."""
+    per_eval = cfg.tokens_per_chunk * flops_per_token(cfg, cfg.cache_tokens, text_tokens)
+    return (steps + 1) * batch * per_eval

@@ -58,7 +58,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Te
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    return x * (1 + scale) + shift
+    return torch.addcmul(shift, x, 1 + scale)  # x * (1 + scale) + shift, one pass over x
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -67,6 +67,22 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=t.dtype) / half)
     args = (t[..., None] * 1000.0) * freqs
     return torch.cat((args.cos(), args.sin()), dim=-1)
+
+
+def linear(m: nn.Linear, x: Tensor) -> Tensor:
+    """m(x). Without gradients, through a column-major copy of the weight (its transpose
+    contiguous), which hands MKL an untransposed operand: 1.1-1.8x faster on the DiT's
+    (128 x 128..512) matmuls on AVX-512. The copy is remade when the weight changes
+    (new storage or an in-place update), so training and loading stay correct; the
+    parameters themselves keep their layout, names and shapes."""
+    if torch.is_grad_enabled():
+        return m(x)
+    w = m.weight
+    key = (w.data_ptr(), w._version)
+    cached = getattr(m, "_column_major", None)
+    if cached is None or cached[0] != key:
+        cached = m._column_major = (key, w.detach().t().contiguous().t())
+    return F.linear(x, cached[1], m.bias)
 
 
 class RMSNorm(nn.Module):
@@ -149,15 +165,24 @@ class SelfAttention(nn.Module):
         self.q_norm = RMSNorm(cfg.head_dim)
         self.k_norm = RMSNorm(cfg.head_dim)
 
+    def write_kv(self, x: Tensor, ctx) -> Tensor:
+        """Project x (B, N, D), write its K/V to the context; returns q (B, H, N, Dh)."""
+        B, N, D = x.shape
+        qkv = linear(self.qkv, x).view(B, N, 3, self.heads, -1)
+        # q and k normalised in one call: (B, N, 2, H, Dh), each with its own weight
+        weight = torch.stack((self.q_norm.weight, self.k_norm.weight))[:, None]
+        qk = F.rms_norm(qkv[:, :, :2], (qkv.shape[-1],), None, self.q_norm.eps) * weight
+        q, k = qk.permute(2, 0, 3, 1, 4)  # (B, H, N, Dh)
+        ctx.write(self.layer, k, qkv[:, :, 2].transpose(1, 2))
+        return q
+
     def forward(self, x: Tensor, ctx) -> Tensor:
         B, N, D = x.shape
-        q, k, v = self.qkv(x).view(B, N, 3, self.heads, -1).permute(2, 0, 3, 1, 4)  # (B, H, N, Dh)
-        q, k = self.q_norm(q), self.k_norm(k)
-        ctx.write(self.layer, k, v)
+        q = self.write_kv(x, ctx)
         cos, sin = ctx.current_rope()
         keys, values, mask = ctx.read(self.layer)
         out = attention(apply_rope(q, cos, sin), keys, values, mask)
-        return self.proj(out.transpose(1, 2).reshape(B, N, D))
+        return linear(self.proj, out.transpose(1, 2).reshape(B, N, D))
 
 
 class CrossAttention(nn.Module):
@@ -176,11 +201,12 @@ class CrossAttention(nn.Module):
         k, v = self.kv(tokens).view(B, L, 2, self.heads, -1).permute(2, 0, 3, 1, 4)
         return torch.stack((self.k_norm(k), v))
 
-    def forward(self, x: Tensor, kv: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, kv: Tensor, bias: Tensor) -> Tensor:
+        """x (B, N, D); kv (2, B, H, L, Dh) from `text_kv`; bias (B, 1, 1, L): 0 or -inf."""
         B, N, D = x.shape
-        q = self.q_norm(self.q(x).view(B, N, self.heads, -1).transpose(1, 2))
-        out = attention(q, kv[0], kv[1], mask[:, None, None, :])
-        return self.proj(out.transpose(1, 2).reshape(B, N, D))
+        q = self.q_norm(linear(self.q, x).view(B, N, self.heads, -1).transpose(1, 2))
+        out = attention(q, kv[0], kv[1], bias)
+        return linear(self.proj, out.transpose(1, 2).reshape(B, N, D))
 
 
 class MLP(nn.Module):
@@ -190,7 +216,7 @@ class MLP(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))  # exact GELU: 3.5x faster than tanh on CPU
+        return linear(self.fc2, F.gelu(linear(self.fc1, x)))  # exact GELU: 3.5x faster than tanh on CPU
 
 
 # --------------------------------------------------------------------------- block
@@ -207,15 +233,22 @@ class Block(nn.Module):
         self.mlp = MLP(cfg.dim, int(cfg.dim * cfg.mlp_ratio))
         self.ada = nn.Linear(cfg.dim, 6 * cfg.dim)
 
-    def forward(self, x: Tensor, c: Tensor, ctx, text_kv: Tensor, text_mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, c: Tensor, ctx, text_kv: Tensor, text_bias: Tensor) -> Tensor:
         """x (B, F, T, D), c (B, F, D): modulation is per frame, broadcast over its tokens."""
         B, Fr, T, D = x.shape
-        mods = self.ada(F.silu(c))[:, :, None].chunk(6, dim=-1)  # 6 x (B, F, 1, D)
+        mods = linear(self.ada, F.silu(c))[:, :, None].chunk(6, dim=-1)  # 6 x (B, F, 1, D)
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mods
         h = self.attn(modulate(self.norm1(x), shift_a, scale_a).view(B, Fr * T, D), ctx)
-        x = x + gate_a * h.view(B, Fr, T, D)
-        x = x + self.cross(self.norm2(x).view(B, Fr * T, D), text_kv, text_mask).view(B, Fr, T, D)
-        return x + gate_m * self.mlp(modulate(self.norm3(x), shift_m, scale_m))
+        x = torch.addcmul(x, gate_a, h.view(B, Fr, T, D))  # x + gate * h
+        x = x + self.cross(self.norm2(x).view(B, Fr * T, D), text_kv, text_bias).view(B, Fr, T, D)
+        return torch.addcmul(x, gate_m, self.mlp(modulate(self.norm3(x), shift_m, scale_m)))
+
+    def write_kv(self, x: Tensor, c: Tensor, ctx) -> None:
+        """Only the K/V this block writes to the context (what a context pass needs of the
+        last block: the rest of its output feeds nothing that is kept)."""
+        B, Fr, T, D = x.shape
+        shift_a, scale_a = linear(self.ada, F.silu(c))[:, :, None].chunk(6, dim=-1)[:2]
+        self.attn.write_kv(modulate(self.norm1(x), shift_a, scale_a).view(B, Fr * T, D), ctx)
 
 
 class FinalLayer(nn.Module):
@@ -226,8 +259,8 @@ class FinalLayer(nn.Module):
         self.linear = nn.Linear(cfg.dim, cfg.latent_channels * cfg.patch**2)
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        shift, scale = self.ada(F.silu(c))[:, :, None].chunk(2, dim=-1)
-        return self.linear(modulate(self.norm(x), shift, scale))
+        shift, scale = linear(self.ada, F.silu(c))[:, :, None].chunk(2, dim=-1)
+        return linear(self.linear, modulate(self.norm(x), shift, scale))
 
 
 # --------------------------------------------------------------------------- the model
@@ -289,18 +322,28 @@ class DiT(nn.Module):
         cache.begin_chunk(world, camera.pos[:, -1, :2], self.rope.tables, first_frame)
 
     # -- one network evaluation ---------------------------------------------
-    def forward(self, x: Tensor, t: Tensor, text: TextCond, camera: CameraCond, cache=None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, text: TextCond, camera: CameraCond, cache=None,
+                kv_only: bool = False) -> Tensor | None:
         """x (B, F, C, h, w); t (B, F) in [0, 1] per frame (1 = noise); returns the velocity.
 
         cache=None: training path over the whole clip (F a multiple of chunk_frames);
         a `ClipContext` from `clip_context()` does the same and can keep the K/V.
         cache=KVCache (after `begin_chunk`): one chunk attending to the cache.
+        kv_only: only write every layer's K/V to the context and return None (a context
+        pass: the last block stops after its K/V, the final layer is skipped).
         """
         if cache is None:
             cache = self.clip_context(camera)
         kv = text.kv if text.kv is not None else self.text_kv(text)
+        # the text mask as an additive bias, once for all layers: (B, 1, 1, L)
+        bias = torch.zeros(text.mask.shape, dtype=x.dtype, device=x.device)
+        bias = bias.masked_fill_(~text.mask, float("-inf"))[:, None, None]
         c = self.condition(t, text, camera)
-        h = self.patch_embed(self.patchify(x))  # (B, F, T, D)
+        h = linear(self.patch_embed, self.patchify(x))  # (B, F, T, D)
+        last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            h = block(h, c, cache, kv[i], text.mask)
+            if kv_only and i == last:
+                block.write_kv(h, c, cache)
+                return None
+            h = block(h, c, cache, kv[i], bias)
         return self.unpatchify(self.final(h, c))

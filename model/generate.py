@@ -4,17 +4,28 @@ Per chunk (DESIGN §1): seeded noise for K latent frames, `steps` flow-matching 
 steps that read the cache, one context pass at t = `context_t` that writes the chunk's
 clean K/V, then `cache.commit()`. Controls are staged by `set_*` and take effect at the
 next chunk boundary; `applied` says what took effect and at which frame.
+
+`step_batch` makes one chunk for each of several streams with one batched network
+evaluation per step (the streams keep their own caches, controls and seeds, and get
+the same chunks as alone); `decode_batch` decodes them together. A chunk's `decode`
+touches only the VAE state, so it may run on another thread while the next `step`
+runs (decode of chunk n overlapped with the DiT on chunk n+1).
+
+Every step records `timings`: wall and thread-CPU seconds of its phases (controls,
+denoise, context, decode), for the benchmarks and the server's stats.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from cache.kv import KVCache
+from cache.kv import CacheBatch, KVCache
 from model.camera import CameraCond, integrate, velocity_per_frame
 from model.checkpoint import LiveReel
 from model.text import TextCond
@@ -55,6 +66,7 @@ class Generator:
         self.pan, self.zoom = (0.0, 0.0), 0.0
         self._pending: dict = {}
         self.applied: list[dict] = []
+        self.timings: dict[str, Span] = {}  # the last chunk's phases (see the module docstring)
         self._start(seed)
 
     # ------------------------------------------------------------------ controls (staged)
@@ -155,29 +167,14 @@ class Generator:
             return cam
         return CameraCond(cam.pos.repeat(2, 1, 1), torch.cat((cam.motion, torch.zeros_like(cam.motion))))
 
-    def _batch(self, x: Tensor, text: TextCond, cam: CameraCond) -> tuple[Tensor, TextCond, CameraCond]:
-        if self.cfg_batch == 1:
-            return x, text, cam
-        return x.expand(2, *x.shape[1:]), TextCond.cat([text, self._null]), self._batch_cam(cam)
-
-    def _velocity(self, x: Tensor, t: float, text: TextCond, cam: CameraCond) -> Tensor:
-        xb, tb, cb = self._batch(x, text, cam)
-        tt = torch.full(xb.shape[:2], t, device=self.device)
-        v = self.model.dit(xb, tt, tb, cb, self.cache)
-        if self.cfg_batch == 1:
-            return v
-        cond, uncond = v.chunk(2)
-        return uncond + self.guidance * (cond - uncond)
+    def _batch_text(self, text: TextCond) -> TextCond:
+        return text if self.cfg_batch == 1 else TextCond.cat([text, self._null])
 
     def _context_pass(self, x: Tensor, text: TextCond, cam: CameraCond, first_frame: int | None) -> None:
         """One evaluation at t = context_t over the clean chunk: writes its K/V."""
         self.model.dit.begin_chunk(self.cache, self._batch_cam(cam), first_frame)
-        self._forward_context(x, text, cam)
-
-    def _forward_context(self, x: Tensor, text: TextCond, cam: CameraCond) -> None:
-        xb, tb, cb = self._batch(x, text, cam)
-        tt = torch.full(xb.shape[:2], self.context_t, device=self.device)
-        self.model.dit(xb, tt, tb, cb, self.cache)
+        _evaluate(self.model, x, self.context_t, self._batch_text(text), self._batch_cam(cam), self.cache,
+                  self.cfg_batch, kv_only=True)
 
     def _recache(self) -> None:
         """Recompute the K/V of the kept chunks (sink, window) under the new prompt, in
@@ -194,29 +191,129 @@ class Generator:
         return torch.randn(shape, generator=g).to(self.device)
 
     # ------------------------------------------------------------------ the rollout
-    @torch.no_grad()
-    def step(self) -> Tensor:
-        """Generate one chunk; returns its clean latents (1, K, C, h, w) in DiT scale."""
+    def _begin(self) -> tuple[Tensor, TextCond, CameraCond]:
+        """Controls, text and camera of the next chunk; prepares the cache's read.
+        Returns the chunk's noise and its (guidance-batched) text and camera."""
         self.applied = []
         self.apply_controls()
         text = self._chunk_text()
         cam = self._advance_camera()
+        self._cam = cam
         self.model.dit.begin_chunk(self.cache, self._batch_cam(cam))
-        x = self._noise()
-        for t, t_next in zip(self.sigmas[:-1], self.sigmas[1:]):
-            x = x + (t_next - t) * self._velocity(x, t, text, cam)
-        self._forward_context(x, text, cam)
+        return self._noise(), self._batch_text(text), self._batch_cam(cam)
+
+    def _finish(self, x: Tensor) -> None:
+        """Keep the chunk's clean latents and move its K/V into the cache."""
         slot = self.cache.commit()
-        self._kept[slot] = (x, cam)
+        self._kept[slot] = (x, self._cam)
         self.chunk_index += 1
-        return x
+
+    @torch.no_grad()
+    def step(self) -> Tensor:
+        """Generate one chunk; returns its clean latents (1, K, C, h, w) in DiT scale."""
+        return step_batch([self])[0]
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> np.ndarray:
         """Latents of one chunk -> uint8 frames (K, H, W, 3), streaming the VAE state."""
-        vae = self.model.vae
-        frames, self._vae_state = vae.decode_step(vae.from_dit(latents), self._vae_state)
-        return to_uint8(frames[0]).cpu().numpy()
+        return decode_batch([self], [latents])[0]
 
     def next_frames(self) -> np.ndarray:
         return self.decode(self.step())
+
+
+# ---------------------------------------------------------------------- several streams
+
+
+class Span(NamedTuple):
+    """Seconds a phase took: wall clock and CPU time of the thread that ran it (the
+    latter barely moves when other processes share the cores)."""
+
+    wall: float
+    cpu: float
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.thread_time()
+
+    def lap(self) -> Span:
+        wall, cpu = time.perf_counter(), time.thread_time()
+        span = Span(wall - self.wall, cpu - self.cpu)
+        self.wall, self.cpu = wall, cpu
+        return span
+
+
+def _evaluate(model: LiveReel, x: Tensor, t: float, text: TextCond, cam: CameraCond, cache,
+              cfg_batch: int, kv_only: bool = False) -> Tensor | None:
+    """One network evaluation of a batch of chunks x (S, K, C, h, w) at time t; with
+    guidance each chunk is evaluated twice (conditional, unconditional), side by side.
+    `kv_only` for a context pass: only the cache writes matter."""
+    xb = x if cfg_batch == 1 else x.repeat_interleave(cfg_batch, dim=0)
+    tt = torch.full(xb.shape[:2], t, device=x.device)
+    return model.dit(xb, tt, text, cam, cache, kv_only=kv_only)
+
+
+@torch.no_grad()
+def step_batch(gens: list[Generator]) -> list[Tensor]:
+    """One chunk for each of several streams, with one batched evaluation per step.
+
+    Each stream applies its own staged controls (a prompt switch re-caches that stream
+    alone), keeps its own cache, seed and camera, and gets the chunk it would get alone
+    (to float tolerance). The streams must share the model and the sampler settings.
+    Returns each stream's clean latents (1, K, C, h, w).
+    """
+    lead = gens[0]
+    for g in gens[1:]:
+        if (g.model is not lead.model or g.sigmas != lead.sigmas or g.guidance != lead.guidance
+                or g.context_t != lead.context_t):
+            raise ValueError("a batched step needs streams of one model with the same steps, shift, "
+                             "guidance and context_t")
+    clock = _Clock()
+    begun = [g._begin() for g in gens]
+    controls = clock.lap()
+    if len(gens) == 1:
+        (x, text, cam), cache = begun[0], lead.cache
+    else:
+        x = torch.cat([b[0] for b in begun])
+        text = TextCond.cat([b[1] for b in begun])
+        cam = CameraCond(torch.cat([b[2].pos for b in begun]), torch.cat([b[2].motion for b in begun]))
+        cache = CacheBatch([g.cache for g in gens])
+    n = lead.cfg_batch
+    for t, t_next in zip(lead.sigmas[:-1], lead.sigmas[1:]):
+        v = _evaluate(lead.model, x, t, text, cam, cache, n)
+        if n > 1:
+            cond, uncond = v.view(len(gens), n, *v.shape[1:]).unbind(1)
+            v = uncond + lead.guidance * (cond - uncond)
+        x = x + (t_next - t) * v
+    denoise = clock.lap()
+    _evaluate(lead.model, x, lead.context_t, text, cam, cache, n, kv_only=True)
+    context = clock.lap()
+    out = list(x.split(1))
+    for g, xi in zip(gens, out):
+        g._finish(xi)
+        g.timings = {"controls": controls, "denoise": denoise, "context": context}
+    return out
+
+
+@torch.no_grad()
+def decode_batch(gens: list[Generator], latents: list[Tensor]) -> list[np.ndarray]:
+    """Decode one chunk of each stream in one VAE call, streaming each one's VAE state;
+    returns uint8 frames (K, H, W, 3) per stream."""
+    clock = _Clock()
+    vae = gens[0].model.vae
+    if len(gens) == 1:
+        state = gens[0]._vae_state
+    else:  # a stream at its first chunk has no state yet: zeros, as the decoder assumes
+        state = []
+        for parts in zip(*(g._vae_state for g in gens)):
+            like = next((p for p in parts if p is not None), None)
+            state.append(None if like is None else
+                         torch.cat([torch.zeros_like(like) if p is None else p for p in parts]))
+    frames, state = vae.decode_step(vae.from_dit(torch.cat(latents)), state)
+    frames = to_uint8(frames).cpu().numpy()
+    span = clock.lap()
+    for i, g in enumerate(gens):
+        g._vae_state = state if len(gens) == 1 else [None if s is None else s[i:i + 1] for s in state]
+        g.timings = {**g.timings, "decode": span}
+    return list(frames)

@@ -19,9 +19,17 @@ def rotate_half(x: Tensor) -> Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """x (..., N, Dh) with cos/sin broadcastable to it."""
-    return x * cos + rotate_half(x) * sin
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor, out: Tensor | None = None) -> Tensor:
+    """x * cos + rotate_half(x) * sin for x (..., N, Dh), cos/sin broadcastable to it and,
+    as `RoPE3D.tables` makes them, the same in both halves of the last dim. Three ops
+    instead of six (no rotated copy of x); `out` (x's shape) receives the result in place,
+    e.g. a slot of the KV cache."""
+    h = x.shape[-1] // 2
+    out = torch.mul(x, cos, out=out) if out is not None else x * cos
+    s = sin[..., :h]
+    out[..., :h].addcmul_(x[..., h:], s, value=-1)
+    out[..., h:].addcmul_(x[..., :h], s)
+    return out
 
 
 class RoPE3D(nn.Module):

@@ -1,0 +1,161 @@
+"""The same streams made the naive ways, to show what the cache design buys.
+
+- `NoCacheStream`: no KV cache. Every denoising evaluation runs the training path
+  (`model.dit(x, t, text, camera)`, block-causal mask with the same sink / memory /
+  window) over the clean latents of every chunk the new chunk sees, plus the noisy
+  chunk; no context pass, since nothing is kept. Its cost stops growing once the
+  context is full (the window bounds it), but every step recomputes that context.
+- `GrowingCache`: a KV cache with no window and no memory bank: every past frame is
+  kept, keys rotated once at their absolute position (the usual layout of the
+  Self-Forcing family without eviction). Attention and memory grow with the stream.
+
+Both take their noise, text and camera from a `Generator`, so they do the same work
+as ours on the same inputs; their timing does not depend on the values, so a history
+of any length can be filled in directly (`prefill`) instead of generated.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from model.camera import CameraCond
+from model.config import DiTConfig
+from model.generate import Generator
+from model.rope import apply_rope
+from model.text import TextCond
+
+
+class NoCacheStream:
+    """Chunks without a cache: the context recomputed at every denoising step."""
+
+    def __init__(self, gen: Generator):
+        self.gen = gen
+        d = gen.config.dit
+        self.context_chunks = d.sink_chunks + d.memory_chunks + d.window_chunks
+        self.history: list[tuple[Tensor, CameraCond]] = []  # every chunk made, clean
+
+    def prefill(self, chunks: int) -> None:
+        """Pretend `chunks` chunks were made (random latents, a still camera)."""
+        d, g = self.gen.config.dit, torch.Generator().manual_seed(0)
+        K = d.chunk_frames
+        x = torch.randn(1, K, d.latent_channels, d.latent_size, d.latent_size, generator=g)
+        cam = CameraCond(torch.zeros(1, K, 3), torch.zeros(1, K, 3))
+        self.history = [(x, cam)] * min(chunks, self.context_chunks + 1)  # only the visible ones matter
+        self.gen.apply_controls()  # at chunk 0: no re-cache
+        self.gen.chunk_index = chunks
+
+    def _visible(self) -> list[tuple[Tensor, CameraCond]]:
+        """The chunks the next one sees: the sink, then the memory and window chunks."""
+        d = self.gen.config.dit
+        S = d.sink_chunks
+        if len(self.history) <= self.context_chunks:
+            return self.history
+        return self.history[:S] + self.history[len(self.history) - (d.memory_chunks + d.window_chunks):]
+
+    @torch.no_grad()
+    def step(self) -> Tensor:
+        gen = self.gen
+        gen.apply_controls()
+        text: TextCond = gen._chunk_text()
+        cam = gen._advance_camera()
+        x = gen._noise()
+        ctx = self._visible()
+        K = gen.config.dit.chunk_frames
+        clean = [c[0] for c in ctx]
+        cams = CameraCond(torch.cat([c[1].pos for c in ctx] + [cam.pos], 1),
+                          torch.cat([c[1].motion for c in ctx] + [cam.motion], 1))
+        n_ctx = len(ctx) * K
+        for t, t_next in zip(gen.sigmas[:-1], gen.sigmas[1:]):
+            clip = torch.cat(clean + [x], dim=1)
+            tt = torch.cat((torch.zeros(1, n_ctx), torch.full((1, K), t)), dim=1)
+            v = gen.model.dit(clip, tt, text, cams)[:, -K:]
+            x = x + (t_next - t) * v
+        self.history.append((x, cam))
+        if len(self.history) > self.context_chunks + 1:  # keep what `_visible` can still pick
+            del self.history[gen.config.dit.sink_chunks]
+        gen.chunk_index += 1
+        return x
+
+
+class GrowingCache:
+    """A KV cache that keeps every frame (no window, no memory): the cost it avoids.
+
+    The verbs of `cache.kv.KVCache` (what `DiT.forward` and `Generator` call), with
+    rotated keys stored at absolute positions (frame index, world coordinates) in a
+    buffer that doubles when full.
+    """
+
+    def __init__(self, cfg: DiTConfig, batch: int = 1, chunks: int = 16):
+        self.cfg = cfg
+        self.T = cfg.tokens_per_chunk
+        self.batch = batch
+        self.n = 0  # tokens kept
+        self.chunks_written = 0
+        self.mask = None
+        self._alloc(chunks)
+
+    def _alloc(self, chunks: int) -> None:
+        cfg = self.cfg
+        shape = (cfg.depth, self.batch, cfg.heads, (chunks + 1) * self.T, cfg.head_dim)
+        k, v = torch.zeros(shape), torch.zeros(shape)
+        if self.n:
+            k[:, :, :, : self.n] = self.k[:, :, :, : self.n]
+            v[:, :, :, : self.n] = self.v[:, :, :, : self.n]
+        self.k, self.v = k, v
+
+    def prefill(self, chunks: int) -> None:
+        """Pretend `chunks` chunks were kept (zero K/V: the cost does not depend on values)."""
+        if (chunks + 1) * self.T > self.k.shape[3]:
+            self._alloc(chunks)
+        self.n, self.chunks_written = chunks * self.T, chunks
+
+    def begin_chunk(self, cur_pos: Tensor, center: Tensor, rope_tables, first_frame: int | None = None) -> None:
+        K = self.cfg.chunk_frames
+        first = self.chunks_written * K if first_frame is None else first_frame
+        time = torch.arange(first, first + K, dtype=cur_pos.dtype).repeat_interleave(self.T // K)
+        cos, sin = rope_tables(time.expand(cur_pos.shape[0], -1), cur_pos)
+        self.cos, self.sin = cos[:, None], sin[:, None]
+
+    def write(self, layer: int, k: Tensor, v: Tensor) -> None:
+        cur = slice(self.n, self.n + self.T)
+        self.k[layer, :, :, cur] = apply_rope(k, self.cos, self.sin)
+        self.v[layer, :, :, cur] = v
+
+    def read(self, layer: int) -> tuple[Tensor, Tensor, None]:
+        end = self.n + self.T
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end], None
+
+    def current_rope(self) -> tuple[Tensor, Tensor]:
+        return self.cos, self.sin
+
+    def commit(self, dest=None) -> tuple[str, int]:
+        self.n += self.T
+        self.chunks_written += 1
+        if self.n + self.T > self.k.shape[3]:
+            self._alloc(2 * self.chunks_written)
+        return ("window", self.chunks_written - 1)
+
+    def reset(self) -> None:
+        self.n = self.chunks_written = 0
+
+    def rebase(self, offset: Tensor) -> None:
+        pass  # positions are absolute here
+
+    def allocated_bytes(self) -> int:
+        return (self.k.numel() + self.v.numel()) * self.k.element_size()
+
+
+def growing_generator(model, seed: int, steps: int) -> Generator:
+    """A Generator whose cache keeps everything (and whose kept latents are not stored)."""
+    gen = Generator(model, seed=seed, steps=steps)
+    gen.cache = GrowingCache(model.config.dit, gen.cfg_batch)
+    gen._kept = _Discard()
+    return gen
+
+
+class _Discard(dict):
+    """The Generator keeps chunks' latents for re-caching; the growing cache never re-caches."""
+
+    def __setitem__(self, key, value) -> None:
+        pass

@@ -1,0 +1,368 @@
+"""Benchmarks of the model in this process, no network: per-chunk cost and its phases,
+time to first frame, control latency, efficiency, baselines, stream length, sessions.
+
+Every function takes a built model and returns a dict of plain numbers (seconds unless
+a key says otherwise) for the JSON report.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import time
+import tracemalloc
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from bench.baselines import NoCacheStream, growing_generator
+from bench.timing import matmul_peak, rss_bytes, summary, timed
+from model.checkpoint import LiveReel
+from model.config import flops_per_chunk
+from model.generate import Generator, decode_batch, step_batch
+
+log = logging.getLogger(__name__)
+
+PROMPTS = ("a red ball bouncing over a meadow by day under clear skies",
+           "a blue cube drifting across the desert at night in the rain")
+PHASES = ("controls", "denoise", "context", "decode", "encode")
+
+
+def fill_chunks(model: LiveReel) -> int:
+    """Chunks until the cache layout is full (sink, memory, window): steady state."""
+    d = model.config.dit
+    return d.sink_chunks + d.memory_chunks + d.window_chunks + 1
+
+
+def new_generator(model: LiveReel, seed: int = 0, steps: int = 4, warm: int = 0) -> Generator:
+    gen = Generator(model, seed=seed, steps=steps)
+    gen.set_prompt(PROMPTS[0])
+    gen.set_camera(pan=(0.25, 0.0))
+    for _ in range(warm):
+        gen.next_frames()
+    return gen
+
+
+class Encoder:
+    """VP8 at the server's settings (streamer.webrtc), one per stream."""
+
+    def __init__(self, model: LiveReel):
+        from streamer.webrtc import CLOCK_RATE, Vp8Encoder
+
+        cfg = model.config
+        self.codec = Vp8Encoder(cfg.image_size, cfg.fps)
+        self.tick = CLOCK_RATE // cfg.fps
+        self.pts = 0
+
+    def encode(self, frames: np.ndarray) -> int:
+        """Encode a chunk's frames; returns the bytes produced."""
+        size = 0
+        for frame in frames:
+            size += self.codec.encode(frame, self.pts).size
+            self.pts += self.tick
+        return size
+
+
+def _chunk(gen: Generator, enc: Encoder) -> dict[str, tuple[float, float]]:
+    """One chunk through DiT, VAE and VP8; per phase (wall, cpu) seconds."""
+    frames = gen.decode(gen.step())
+    _, t = timed(lambda: enc.encode(frames))
+    out = {k: (v.wall, v.cpu) for k, v in gen.timings.items()}
+    out["encode"] = (t.wall, t.cpu)
+    return out
+
+
+def _phase_summary(rows: list[dict[str, tuple[float, float]]], steps: int) -> dict:
+    out = {}
+    for p in PHASES:
+        out[p] = {"wall_ms": summary([r[p][0] for r in rows], 1e3), "cpu_ms": summary([r[p][1] for r in rows], 1e3)}
+    for clock, i in (("wall_ms", 0), ("cpu_ms", 1)):
+        out["denoise_step"] = out.get("denoise_step", {})
+        out["denoise_step"][clock] = summary([r["denoise"][i] / steps for r in rows], 1e3)
+        out["dit"] = out.get("dit", {})
+        out["dit"][clock] = summary([r["denoise"][i] + r["context"][i] for r in rows], 1e3)
+        out["total"] = out.get("total", {})
+        out["total"][clock] = summary([sum(r[p][i] for p in PHASES) for r in rows], 1e3)
+    return out
+
+
+def chunk_costs(model: LiveReel, chunks: int, steps: int = 4) -> dict:
+    """Per-chunk time at steady state, split into phases; fps and real-time factor, done
+    one phase after another (as `Session.step` and the track do today)."""
+    cfg = model.config
+    gen, enc = new_generator(model, steps=steps, warm=fill_chunks(model) + 1), Encoder(model)
+    rows = [_chunk(gen, enc) for _ in range(chunks)]
+    phases = _phase_summary(rows, steps)
+    video = cfg.frames_per_chunk / cfg.fps
+    out = {"chunks": chunks, "steps": steps, "frames_per_chunk": cfg.frames_per_chunk,
+           "video_seconds_per_chunk": video, "phases": phases}
+    for clock in ("wall", "cpu"):
+        t = phases["total"][f"{clock}_ms"]["median"] / 1e3
+        out[f"fps_{clock}"] = cfg.frames_per_chunk / t
+        out[f"rtf_{clock}"] = video / t
+    return out
+
+
+def pipelined(model: LiveReel, chunks: int, steps: int = 4) -> dict:
+    """Throughput with decode + encode of chunk n on a second thread while the DiT makes
+    chunk n+1: the chunk period becomes max(DiT, decode + encode) given two free cores."""
+    cfg = model.config
+    gen, enc = new_generator(model, steps=steps, warm=fill_chunks(model) + 1), Encoder(model)
+
+    def finish(x):
+        enc.encode(gen.decode(x))
+
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(finish, gen.step())
+        start = time.perf_counter()
+        for _ in range(chunks):
+            x = gen.step()
+            pending.result()
+            pending = pool.submit(finish, x)
+        pending.result()
+        wall = time.perf_counter() - start
+    fps = chunks * cfg.frames_per_chunk / wall
+    return {"chunks": chunks, "fps_wall": fps, "rtf_wall": fps / cfg.fps}
+
+
+def ttff_offline(model: LiveReel, reps: int, steps: int = 4) -> dict:
+    """Generator construction + its first chunk (DiT, decode), in a warm process."""
+    make, first = [], []
+    for seed in range(reps):
+        gen, t = timed(lambda: Generator(model, seed=seed, steps=steps))
+        gen.set_prompt(PROMPTS[0])
+        _, t2 = timed(gen.next_frames)
+        make.append(t.wall)
+        first.append(t2.wall)
+    return {"construct_s": summary(make), "first_chunk_s": summary(first),
+            "total_s": summary([a + b for a, b in zip(make, first)])}
+
+
+def control_offline(model: LiveReel, reps: int, steps: int = 4) -> dict:
+    """A control staged at a chunk boundary -> its first frame decoded (the chunk made under
+    it, with the re-cache of a prompt switch). A control arriving mid-chunk also waits for
+    the chunk in progress: on average half a chunk more, at worst a whole one."""
+    gen = new_generator(model, steps=steps, warm=fill_chunks(model) + 1)
+    steady = [timed(gen.next_frames)[1].wall for _ in range(max(3, reps // 2))]
+    chunk = float(np.median(steady))
+    out = {"chunk_s": chunk}
+    for what in ("prompt", "camera"):
+        lat = []
+        for i in range(reps):
+            if what == "prompt":
+                gen.set_prompt(PROMPTS[(i + 1) % 2])
+            else:
+                gen.set_camera(pan=((-1) ** i * 0.5, 0.1))
+            lat.append(timed(gen.next_frames)[1].wall)
+            gen.next_frames()  # a normal chunk between switches
+        s = summary(lat)
+        out[what] = {"boundary_s": s, "expected_s": s["median"] + chunk / 2, "worst_s": s["p95"] + chunk}
+    return out
+
+
+def efficiency(model: LiveReel, costs: dict, peak: dict, steps: int = 4) -> dict:
+    """The DiT's achieved FLOP/s (FLOPs counted from the config) over the matmul peak
+    measured in this run, by wall clock and by CPU time."""
+    d = model.config.dit
+    text_tokens = model.config.text.max_tokens
+    flops = flops_per_chunk(d, steps, text_tokens)
+    out = {"flops_per_chunk": flops, "peak": peak}
+    for clock in ("wall", "cpu"):
+        t = costs["phases"]["dit"][f"{clock}_ms"]["median"] / 1e3
+        out[f"dit_flops_{clock}"] = flops / t
+        out[f"fraction_of_peak_{clock}"] = flops / t / peak[f"flops_{clock}"]
+    return out
+
+
+def baselines(model: LiveReel, lengths: list[int], reps: int, unbounded_max: int, steps: int = 4) -> dict:
+    """DiT time per chunk (denoise + context) at given stream lengths: ours (one stream
+    made up to each length), no KV cache and an unbounded cache (histories filled in
+    directly), measured at each length one after another, so that all three see the
+    same load. `long_run` extends ours to the full stream in a fresh process."""
+    fill = fill_chunks(model)
+    out: dict = {"lengths": lengths, "ours_ms": [], "no_cache_ms": [], "unbounded_ms": [], "unbounded_cache_mb": [],
+                 "unbounded_max": unbounded_max}
+    ours, made = new_generator(model, steps=steps), 0
+
+    def dit_ms(g: Generator) -> float:
+        return (g.timings["denoise"].wall + g.timings["context"].wall) * 1e3
+
+    for n in sorted(lengths):
+        while made < n:
+            ours.step()
+            made += 1
+        ms = []
+        for _ in range(reps):
+            ours.step()
+            ms.append(dit_ms(ours))
+        made += reps
+        out["ours_ms"].append(float(np.median(ms)))
+        nc = NoCacheStream(new_generator(model, steps=steps))
+        nc.prefill(n)
+        out["no_cache_ms"].append(summary([timed(nc.step)[1].wall for _ in range(reps)], 1e3)["median"])
+        if n <= unbounded_max:
+            gen = growing_generator(model, 0, steps)
+            gen.set_prompt(PROMPTS[0])
+            gen.apply_controls()  # at chunk 0: no re-cache
+            gen.cache.prefill(n)
+            gen.chunk_index = n
+            ms = []
+            for _ in range(reps):
+                gen.step()
+                ms.append(dit_ms(gen))
+            out["unbounded_ms"].append(float(np.median(ms)))
+            out["unbounded_cache_mb"].append(gen.cache.allocated_bytes() / 2**20)
+        else:
+            out["unbounded_ms"].append(None)
+            out["unbounded_cache_mb"].append(None)
+    measured = [(n, t) for n, t in zip(lengths, out["unbounded_ms"]) if t is not None]
+    if len([m for m in measured if m[0] >= fill]) >= 2:
+        measured = [m for m in measured if m[0] >= fill]
+    if len(measured) >= 2:  # a straight line through the grown part: ms per chunk of history
+        xs, ys = zip(*measured)
+        slope, icpt = np.polyfit(xs, ys, 1)
+        out["unbounded_ms_per_chunk_of_history"] = float(slope)
+        out["unbounded_ms_at_1000_extrapolated"] = float(icpt + slope * 1000)
+    # Steady state, ours vs no cache, alternating chunk by chunk.
+    ours = new_generator(model, steps=steps, warm=fill + 1)
+    nc = NoCacheStream(new_generator(model, steps=steps))
+    nc.prefill(fill + 1)
+    a, b = [], []
+    for _ in range(reps * 2):
+        ours.step()
+        a.append((ours.timings["denoise"].wall + ours.timings["context"].wall) * 1e3)
+        b.append(timed(nc.step)[1].wall * 1e3)
+    out["steady"] = {"ours_ms": summary(a)["median"], "no_cache_ms": summary(b)["median"],
+                     "speedup": summary(b)["median"] / summary(a)["median"], "chunks": len(a)}
+    log.info("baselines: steady state ours %.1f ms, no cache %.1f ms", out["steady"]["ours_ms"],
+             out["steady"]["no_cache_ms"])
+    return out
+
+
+def concurrency(model: LiveReel, sessions: list[int], rounds: int, steps: int = 4, warm: int | None = None) -> dict:
+    """Aggregate and per-session fps with several sessions on this process's threads:
+    unbatched (one chunk after another, as the scheduler does today) and batched
+    (`step_batch` / `decode_batch`), rounds of the two modes alternating. Each round makes
+    one chunk per session (DiT, decode, VP8)."""
+    cfg = model.config
+    out: dict = {}
+    warm = fill_chunks(model) + 1 if warm is None else warm
+    for n in sessions:
+        un = [new_generator(model, seed=i, steps=steps) for i in range(n)]
+        ba = [new_generator(model, seed=i, steps=steps) for i in range(n)]
+        encs = {id(g): Encoder(model) for g in un + ba}
+
+        def unbatched():
+            for g in un:
+                encs[id(g)].encode(g.decode(g.step()))
+
+        def batched():
+            for g, frames in zip(ba, decode_batch(ba, step_batch(ba))):
+                encs[id(g)].encode(frames)
+
+        for _ in range(warm):
+            unbatched()
+            batched()
+        times = {"unbatched": [], "batched": []}
+        for _ in range(rounds):
+            times["unbatched"].append(timed(unbatched)[1])
+            times["batched"].append(timed(batched)[1])
+        row = {}
+        for mode, ts in times.items():
+            frames = n * cfg.frames_per_chunk
+            wall = float(np.median([t.wall for t in ts]))
+            cpu = float(np.median([t.cpu for t in ts]))
+            row[mode] = {"aggregate_fps_wall": frames / wall, "per_session_fps_wall": frames / wall / n,
+                         "aggregate_fps_cpu": frames / cpu, "per_session_fps_cpu": frames / cpu / n,
+                         "round_ms_wall": wall * 1e3, "round_ms_cpu": cpu * 1e3}
+        row["batched_speedup_wall"] = row["batched"]["aggregate_fps_wall"] / row["unbatched"]["aggregate_fps_wall"]
+        out[str(n)] = row
+        log.info("concurrency %d: unbatched %.1f fps, batched %.1f fps", n,
+                 row["unbatched"]["aggregate_fps_wall"], row["batched"]["aggregate_fps_wall"])
+    return out
+
+
+# ---------------------------------------------------------------- the long stream
+
+
+def long_run(checkpoint: str, minutes: float, threads: int, early: int, late: int, window: int,
+             trace_chunks: int, steps: int = 4) -> dict:
+    """A stream of `minutes` of video (DiT + decode), in a fresh process so that its
+    memory is its own: chunk time at `early` and `late` chunks (median over `window`
+    chunks), resident memory every video minute; then, after the memory samples, the
+    stream's chunk time at its end against a fresh stream's at chunk `early`, taking
+    turns (robust to the load drifting), and the Python heap's growth over
+    `trace_chunks` more chunks under tracemalloc. A prompt switch every minute keeps
+    the re-cache in the loop; the camera pans throughout."""
+    from bench.run import load_checkpoint
+
+    torch.set_num_threads(threads)
+    model, _ = load_checkpoint(checkpoint)
+    cfg = model.config
+    per_minute = max(1, round(60 * cfg.fps / cfg.frames_per_chunk))
+    n = max(late + window, math.ceil(minutes * per_minute))
+    every = min(per_minute, max(1, n // 20))  # memory samples: every video minute, or 20 in all
+    gen = new_generator(model, steps=steps)
+    dit_wall, dit_cpu, chunk_wall, mem = [], [], [], []
+    start = time.perf_counter()
+    for i in range(n):
+        if i and i % per_minute == 0:
+            gen.set_prompt(PROMPTS[(i // per_minute) % 2])
+        t0 = time.perf_counter()
+        gen.decode(gen.step())
+        chunk_wall.append(time.perf_counter() - t0)
+        t = gen.timings
+        dit_wall.append(t["denoise"].wall + t["context"].wall)
+        dit_cpu.append(t["denoise"].cpu + t["context"].cpu)
+        if (i + 1) % every == 0 or i + 1 == n:
+            mem.append({"chunk": i + 1, "video_minutes": (i + 1) / per_minute, **rss_bytes(),
+                        "cache_bytes": gen.cache.allocated_bytes(), "kept_chunks": len(gen._kept)})
+    elapsed = time.perf_counter() - start
+
+    def at(xs: list[float], i: int) -> float:
+        return float(np.median(xs[i:i + window])) * 1e3
+
+    # The same comparison interleaved: CPU time drifts with the load of other processes
+    # over minutes, so a fresh stream at chunk `early` and this one at its end take turns.
+    fresh = new_generator(model, seed=1, steps=steps, warm=early)
+    turns: dict[int, list[float]] = {id(fresh): [], id(gen): []}
+    for i in range(window):
+        for g in ((fresh, gen) if i % 2 else (gen, fresh)):
+            g.decode(g.step())
+            turns[id(g)].append(g.timings["denoise"].cpu + g.timings["context"].cpu)
+    end_ms, early_ms = float(np.median(turns[id(gen)])) * 1e3, float(np.median(turns[id(fresh)])) * 1e3
+    del fresh
+
+    gc.collect()
+    tracemalloc.start()
+    gen.next_frames()
+    before = tracemalloc.get_traced_memory()[0]
+    for _ in range(trace_chunks):
+        gen.next_frames()
+    gc.collect()
+    after, traced_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    ref = min(per_minute, max(every, n // 4))  # minute 1, or a quarter of a shorter run
+    first = next(m for m in mem if m["chunk"] >= ref)
+    lengths = sorted({1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, n - window} & set(range(1, n - window + 1)))
+    return {
+        "chunks": n, "video_minutes": n / per_minute, "elapsed_s": elapsed, "window": window,
+        "early_chunk": early, "late_chunk": late,
+        "dit_ms_early_wall": at(dit_wall, early), "dit_ms_late_wall": at(dit_wall, late),
+        "dit_ms_early_cpu": at(dit_cpu, early), "dit_ms_late_cpu": at(dit_cpu, late),
+        "chunk_ms_early_wall": at(chunk_wall, early), "chunk_ms_late_wall": at(chunk_wall, late),
+        "late_over_early_cpu": at(dit_cpu, late) / at(dit_cpu, early),
+        "interleaved": {"early_chunk": early, "end_chunk": n, "dit_ms_early_cpu": early_ms,
+                        "dit_ms_end_cpu": end_ms, "end_over_early_cpu": end_ms / early_ms},
+        "late_over_early_wall": at(chunk_wall, late) / at(chunk_wall, early),
+        "curve": {"lengths": lengths, "dit_ms_wall": [at(dit_wall, i - 1) for i in lengths],
+                  "dit_ms_cpu": [at(dit_cpu, i - 1) for i in lengths]},
+        "memory": mem,
+        "reference_chunk": first["chunk"], "peak_rss_minute_1_mb": first["peak"] / 2**20, "peak_rss_end_mb": mem[-1]["peak"] / 2**20,
+        "peak_growth": mem[-1]["peak"] / first["peak"] - 1,
+        "rss_end_over_minute_1": mem[-1]["rss"] / first["rss"] - 1,
+        "python_heap_growth_bytes": after - before, "python_heap_trace_chunks": trace_chunks,
+        "python_heap_traced_peak_bytes": traced_peak,
+    }

@@ -1,0 +1,62 @@
+"""PNG plots of a benchmark report: chunk time against stream length (ours and the
+baselines), and fps against the number of sessions (batched and unbatched)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def stream_length(name: str, res: dict, path: Path) -> Path:
+    base, long = res["baselines"], res["long_run"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    curve = long["curve"]
+    ax.plot(base["lengths"], base["ours_ms"], "o-", color="C0", label="ours: sink | memory | window cache")
+    ax.plot(curve["lengths"], curve["dit_ms_wall"], "o:", color="C0", alpha=0.6,
+            label=f"ours, one {long['video_minutes']:.0f}-minute stream (fresh process)")
+    ax.plot(base["lengths"], base["no_cache_ms"], "s-", label="no KV cache (context recomputed every step)")
+    grown = [(n, t) for n, t in zip(base["lengths"], base["unbounded_ms"]) if t is not None]
+    if grown:
+        ax.plot(*zip(*grown), "^-", label="unbounded cache (every frame kept)")
+    if "unbounded_ms_at_1000_extrapolated" in base and base["unbounded_max"] < max(base["lengths"]):
+        last = grown[-1]
+        ax.plot([last[0], 1000], [last[1], base["unbounded_ms_at_1000_extrapolated"]], "^:", color="C2",
+                label="unbounded, extrapolated")
+    ax.axhline(1e3 * res["chunk"]["video_seconds_per_chunk"], color="grey", ls="--", lw=1,
+               label="real time (video length of a chunk)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("stream length (chunks made before this one)")
+    ax.set_ylabel("DiT time per chunk, ms (wall)")
+    ax.set_title(f"{name}: chunk time vs stream length")
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def sessions(name: str, res: dict, fps: int, path: Path) -> Path:
+    conc = res["concurrency"]
+    ns = sorted(int(n) for n in conc)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for mode, style in (("unbatched", "o-"), ("batched", "s-")):
+        ax.plot(ns, [conc[str(n)][mode]["aggregate_fps_wall"] for n in ns], style, label=f"aggregate, {mode}")
+        ax.plot(ns, [conc[str(n)][mode]["per_session_fps_wall"] for n in ns], style.replace("-", "--"),
+                label=f"per session, {mode}")
+    ax.axhline(fps, color="grey", ls="--", lw=1, label=f"real time ({fps} fps)")
+    ax.set_xticks(ns)
+    ax.set_xlabel("sessions")
+    ax.set_ylabel("frames per second (wall)")
+    ax.set_title(f"{name}: throughput vs sessions")
+    ax.legend(fontsize=8)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

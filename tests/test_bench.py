@@ -1,0 +1,116 @@
+"""`livereel bench`: the smoke run reports every figure; the batched step and the
+no-cache baseline do the same work as the Generator. Timings are not asserted."""
+
+import argparse
+import json
+
+import torch
+
+from bench import run
+from bench.baselines import NoCacheStream
+from model.generate import Generator, decode_batch, step_batch
+
+MODEL_FIELDS = {
+    "chunk": ["fps_wall", "rtf_wall", "fps_cpu", "rtf_cpu", "video_seconds_per_chunk"],
+    "pipelined": ["fps_wall", "rtf_wall"],
+    "efficiency": ["flops_per_chunk", "dit_flops_wall", "dit_flops_cpu", "fraction_of_peak_wall",
+                   "fraction_of_peak_cpu", "peak"],
+    "ttff_offline": ["construct_s", "first_chunk_s", "total_s"],
+    "control_offline": ["chunk_s", "prompt", "camera"],
+    "baselines": ["lengths", "ours_ms", "no_cache_ms", "unbounded_ms", "unbounded_cache_mb", "steady",
+                  "unbounded_ms_per_chunk_of_history"],
+    "concurrency": ["1", "2", "4"],
+    "live": ["ttff_s", "prompt_latency_s", "camera_latency_s", "client_fps", "held_fraction"],
+    "long_run": ["dit_ms_early_wall", "dit_ms_late_wall", "dit_ms_early_cpu", "dit_ms_late_cpu",
+                 "late_over_early_cpu", "late_over_early_wall", "curve", "memory", "peak_rss_minute_1_mb",
+                 "peak_rss_end_mb", "peak_growth", "python_heap_growth_bytes", "interleaved"],
+}
+PHASES = ["controls", "denoise", "denoise_step", "context", "dit", "decode", "encode", "total"]
+
+
+def bench_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    run.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_smoke_reports_every_field(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert run.main(bench_args("--checkpoint", "debug", "--smoke", "--json", str(out),
+                               "--plots", str(tmp_path / "plots"), "--threads", "1")) == 0
+    report = json.loads(out.read_text())
+    assert report["meta"]["threads"] == 1 and "thread_policy" in report["meta"]
+    assert list(report["models"]) == ["debug"]
+    res = report["models"]["debug"]
+    assert "random" in res["weights"]
+    for section, keys in MODEL_FIELDS.items():
+        for key in keys:
+            assert key in res[section], f"{section}.{key}"
+    for phase in PHASES:
+        for clock in ("wall_ms", "cpu_ms"):
+            assert {"median", "p95"} <= set(res["chunk"]["phases"][phase][clock]), (phase, clock)
+    for n in ("1", "2", "4"):
+        for mode in ("batched", "unbatched"):
+            assert {"aggregate_fps_wall", "per_session_fps_wall"} <= set(res["concurrency"][n][mode])
+    assert {"ours_ms", "no_cache_ms", "speedup"} <= set(res["baselines"]["steady"])
+    for what in ("prompt", "camera"):
+        assert {"boundary_s", "expected_s", "worst_s"} <= set(res["control_offline"][what])
+    assert len(res["baselines"]["no_cache_ms"]) == len(res["baselines"]["lengths"])
+    assert len(res["targets"]) == 10 and all({"name", "target", "value", "met"} <= set(t) for t in res["targets"])
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["sessions_debug.png", "stream_length_debug.png"]
+    table = capsys.readouterr().out
+    assert "real-time factor" in table and "no cache" in table
+
+
+@torch.no_grad()
+def test_batched_step_equals_streams_alone(debug_model):
+    """step_batch over streams at different points (one a few chunks ahead, one switching
+    prompt) gives each the chunk and frames it gets alone."""
+
+    def streams():
+        gens = []
+        for seed in range(3):
+            g = Generator(debug_model, seed=seed, steps=2)
+            g.set_prompt(f"a red ball over snow {seed}")
+            g.set_camera(pan=(0.3 * seed, -0.1))
+            gens.append(g)
+        for _ in range(4):
+            gens[0].next_frames()
+        return gens
+
+    alone, batch = streams(), streams()
+    for i in range(8):
+        if i == 3:
+            for g in (alone[1], batch[1]):
+                g.set_prompt("a blue cube in the desert at night")
+        xs = [g.step() for g in alone]
+        frames = [g.decode(x) for g, x in zip(alone, xs)]
+        ys = step_batch(batch)
+        batch_frames = decode_batch(batch, ys)
+        for x, y, f, bf in zip(xs, ys, frames, batch_frames):
+            assert ((x - y).norm() / y.norm()).item() <= 1e-5
+            assert abs(f.astype(int) - bf.astype(int)).max() <= 1
+    assert [g.chunk_index for g in batch] == [g.chunk_index for g in alone]
+
+
+@torch.no_grad()
+def test_no_cache_baseline_makes_the_same_chunks_before_eviction(debug_model):
+    """The no-cache baseline recomputes the context with the training path: until a
+    chunk is pooled into memory it must produce the cached rollout's chunks."""
+    d = debug_model.config.dit
+    gen = Generator(debug_model, seed=4, steps=2)
+    naive = NoCacheStream(Generator(debug_model, seed=4, steps=2))
+    for g in (gen, naive.gen):
+        g.set_prompt("a green star in the forest")
+        g.set_camera(pan=(0.5, 0.2))
+    for _ in range(d.sink_chunks + d.window_chunks + 1):
+        a, b = gen.step(), naive.step()
+        assert ((a - b).norm() / a.norm()).item() <= 1e-4
+
+
+def test_thread_policy_respects_the_flag():
+    from bench.timing import choose_threads
+
+    assert choose_threads(3)[0] == 3
+    n, why = choose_threads(None)
+    assert n >= 1 and why["reason"]
