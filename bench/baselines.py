@@ -93,6 +93,11 @@ class GrowingCache:
         self.n = 0  # tokens kept
         self.chunks_written = 0
         self.mask = None
+        latent = (batch, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
+        self.frame, self.frame_pos = torch.zeros(latent), torch.zeros(batch, 3)  # as KVCache keeps them
+        self.frame_valid = torch.zeros(batch)
+        self._pending = (torch.zeros(latent), torch.zeros(batch, 3))
+        self.prior: Tensor | None = None
         self._alloc(chunks)
 
     def _alloc(self, chunks: int) -> None:
@@ -122,6 +127,13 @@ class GrowingCache:
         self.k[layer, :, :, cur] = apply_rope(k, self.cos, self.sin)
         self.v[layer, :, :, cur] = v
 
+    def write_frame(self, frame: Tensor, pos: Tensor) -> None:
+        self._pending[0].copy_(frame)
+        self._pending[1].copy_(pos)
+
+    def frame_state(self) -> None:
+        return None  # never re-cached
+
     def read(self, layer: int) -> tuple[Tensor, Tensor, None]:
         end = self.n + self.T
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end], None
@@ -132,12 +144,16 @@ class GrowingCache:
     def commit(self, dest=None) -> tuple[str, int]:
         self.n += self.T
         self.chunks_written += 1
+        self.frame.copy_(self._pending[0])
+        self.frame_pos.copy_(self._pending[1])
+        self.frame_valid.fill_(1.0)
         if self.n + self.T > self.k.shape[3]:
             self._alloc(2 * self.chunks_written)
         return ("window", self.chunks_written - 1)
 
     def reset(self) -> None:
         self.n = self.chunks_written = 0
+        self.frame_valid.zero_()
 
     def rebase(self, offset: Tensor) -> None:
         pass  # positions are absolute here

@@ -13,6 +13,10 @@ Token slots, the same for every layer:
   or the window ring, pooling the window's oldest chunk into the memory bank first.
 - A frame is visible to the chunk in flight when its id is lower: the rule that makes
   both normal generation and the re-cache of kept chunks causal.
+- The last latent frame committed in stream order, and its camera, are kept too: the
+  source of the next chunk's warped prior (`DiTConfig.warp_prior`; `prior` is set by
+  `DiT.begin_chunk`). The chunk in flight writes its last frame at every evaluation,
+  like its K/V, and `commit()` keeps the final (clean) one.
 
 Capacity is fixed at construction; the position state is plain Python (no host syncs).
 """
@@ -87,6 +91,13 @@ class KVCache:
             for r in regions])
         self.token_frame = token_frame.to(device)  # (N,) frame slot of every token slot
 
+        latent = (batch, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
+        self.frame = torch.zeros(latent, device=device, dtype=dtype)  # last committed frame
+        self.frame_pos = torch.zeros(batch, 3, device=device, dtype=dtype)  # its camera
+        self.frame_valid = torch.zeros(batch, device=device, dtype=dtype)  # 0 before the first
+        self._pending = (torch.zeros_like(self.frame), torch.zeros_like(self.frame_pos))
+        self.prior: Tensor | None = None  # (B, chunk_frames, C + 1, h, w), per chunk
+
         self.bank = MemoryBank(cfg.memory_chunks)
         self.frame_ids: list[int] = [-1] * fr  # stream frame index held by each frame slot
         self.chunks_written = 0
@@ -140,6 +151,11 @@ class KVCache:
         self.k[layer, :, :, cur] = k
         self.v[layer, :, :, cur] = v
 
+    def write_frame(self, frame: Tensor, pos: Tensor) -> None:
+        """The chunk in flight's last latent frame (B, C, h, w) and camera (B, 3)."""
+        self._pending[0].copy_(frame)
+        self._pending[1].copy_(pos)
+
     def read(self, layer: int) -> tuple[Tensor, Tensor, Tensor | None]:
         """Keys (rotated), values and the visibility mask for one layer's attention."""
         return self.k_rot[layer], self.v[layer], self.mask
@@ -166,6 +182,9 @@ class KVCache:
                     self._evict(w)
                 dest = ("window", w)
             self.chunks_written += 1
+            self.frame.copy_(self._pending[0])
+            self.frame_pos.copy_(self._pending[1])
+            self.frame_valid.fill_(1.0)
         region = self.regions[dest[0]]
         self._copy(self.current, 0, region, dest[1])
         return dest
@@ -210,19 +229,31 @@ class KVCache:
         """World positions (B, tokens, 2) of a chunk slot."""
         return self.pos[:, self.regions[region].token_slice(index)]
 
+    def frame_state(self) -> tuple[Tensor, Tensor, Tensor]:
+        """A copy of the last frame, its camera and validity (to restore after a re-cache)."""
+        return self.frame.clone(), self.frame_pos.clone(), self.frame_valid.clone()
+
+    def load_frame_state(self, state: tuple[Tensor, Tensor, Tensor]) -> None:
+        for dst, src in zip((self.frame, self.frame_pos, self.frame_valid), state):
+            dst.copy_(src)
+
     def rebase(self, offset: Tensor) -> None:
         """Shift every stored world position by -offset (B, 2), to keep them small."""
         self.pos -= offset[:, None]
+        self.frame_pos[:, :2] -= offset
 
     def reset(self) -> None:
         self.frame_ids = [-1] * self.n_frames
         self.chunks_written = 0
         self.bank.reset()
         self.mask = None
+        self.frame_valid.zero_()
+        self.prior = None
 
     def allocated_bytes(self) -> int:
         return sum(t.numel() * t.element_size()
-                   for t in (self.k, self.v, self.k_rot, self.pos, self.cos, self.sin))
+                   for t in (self.k, self.v, self.k_rot, self.pos, self.cos, self.sin, self.frame,
+                             *self._pending))
 
 
 class CacheBatch:
@@ -243,6 +274,7 @@ class CacheBatch:
         self.v = torch.cat([c.v for c in caches], dim=1)
         self.cos = torch.cat([c.cos[:, None, self.cur] for c in caches])  # (B, 1, tokens, Dh)
         self.sin = torch.cat([c.sin[:, None, self.cur] for c in caches])
+        self.prior = torch.cat([c.prior for c in caches]) if caches[0].prior is not None else None
         self.mask: Tensor | None = None
         if any(c.mask is not None for c in caches):
             n = caches[0].n_tokens
@@ -255,6 +287,10 @@ class CacheBatch:
             cache.store(layer, kk, vv)
         self.v[layer, :, :, self.cur] = v
         apply_rope(k, self.cos, self.sin, out=self.k_rot[layer, :, :, self.cur])
+
+    def write_frame(self, frame: Tensor, pos: Tensor) -> None:
+        for cache, f, p in zip(self.caches, frame.split(self.rows), pos.split(self.rows)):
+            cache.write_frame(f, p)
 
     def read(self, layer: int) -> tuple[Tensor, Tensor, Tensor | None]:
         return self.k_rot[layer], self.v[layer], self.mask

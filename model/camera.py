@@ -5,8 +5,11 @@ The camera is (x, y, zoom): x right, y down, in world units of one DiT token at 
 view covers 2**-zoom as much world). Viewers command velocities: pan in view widths per
 second, zoom in log2 per second, each in [-1, 1].
 
-The DiT sees the camera two ways: every token's world position (its spatial RoPE), and
-the per-frame motion (dx, dy, dzoom) in its modulation.
+The DiT sees the camera three ways: every token's world position (its spatial RoPE),
+the per-frame motion (dx, dy, dzoom) in its modulation, and (`DiTConfig.warp_prior`) the
+last frame before the chunk warped to where the camera now looks (`warp_frame`): a
+motion-compensated prior that the model refines, as video codecs predict from the
+previous frame, so following a pan is a copy rather than something to infer.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -64,3 +68,27 @@ def integrate(start: tuple[float, float, float], step: tuple[float, float, float
         pos.append((x, y, z))
         motion.append(d)
     return pos, motion
+
+
+def warp_frame(frame: Tensor, frame_pos: Tensor, valid: Tensor, pos: Tensor, grid: int) -> Tensor:
+    """The latent frame `frame` (B, C, h, w), seen from camera `frame_pos` (B, 3), as seen
+    from each camera of `pos` (B, F, 3): (B, F, C + 1, h, w), the last channel 1 where
+    the view was covered by `frame` (0 where the camera uncovered new ground, or where
+    `valid` (B,) is 0: no previous frame). Bilinear; positions in token units, as `pos`.
+
+    A view pixel u (normalised to [-1, 1] across the view) shows world point
+    xy + u * (grid / 2) * 2**-zoom; the same point sat at
+    u' = u * 2**(zoom_prev - zoom) + (xy - xy_prev) * 2**zoom_prev / (grid / 2) in the
+    previous view: one affine map per frame."""
+    B, Fr = pos.shape[:2]
+    prev = frame_pos[:, None]  # (B, 1, 3)
+    scale = torch.exp2(prev[..., 2] - pos[..., 2])  # (B, F)
+    shift = (pos[..., :2] - prev[..., :2]) * torch.exp2(prev[..., 2:3]) / (grid / 2)  # (B, F, 2)
+    zero = torch.zeros_like(scale)
+    theta = torch.stack((torch.stack((scale, zero, shift[..., 0]), -1),
+                         torch.stack((zero, scale, shift[..., 1]), -1)), -2)  # (B, F, 2, 3)
+    src = torch.cat((frame, torch.ones_like(frame[:, :1])), 1) * valid[:, None, None, None]
+    src = src[:, None].expand(B, Fr, *src.shape[1:]).flatten(0, 1)  # (B*F, C+1, h, w)
+    where = F.affine_grid(theta.flatten(0, 1), list(src.shape), align_corners=False)
+    out = F.grid_sample(src, where, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.view(B, Fr, *out.shape[1:])

@@ -64,6 +64,8 @@ def visible_init(model: LiveReel) -> None:
     dit = model.dit
     for m in [b.ada for b in dit.blocks] + [dit.final.ada, dit.final.linear, dit.text_pool]:
         nn.init.normal_(m.weight, std=1.0)
+    if dit.prior_embed is not None:  # non-zero, so that tests see the warped-prior path work
+        nn.init.normal_(dit.prior_embed.weight, std=0.5)
 
 
 def resolve(name_or_path: str | Path) -> Path:

@@ -100,6 +100,7 @@ class DiTConfig:
     rope_time_theta: float = 100.0
     rope_space_theta: float = 100.0
     camera_scale: float = 8.0  # per-frame motion (tokens/frame) is multiplied by this before its MLP
+    warp_prior: bool = True  # input: the previous frame warped by the camera motion (model/camera.py)
 
     def __post_init__(self) -> None:
         c = "DiTConfig"

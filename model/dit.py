@@ -21,7 +21,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from cache.memory import pool_tokens
-from model.camera import CameraCond, token_positions
+from model.camera import CameraCond, token_positions, warp_frame
 from model.config import DiTConfig
 from model.rope import RoPE3D, apply_rope
 from model.text import TextCond
@@ -272,6 +272,9 @@ class DiT(nn.Module):
         self.cfg = cfg
         D = cfg.dim
         self.patch_embed = nn.Linear(cfg.latent_channels * cfg.patch**2, D)
+        # the warped previous frame and its coverage mask (zero-initialised: a model starts,
+        # or a run resumed from one without it goes on, as if it were not there)
+        self.prior_embed = nn.Linear((cfg.latent_channels + 1) * cfg.patch**2, D) if cfg.warp_prior else None
         self.t_embed = nn.Sequential(nn.Linear(256, D), nn.SiLU(), nn.Linear(D, D))
         self.cam_embed = nn.Sequential(nn.Linear(3, D), nn.SiLU(), nn.Linear(D, D))
         self.text_pool = nn.Linear(cfg.text_dim, D)
@@ -286,7 +289,8 @@ class DiT(nn.Module):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
         # adaLN-Zero: every block starts as the identity
-        for m in [b.ada for b in self.blocks] + [self.final.ada, self.final.linear]:
+        zero = [b.ada for b in self.blocks] + [self.final.ada, self.final.linear]
+        for m in zero + ([self.prior_embed] if self.prior_embed is not None else []):
             nn.init.zeros_(m.weight)
 
     # -- conditioning --------------------------------------------------------
@@ -317,9 +321,26 @@ class DiT(nn.Module):
                            keep_kv)
 
     def begin_chunk(self, cache, camera: CameraCond, first_frame: int | None = None) -> None:
-        """Prepare `cache` for the chunk whose per-frame camera is `camera` (once per chunk)."""
+        """Prepare `cache` for the chunk whose per-frame camera is `camera` (once per chunk):
+        its read, and the chunk's warped prior from the cache's last frame."""
         world = token_positions(camera.pos, self.cfg.grid)
         cache.begin_chunk(world, camera.pos[:, -1, :2], self.rope.tables, first_frame)
+        if self.prior_embed is not None:
+            cache.prior = warp_frame(cache.frame, cache.frame_pos, cache.frame_valid, camera.pos,
+                                     self.cfg.grid)
+
+    def clip_prior(self, x: Tensor, camera: CameraCond) -> Tensor:
+        """The training path's warped priors (B, F, C + 1, h, w): every chunk's from the last
+        frame of the chunk before it in `x` (as the cache keeps it; none for the first)."""
+        B, Fr = x.shape[:2]
+        K = self.cfg.chunk_frames
+        last = torch.cat((torch.zeros_like(x[:, :1]), x[:, K - 1:-1:K]), 1)  # (B, n, C, h, w)
+        last_pos = torch.cat((camera.pos[:, :1], camera.pos[:, K - 1:-1:K]), 1)  # (B, n, 3)
+        valid = (torch.arange(Fr // K, device=x.device) > 0).to(x.dtype).expand(B, -1)
+        pos = camera.pos.view(B, Fr // K, K, 3)
+        out = warp_frame(last.flatten(0, 1), last_pos.flatten(0, 1), valid.flatten(), pos.flatten(0, 1),
+                         self.cfg.grid)  # (B*n, K, C+1, h, w)
+        return out.view(B, Fr, *out.shape[2:])
 
     # -- one network evaluation ---------------------------------------------
     def forward(self, x: Tensor, t: Tensor, text: TextCond, camera: CameraCond, cache=None,
@@ -340,6 +361,13 @@ class DiT(nn.Module):
         bias = bias.masked_fill_(~text.mask, float("-inf"))[:, None, None]
         c = self.condition(t, text, camera)
         h = linear(self.patch_embed, self.patchify(x))  # (B, F, T, D)
+        if self.prior_embed is not None:
+            if isinstance(cache, ClipContext):
+                prior = self.clip_prior(x, camera)
+            else:  # set by begin_chunk; the chunk's last frame is the next chunk's source
+                prior = cache.prior
+                cache.write_frame(x[:, -1], camera.pos[:, -1])
+            h = h + linear(self.prior_embed, self.patchify(prior))
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             if kv_only and i == last:

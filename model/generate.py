@@ -95,7 +95,8 @@ class Generator:
         self.chunk_index = 0
         self.camera = (0.0, 0.0, 0.0)  # x, y, zoom (world token units, log2)
         self.cache.reset()
-        self._kept: dict[tuple[str, int], tuple[Tensor, CameraCond]] = {}
+        # per kept slot: clean latents, camera, and the cache's last frame before it (its prior's source)
+        self._kept: dict[tuple[str, int], tuple[Tensor, CameraCond, tuple]] = {}
         self._vae_state = self.model.vae.init_state()
 
     def _encode(self, prompt: str) -> TextCond:
@@ -154,10 +155,12 @@ class Generator:
         x, y, z = self.camera
         offset = torch.tensor([[x, y]], device=self.device)
         self.cache.rebase(offset.expand(self.cfg_batch, -1))
-        for key, (lat, cam) in self._kept.items():
+        for key, (lat, cam, (frame, frame_pos, valid)) in self._kept.items():
             pos = cam.pos.clone()
             pos[..., :2] -= offset[:, None]
-            self._kept[key] = (lat, CameraCond(pos, cam.motion))
+            frame_pos = frame_pos.clone()
+            frame_pos[:, :2] -= offset
+            self._kept[key] = (lat, CameraCond(pos, cam.motion), (frame, frame_pos, valid))
         self.camera = (0.0, 0.0, z)
 
     # ------------------------------------------------------------------ network calls
@@ -179,10 +182,13 @@ class Generator:
     def _recache(self) -> None:
         """Recompute the K/V of the kept chunks (sink, window) under the new prompt, in
         stream order, each seeing the context that precedes it (DESIGN §3)."""
+        latest = self.cache.frame_state()
         for slot in self.cache.kept_chunks():
-            x, cam = self._kept[slot]
+            x, cam, before = self._kept[slot]
+            self.cache.load_frame_state(before)  # the prior it was made with
             self._context_pass(x, self._text, cam, self.cache.first_frame(*slot))
             self.cache.commit(slot)
+        self.cache.load_frame_state(latest)
 
     def _noise(self) -> Tensor:
         d = self.config.dit
@@ -204,8 +210,9 @@ class Generator:
 
     def _finish(self, x: Tensor) -> None:
         """Keep the chunk's clean latents and move its K/V into the cache."""
+        before = self.cache.frame_state()
         slot = self.cache.commit()
-        self._kept[slot] = (x, self._cam)
+        self._kept[slot] = (x, self._cam, before)
         self.chunk_index += 1
 
     @torch.no_grad()

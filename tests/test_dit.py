@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from cache.kv import KVCache
-from model.camera import CameraCond, token_positions
+from model.camera import CameraCond, token_positions, warp_frame
 from model.dit import attention_backend
 from model.rope import apply_rope
 
@@ -115,6 +115,9 @@ class ExplicitContext:
         self.k = apply_rope(torch.cat(ks + [k], dim=2), self.cos, self.sin)
         self.v = torch.cat(vs + [v], dim=2)
 
+    def write_frame(self, frame, pos):
+        pass  # the reference is handed its prior (`prior`) directly
+
     def current_rope(self):
         return self.cos[:, :, -self.n_cur:], self.sin[:, :, -self.n_cur:]
 
@@ -149,9 +152,14 @@ def test_cached_rollout_equals_explicit_reference_after_eviction(debug_model):
         ctx += [("window", stored[j], cam.frames(slice(j * K, (j + 1) * K)))
                 for j in range(max(S, i - W), i)]
         c = cam.frames(slice(i * K, (i + 1) * K))
+        # the prior: the frame just before the chunk, warped to the chunk's cameras
+        prev = i * K - 1 if i else 0
+        prior = warp_frame(x[:, prev], cam.pos[:, prev], torch.full((1,), float(i > 0)), c.pos, d.grid)
         ref = ExplicitContext(m.dit, ctx, c)
+        ref.prior = prior
         ref_noisy = m.dit(chunk_of(noise, i, K), torch.full((1, K), 0.6), text, c, ref)
         ref = ExplicitContext(m.dit, ctx, c)
+        ref.prior = prior
         ref_clean = m.dit(chunk_of(x, i, K), torch.zeros(1, K), text, c, ref)
         stored.append(ref.written)
         assert rel_err(outs[i][0], ref_noisy) <= 1e-4, f"chunk {i} noisy pass"

@@ -56,6 +56,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pool-frames", type=int, default=24, help="frames per pooled clip")
     p.add_argument("--sample-every", type=int, default=500, help="steps between rollout samples")
     p.add_argument("--resume", action="store_true", help="continue the run in --run")
+    p.add_argument("--init-from", type=Path, default=None, metavar="RUN",
+                   help="start a new run from another run's latest weights (model and EMA; parameters "
+                        "it lacks keep their initialisation, e.g. a zero-initialised new input); "
+                        "fresh optimizer and schedule")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--seed", type=int, default=0, help="data order seed")
     p.add_argument("--out", type=Path, default=None,
@@ -169,12 +173,15 @@ def train(args: argparse.Namespace) -> Path:
     other = [p for n, p in trainable.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay_params, "weight_decay": 0.01},
                              {"params": other, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.99))
-    start = 0
+    start, hours_before = 0, 0.0
     if args.resume and (run / "state.json").exists():
-        start = load_state(run, {"model": trainable, "ema": ema}, opt)["step"]
+        meta = load_state(run, {"model": trainable, "ema": ema}, opt)
+        start, hours_before = meta["step"], meta.get("hours", 0.0)
         log.info("resumed %s at step %d", run, start)
     elif (run / "state.json").exists():
         raise SystemExit(f"{run} already holds a run: pass --resume, or another --run")
+    elif args.init_from is not None:
+        init_from(args.init_from, trainable, ema)
     (run / "vae.json").write_text((args.vae / "vae.json").read_text())
 
     rng = np.random.default_rng(args.seed + start)
@@ -211,7 +218,8 @@ def train(args: argparse.Namespace) -> Path:
         done = step + 1 == args.steps
         if (step + 1) % 100 == 0 or done:
             save_state(run, {"model": trainable, "ema": ema}, opt, step + 1,
-                       {"hours": (time.time() - t0) / 3600})
+                       {"hours": hours_before + (time.time() - t0) / 3600,
+                        "init_from": str(args.init_from) if args.init_from else None})
             losses.plot()
         if (step + 1) % args.sample_every == 0 or done:
             probe = rollout_probe(ema_model(model, ema), run / "samples" / f"step{step + 1:06d}.mp4")
@@ -227,6 +235,27 @@ def train(args: argparse.Namespace) -> Path:
     if args.out is not None:
         save_model(final, args.out)
     return out
+
+
+def init_from(source: Path, trainable: torch.nn.Module, ema: torch.nn.Module) -> None:
+    """Weights of another run's latest state; only parameters the source lacks may be
+    missing (they keep their initialisation), and nothing may be left over."""
+    from safetensors.torch import load_file
+
+    if not (source / "state.safetensors").exists():
+        raise SystemExit(f"--init-from: no run state in {source}")
+    tensors = load_file(source / "state.safetensors")
+    meta = json.loads((source / "state.json").read_text())
+    for name, module in (("model", trainable), ("ema", ema)):
+        prefix = f"{name}."
+        sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        result = module.load_state_dict(sd, strict=False)
+        if result.unexpected_keys:
+            raise SystemExit(f"--init-from {source}: tensors this model does not have: "
+                             f"{result.unexpected_keys[:5]}")
+        if result.missing_keys:
+            log.info("--init-from: new parameters keep their initialisation: %s", result.missing_keys)
+    log.info("initialised from %s at step %d", source, meta["step"])
 
 
 def ema_model(model: LiveReel, ema: torch.nn.ModuleDict) -> LiveReel:
