@@ -110,7 +110,16 @@ def record(capsys, artifacts, key: str, value) -> None:
         print(f"\n[measured] {key}: {json.dumps(value, default=str)}")
 
 
-def test_connects_plays_and_a_prompt_changes_the_picture(browser, server_url, artifacts, capsys):
+def prompt_match(frames: np.ndarray, prompt: str) -> dict[str, float]:
+    """Per attribute the prompt names, the share of frames where the attribute
+    classifier (checkpoints/classifier) sees what the prompt says."""
+    from model.eval import attribute_matches, classify, load_classifier
+
+    labels = classify(np.clip(frames, 0, 255).astype(np.uint8), load_classifier())
+    return {a: float(np.nanmean(v)) for a, v in attribute_matches(labels, prompt).items() if np.isfinite(v).any()}
+
+
+def test_connects_plays_and_a_prompt_changes_the_picture(browser, server_url, artifacts, checkpoint, capsys):
     page = open_page(browser, server_url, seed=1)
     timings = page.evaluate("() => window.livereel.stream.timings")
     record(capsys, artifacts, "offer_to_first_frame_ms", round(timings["firstFrame"] - timings["offerSent"]))
@@ -156,6 +165,13 @@ def test_connects_plays_and_a_prompt_changes_the_picture(browser, server_url, ar
     record(capsys, artifacts, "picture_change", {"same_prompt": round(noise, 3), "new_prompt": round(switched, 3)})
     page.screenshot(path=str(artifacts / "browser.png"))
     assert switched > 2 * noise + 0.5, (noise, switched)
+    if checkpoint != "debug":
+        # A trained model: the picture shows what the prompt says (before: another world).
+        page.wait_for_timeout(1500)
+        later = capture(page, 16)
+        match = {"before": prompt_match(before_2, SWITCH_TO), "after": prompt_match(later, SWITCH_TO)}
+        record(capsys, artifacts, "prompt_match_" + checkpoint, match)
+        assert match["after"]["biome"] >= 0.75 and match["before"]["biome"] <= 0.25, match
     page.close()
 
 
