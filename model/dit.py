@@ -340,7 +340,7 @@ class DiT(nn.Module):
 
     # -- one network evaluation ---------------------------------------------
     def forward(self, x: Tensor, t: Tensor, text: TextCond, camera: CameraCond, cache=None,
-                kv_only: bool = False) -> Tensor | None:
+                kv_only: bool = False, prior_source: Tensor | None = None) -> Tensor | None:
         """x (B, F, C, h, w); t (B, F) in [0, 1] per frame (1 = noise); returns the velocity.
 
         cache=None: training path over the whole clip (F a multiple of chunk_frames);
@@ -348,6 +348,8 @@ class DiT(nn.Module):
         cache=KVCache (after `begin_chunk`): one chunk attending to the cache.
         kv_only: only write every layer's K/V to the context and return None (a context
         pass: the last block stops after its K/V, the final layer is skipped).
+        prior_source: the training path's frames to warp into the priors (default: x); the
+        clean clip there, since streaming warps the clean last frame of the chunk before.
         """
         if cache is None:
             cache = self.clip_context(camera)
@@ -359,7 +361,7 @@ class DiT(nn.Module):
         h = self.patch_embed(self.patchify(x))  # (B, F, T, D)
         if self.prior_embed is not None:
             if isinstance(cache, ClipContext):
-                prior = self.clip_prior(x, camera)
+                prior = self.clip_prior(x if prior_source is None else prior_source, camera)
             else:  # set by begin_chunk; the chunk's last frame is the next chunk's source
                 prior = cache.prior
                 cache.write_frame(x[:, -1], camera.pos[:, -1])

@@ -10,6 +10,8 @@ under the block-causal mask with the sink / pooled memory / window that streamin
 - Prompt switches train the re-cache regime: the clip is captioned with the prompt in
   force at its end, and frames before the switch are context only (no loss).
 - Text and camera-motion dropout (10% each) so classifier-free guidance works.
+- The warped prior (`DiTConfig.warp_prior`) comes from the clean clip, lightly noised,
+  as streaming gives it the clean last frame of the chunk before.
 - EMA weights, resumable state every 100 steps, loss CSV + PNG, and every
   `--sample-every` steps a free rollout with the KV cache: an MP4 in samples/ and a
   camera probe (commanded vs measured pan, px/frame) in probe.csv.
@@ -40,6 +42,7 @@ from model.vae import from_uint8
 
 log = logging.getLogger(__name__)
 
+PRIOR_LR_SCALE = 5.0
 PROBE_PROMPTS = ("a red ball bouncing over the desert by day",
                  "a blue cube drifting across a snowfield at night in the rain")
 
@@ -169,10 +172,16 @@ def train(args: argparse.Namespace) -> Path:
 
     trainable = torch.nn.ModuleDict({"text": model.text, "dit": model.dit}).train()
     ema = copy.deepcopy(trainable).eval().requires_grad_(False)
-    decay_params = [p for n, p in trainable.named_parameters() if p.dim() >= 2]
-    other = [p for n, p in trainable.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay_params, "weight_decay": 0.01},
-                             {"params": other, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.99))
+    # the warped-prior input learns at PRIOR_LR_SCALE x the rate: it starts at zero
+    named = list(trainable.named_parameters())
+    prior = [p for n, p in named if "prior_embed" in n]
+    decay_params = [p for n, p in named if p.dim() >= 2 and "prior_embed" not in n]
+    other = [p for n, p in named if p.dim() < 2 and "prior_embed" not in n]
+    groups = [{"params": decay_params, "weight_decay": 0.01, "lr_scale": 1.0},
+              {"params": other, "weight_decay": 0.0, "lr_scale": 1.0}]
+    if prior:
+        groups.append({"params": prior, "weight_decay": 0.0, "lr_scale": PRIOR_LR_SCALE})
+    opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.99))
     start, hours_before = 0, 0.0
     if args.resume and (run / "state.json").exists():
         meta = load_state(run, {"model": trainable, "ema": ema}, opt)
@@ -201,12 +210,16 @@ def train(args: argparse.Namespace) -> Path:
         tt = t[:, :, None, None, None]
         xt = (1 - tt) * x0 + tt * noise
         text = model.text.encode(prompts)
-        v = model.dit(xt, t, text, cam)
+        # priors from the clean clip, lightly noised like context (streaming warps the clean
+        # last frame of the chunk before; never this chunk's own frames)
+        s = 0.08 * torch.rand(args.batch, 1, 1, 1, 1, generator=trng)
+        prior_source = (1 - s) * x0 + s * torch.randn(x0.shape, generator=trng)
+        v = model.dit(xt, t, text, cam, prior_source=prior_source)
         per_frame = F.mse_loss(v, noise - x0, reduction="none").mean(dim=(2, 3, 4))
         loss = (per_frame * mask).sum() / mask.sum()
         lr = cosine_lr(step, args.steps, args.lr, warmup=200)
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g["lr_scale"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable.parameters(), 1.0)

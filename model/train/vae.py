@@ -112,7 +112,7 @@ def train(args: argparse.Namespace) -> Path:
 @torch.no_grad()
 def latent_stats(vae: VAE, pool: ClipPool, clips: int = 32) -> tuple[float, float]:
     x = from_uint8(torch.from_numpy(pool.frames[:clips, :8]))
-    z = torch.cat([vae.encode(x[i:i + 4]) for i in range(0, clips, 4)])
+    z = torch.cat([vae.encode(x[i:i + 4]) for i in range(0, len(x), 4)])  # the pool may hold fewer
     return float(z.mean()), float(1.0 / z.std())
 
 
