@@ -62,8 +62,11 @@ class Region:
 
 class KVCache:
     def __init__(self, cfg: DiTConfig, batch: int = 1, device: torch.device | str | None = None,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, memory: bool = True):
+        """`memory=False` switches the memory bank off (evicted chunks are dropped, the
+        memory slots stay invisible): the ablation the revisit eval compares against."""
         self.cfg = cfg
+        self.use_memory = memory
         K, T = cfg.chunk_frames, cfg.tokens_per_frame
         regions, tok, fr = [], 0, 0
         for name, chunks, tokens in (("sink", cfg.sink_chunks, K * T),
@@ -199,7 +202,7 @@ class KVCache:
 
     def _evict(self, w: int) -> None:
         """Pool window chunk `w` into the memory bank (or drop it when there is none)."""
-        slot = self.bank.next_slot()
+        slot = self.bank.next_slot() if self.use_memory else None
         src = self.window.token_slice(w)
         if slot is not None:
             cfg = self.cfg

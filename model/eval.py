@@ -1034,6 +1034,8 @@ def table_rows(result: dict) -> list[tuple[str, str]]:
         ("revisit PSNR, dB", _fmt(rv.get("psnr"))),
         ("revisit PSNR 95% of pixels, dB", _fmt(rv.get("psnr_trimmed"))),
         ("revisit SSIM", _fmt(rv.get("ssim"))),
+        *([("revisit PSNR / SSIM, memory off", f"{_fmt(off.get('psnr'))} / {_fmt(off.get('ssim'))}")]
+          if (off := result.get("revisit_memory_off")) is not None else []),
         ("flicker (still camera), 0..255", _fmt(result["flicker"])),
     ]
     dr = result.get("drift", {})
@@ -1176,13 +1178,18 @@ def _error(msg: str) -> int:
 
 
 def _model_source(checkpoint: str, seed: int, steps: int):
-    """(make_generator, size, fps, frames_per_chunk) for a model checkpoint."""
+    """(make_generator, size, fps, frames_per_chunk) for a model checkpoint;
+    make_generator(memory=False) switches the memory bank off."""
     from model import load_model
     from model.generate import Generator
 
     model = load_model(checkpoint)
     cfg = model.config
-    return (lambda: Generator(model, seed=seed, steps=steps)), cfg.image_size, cfg.fps, cfg.frames_per_chunk
+
+    def make(memory: bool = True) -> Generator:
+        return Generator(model, seed=seed, steps=steps, memory=memory)
+
+    return make, cfg.image_size, cfg.fps, cfg.frames_per_chunk
 
 
 def main(args: argparse.Namespace) -> int:
@@ -1230,6 +1237,12 @@ def main(args: argparse.Namespace) -> int:
         with tqdm(total=total, desc=name.replace("_", " "), unit="frame") as bar:
             recs = [play(run, make_gen(), size, fps, bar) for run in runs]
         results[name] = score(recs, classifier, fps)
+    if checkpoint is not None:  # the memory module's worth: the revisit again without it
+        revisit = [r for r in runs if r.kind == "revisit"]
+        with tqdm(total=sum(s.frames for r in revisit for s in r.segments), desc="revisit, memory off",
+                  unit="frame") as bar:
+            recs = [play(run, make(memory=False), size, fps, bar) for run in revisit]
+        results["model"]["revisit_memory_off"] = score(recs, classifier, fps).get("revisit", {})
 
     print(format_table(results))
     if args.plots is not None:

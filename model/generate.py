@@ -49,7 +49,7 @@ def chunk_seed(seed: int, chunk: int) -> int:
 
 class Generator:
     def __init__(self, model: LiveReel, seed: int = 0, steps: int = 4, guidance: float = 1.0,
-                 context_t: float = 0.0, shift: float = 5.0):
+                 context_t: float = 0.0, shift: float = 5.0, memory: bool = True):
         if steps < 1:
             raise ValueError(f"steps must be >= 1 (got {steps})")
         self.model = model
@@ -58,7 +58,7 @@ class Generator:
         self.sigmas = flow_schedule(steps, shift)
         self.device = next(model.parameters()).device
         self.cfg_batch = 2 if guidance != 1.0 else 1  # conditional, unconditional
-        self.cache = KVCache(self.config.dit, self.cfg_batch, self.device)
+        self.cache = KVCache(self.config.dit, self.cfg_batch, self.device, memory=memory)
         self._null = self._encode("")
         self.prompt = ""
         self._text = self._null

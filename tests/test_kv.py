@@ -103,3 +103,17 @@ def test_cache_layout_and_reset(debug_model):
     cache.frame_ids[0] = 7
     cache.reset()
     assert cache.chunks_written == 0 and set(cache.frame_ids) == {-1}
+
+
+def test_memory_off_drops_evicted_chunks(debug_model):
+    """With the memory bank switched off, evicted chunks leave no trace: the memory slots
+    stay invisible, and the stream differs from one with memory once chunks are evicted."""
+    d = debug_model.config.dit
+    on, off = Generator(debug_model, seed=3, steps=1), Generator(debug_model, seed=3, steps=1, memory=False)
+    n = d.sink_chunks + d.window_chunks + 2  # two evictions
+    outs = [(on.step(), off.step()) for _ in range(n)]
+    mem = off.cache.memory
+    assert all(off.cache.frame_ids[f] == -1 for i in range(mem.chunks) for f in mem.frame_range(i))
+    assert any(on.cache.frame_ids[f] >= 0 for f in on.cache.memory.frame_range(0))
+    assert all(torch.equal(a, b) for a, b in outs[: d.sink_chunks + d.window_chunks + 1])  # same until then
+    assert not torch.equal(*outs[-1])
