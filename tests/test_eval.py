@@ -255,6 +255,19 @@ def test_cli_ground_truth_writes_every_field(tmp_path):
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["adherence.png", "camera.png", "drift.png"]
 
 
+def test_cli_scores_a_model_with_and_without_memory(tmp_path):
+    """A checkpoint's scores (debug preset: the figures mean nothing, the fields must be
+    there), including the revisit with the memory bank switched off."""
+    out = tmp_path / "out.json"
+    res = _cli("--checkpoint", "debug", "--minutes", "0.1", "--json", str(out), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "revisit PSNR / SSIM, memory off" in res.stdout
+    model = json.loads(out.read_text())["model"]
+    for key in ("adherence", "switch", "camera", "revisit", "revisit_memory_off", "drift"):
+        assert key in model
+    assert set(model["revisit_memory_off"]) == {"psnr", "psnr_trimmed", "ssim"}
+
+
 def test_cli_rejects_bad_input(tmp_path):
     res = _cli("--ground-truth", "--minutes", "0", cwd=tmp_path)
     assert res.returncode != 0 and "--minutes" in res.stderr
