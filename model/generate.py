@@ -49,12 +49,14 @@ def chunk_seed(seed: int, chunk: int) -> int:
 
 class Generator:
     def __init__(self, model: LiveReel, seed: int = 0, steps: int = 4, guidance: float = 1.0,
-                 context_t: float = 0.0, shift: float = 5.0, memory: bool = True):
+                 context_t: float = 0.0, shift: float = 5.0, memory: bool = True,
+                 autocast: torch.dtype | None = None):
         if steps < 1:
             raise ValueError(f"steps must be >= 1 (got {steps})")
         self.model = model
         self.config = model.config
         self.steps, self.guidance, self.context_t = steps, guidance, context_t
+        self.autocast = autocast  # e.g. torch.bfloat16 on CUDA: the DiT's matmuls in bf16, the state in fp32
         self.sigmas = flow_schedule(steps, shift)
         self.device = next(model.parameters()).device
         self.cfg_batch = 2 if guidance != 1.0 else 1  # conditional, unconditional
@@ -177,7 +179,7 @@ class Generator:
         """One evaluation at t = context_t over the clean chunk: writes its K/V."""
         self.model.dit.begin_chunk(self.cache, self._batch_cam(cam), first_frame)
         _evaluate(self.model, x, self.context_t, self._batch_text(text), self._batch_cam(cam), self.cache,
-                  self.cfg_batch, kv_only=True)
+                  self.cfg_batch, kv_only=True, autocast=self.autocast)
 
     def _recache(self) -> None:
         """Recompute the K/V of the kept chunks (sink, window) under the new prompt, in
@@ -252,13 +254,16 @@ class _Clock:
 
 
 def _evaluate(model: LiveReel, x: Tensor, t: float, text: TextCond, cam: CameraCond, cache,
-              cfg_batch: int, kv_only: bool = False) -> Tensor | None:
+              cfg_batch: int, kv_only: bool = False, autocast: torch.dtype | None = None) -> Tensor | None:
     """One network evaluation of a batch of chunks x (S, K, C, h, w) at time t; with
     guidance each chunk is evaluated twice (conditional, unconditional), side by side.
-    `kv_only` for a context pass: only the cache writes matter."""
+    `kv_only` for a context pass: only the cache writes matter. `autocast`: the dtype
+    of the evaluation's matmuls (None: the model's own); returns x's dtype."""
     xb = x if cfg_batch == 1 else x.repeat_interleave(cfg_batch, dim=0)
     tt = torch.full(xb.shape[:2], t, device=x.device)
-    return model.dit(xb, tt, text, cam, cache, kv_only=kv_only)
+    with torch.autocast(x.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+        v = model.dit(xb, tt, text, cam, cache, kv_only=kv_only)
+    return None if v is None else v.to(x.dtype)
 
 
 @torch.no_grad()
@@ -273,7 +278,7 @@ def step_batch(gens: list[Generator]) -> list[Tensor]:
     lead = gens[0]
     for g in gens[1:]:
         if (g.model is not lead.model or g.sigmas != lead.sigmas or g.guidance != lead.guidance
-                or g.context_t != lead.context_t):
+                or g.context_t != lead.context_t or g.autocast != lead.autocast):
             raise ValueError("a batched step needs streams of one model with the same steps, shift, "
                              "guidance and context_t")
     clock = _Clock()
@@ -288,13 +293,13 @@ def step_batch(gens: list[Generator]) -> list[Tensor]:
         cache = CacheBatch([g.cache for g in gens])
     n = lead.cfg_batch
     for t, t_next in zip(lead.sigmas[:-1], lead.sigmas[1:]):
-        v = _evaluate(lead.model, x, t, text, cam, cache, n)
+        v = _evaluate(lead.model, x, t, text, cam, cache, n, autocast=lead.autocast)
         if n > 1:
             cond, uncond = v.view(len(gens), n, *v.shape[1:]).unbind(1)
             v = uncond + lead.guidance * (cond - uncond)
         x = x + (t_next - t) * v
     denoise = clock.lap()
-    _evaluate(lead.model, x, lead.context_t, text, cam, cache, n, kv_only=True)
+    _evaluate(lead.model, x, lead.context_t, text, cam, cache, n, kv_only=True, autocast=lead.autocast)
     context = clock.lap()
     out = list(x.split(1))
     for g, xi in zip(gens, out):
