@@ -1,6 +1,6 @@
 """A real `livereel serve` subprocess on loopback and a headless Debian Chromium.
 
-LIVEREEL_E2E_CHECKPOINT picks the model (default: the shipped "default", else "debug"); LIVEREEL_ARTIFACTS the
+LIVEREEL_E2E_CHECKPOINT picks the model (default "debug"); LIVEREEL_ARTIFACTS the
 folder for screenshots and measurements (default artifacts/e2e, gitignored).
 """
 
@@ -33,12 +33,10 @@ SERVER_START_TIMEOUT = 120.0
 
 @pytest.fixture(scope="session")
 def checkpoint() -> str:
-    """The shipped default model when the checkout has it (the prompt and camera checks
-    then judge what the picture shows), else the random-init debug preset."""
-    from model.checkpoint import CHECKPOINTS
-
-    shipped = "default" if (CHECKPOINTS / "default").is_dir() else "debug"
-    return os.environ.get("LIVEREEL_E2E_CHECKPOINT", shipped)
+    """The random-init debug preset, or LIVEREEL_E2E_CHECKPOINT=default: the shipped model,
+    whose pictures the prompt and camera checks then judge (its model card says which of
+    them it passes)."""
+    return os.environ.get("LIVEREEL_E2E_CHECKPOINT", "debug")
 
 
 @pytest.fixture(scope="session")
