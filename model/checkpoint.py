@@ -65,7 +65,7 @@ def visible_init(model: LiveReel) -> None:
     for m in [b.ada for b in dit.blocks] + [dit.final.ada, dit.final.linear, dit.text_pool]:
         nn.init.normal_(m.weight, std=1.0)
     if dit.prior_embed is not None:  # non-zero, so that tests see the warped-prior path work
-        nn.init.normal_(dit.prior_embed.weight, std=0.5)
+        nn.init.normal_(dit.prior_embed.weight, std=0.05)
 
 
 def resolve(name_or_path: str | Path) -> Path:
