@@ -14,14 +14,10 @@ from torch import Tensor, nn
 from model.config import DiTConfig
 
 
-def rotate_half(x: Tensor) -> Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor, out: Tensor | None = None) -> Tensor:
-    """x * cos + rotate_half(x) * sin for x (..., N, Dh), cos/sin broadcastable to it and,
-    as `RoPE3D.tables` makes them, the same in both halves of the last dim. Three ops
+    """x * cos + (-x2, x1) * sin for x = (x1, x2) (..., N, Dh) split in halves; cos/sin
+    broadcastable to x and, as `RoPE3D.tables` makes them, the same in both halves of the
+    last dim. Three ops
     instead of six (no rotated copy of x); `out` (x's shape) receives the result in place,
     e.g. a slot of the KV cache."""
     h = x.shape[-1] // 2
