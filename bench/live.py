@@ -91,14 +91,15 @@ class Client:
 
 
 async def _measure(model: LiveReel, steps: int, ttff_reps: int, control_reps: int, seconds: float) -> dict:
-    from model.generate import Generator
+    from model.generate import Generator, next_frames_batch
     from streamer.server import Server
     from streamer.session import StreamInfo
 
     cfg = model.config
     info = StreamInfo(model=cfg.name, fps=cfg.fps, size=cfg.image_size, frames_per_chunk=cfg.frames_per_chunk,
                       steps=steps)
-    server = Server(lambda seed: Generator(model, seed=seed, steps=steps), info, max_sessions=4)
+    server = Server(lambda seed: Generator(model, seed=seed, steps=steps), info, max_sessions=4,
+                    step_many=next_frames_batch)
     port = await server.start(0)
     chunk = cfg.frames_per_chunk / cfg.fps
     out: dict = {}

@@ -100,7 +100,8 @@ class DiTConfig:
     rope_time_theta: float = 100.0
     rope_space_theta: float = 100.0
     camera_scale: float = 8.0  # per-frame motion (tokens/frame) is multiplied by this before its MLP
-    warp_prior: bool = True  # input: the previous frame warped by the camera motion (model/camera.py)
+    warp_prior: bool = True  # input: the previous frame warped by the camera motion (model/prior.py)
+    prior_space: str = "pixel"  # where the prior is warped: "latent" or "pixel" (decode, warp, encode)
 
     def __post_init__(self) -> None:
         c = "DiTConfig"
@@ -110,6 +111,8 @@ class DiTConfig:
         for name in ("sink_frames", "memory_frames"):
             _check(getattr(self, name) >= 0, c, name, "must be >= 0", getattr(self, name))
         _check(self.mlp_ratio > 0, c, "mlp_ratio", "must be positive", self.mlp_ratio)
+        _check(self.prior_space in ("latent", "pixel"), c, "prior_space", "must be 'latent' or 'pixel'",
+               self.prior_space)
         _check(self.latent_size % self.patch == 0, c, "patch",
                f"must divide latent_size={self.latent_size}", self.patch)
         _check(self.dim % self.heads == 0, c, "heads", f"must divide dim={self.dim}", self.heads)

@@ -316,14 +316,16 @@ class DiT(nn.Module):
         return ClipContext(self.cfg, self.rope, world, camera.pos[:, -1, :2], camera.pos.shape[1],
                            keep_kv)
 
-    def begin_chunk(self, cache, camera: CameraCond, first_frame: int | None = None) -> None:
+    def begin_chunk(self, cache, camera: CameraCond, first_frame: int | None = None,
+                    prior: Tensor | None = None) -> None:
         """Prepare `cache` for the chunk whose per-frame camera is `camera` (once per chunk):
-        its read, and the chunk's warped prior from the cache's last frame."""
+        its read, and the chunk's warped prior: `prior` (B, K, C + 1, h, w) where the caller
+        made it (pixel space, model/prior.py), else the cache's last frame warped in latent space."""
         world = token_positions(camera.pos, self.cfg.grid)
         cache.begin_chunk(world, camera.pos[:, -1, :2], self.rope.tables, first_frame)
         if self.prior_embed is not None:
-            cache.prior = warp_frame(cache.frame, cache.frame_pos, cache.frame_valid, camera.pos,
-                                     self.cfg.grid)
+            cache.prior = prior if prior is not None else warp_frame(
+                cache.frame, cache.frame_pos, cache.frame_valid, camera.pos, self.cfg.grid)
 
     def clip_prior(self, x: Tensor, camera: CameraCond) -> Tensor:
         """The training path's warped priors (B, F, C + 1, h, w): every chunk's from the last
@@ -340,7 +342,8 @@ class DiT(nn.Module):
 
     # -- one network evaluation ---------------------------------------------
     def forward(self, x: Tensor, t: Tensor, text: TextCond, camera: CameraCond, cache=None,
-                kv_only: bool = False, prior_source: Tensor | None = None) -> Tensor | None:
+                kv_only: bool = False, prior_source: Tensor | None = None,
+                prior: Tensor | None = None) -> Tensor | None:
         """x (B, F, C, h, w); t (B, F) in [0, 1] per frame (1 = noise); returns the velocity.
 
         cache=None: training path over the whole clip (F a multiple of chunk_frames);
@@ -350,6 +353,8 @@ class DiT(nn.Module):
         pass: the last block stops after its K/V, the final layer is skipped).
         prior_source: the training path's frames to warp into the priors (default: x); the
         clean clip there, since streaming warps the clean last frame of the chunk before.
+        prior: the training path's priors (B, F, C + 1, h, w) made by the caller (pixel space,
+        `model.prior.clip_pixel_prior`); overrides `prior_source`.
         """
         if cache is None:
             cache = self.clip_context(camera)
@@ -361,7 +366,8 @@ class DiT(nn.Module):
         h = self.patch_embed(self.patchify(x))  # (B, F, T, D)
         if self.prior_embed is not None:
             if isinstance(cache, ClipContext):
-                prior = self.clip_prior(x if prior_source is None else prior_source, camera)
+                if prior is None:
+                    prior = self.clip_prior(x if prior_source is None else prior_source, camera)
             else:  # set by begin_chunk; the chunk's last frame is the next chunk's source
                 prior = cache.prior
                 cache.write_frame(x[:, -1], camera.pos[:, -1])

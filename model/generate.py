@@ -28,6 +28,7 @@ from torch import Tensor
 from cache.kv import CacheBatch, KVCache
 from model.camera import CameraCond, integrate, velocity_per_frame
 from model.checkpoint import LiveReel
+from model.prior import pixel_prior
 from model.text import TextCond
 from model.vae import to_uint8
 
@@ -175,9 +176,19 @@ class Generator:
     def _batch_text(self, text: TextCond) -> TextCond:
         return text if self.cfg_batch == 1 else TextCond.cat([text, self._null])
 
+    def _begin_chunk(self, cam: CameraCond, first_frame: int | None = None) -> None:
+        """The cache's read and the chunk's warped prior (model/prior.py) for camera `cam`."""
+        d = self.config.dit
+        prior = None
+        if d.warp_prior and d.prior_space == "pixel":
+            n, c = self.cfg_batch, self.cache  # guidance rows hold the same frame: warp it once
+            prior = pixel_prior(self.model.vae, c.frame[::n], c.frame_pos[::n], c.frame_valid[::n],
+                                cam.pos, d.grid).repeat_interleave(n, 0)
+        self.model.dit.begin_chunk(self.cache, self._batch_cam(cam), first_frame, prior=prior)
+
     def _context_pass(self, x: Tensor, text: TextCond, cam: CameraCond, first_frame: int | None) -> None:
         """One evaluation at t = context_t over the clean chunk: writes its K/V."""
-        self.model.dit.begin_chunk(self.cache, self._batch_cam(cam), first_frame)
+        self._begin_chunk(cam, first_frame)
         _evaluate(self.model, x, self.context_t, self._batch_text(text), self._batch_cam(cam), self.cache,
                   self.cfg_batch, kv_only=True, autocast=self.autocast)
 
@@ -207,7 +218,7 @@ class Generator:
         text = self._chunk_text()
         cam = self._advance_camera()
         self._cam = cam
-        self.model.dit.begin_chunk(self.cache, self._batch_cam(cam))
+        self._begin_chunk(cam)
         return self._noise(), self._batch_text(text), self._batch_cam(cam)
 
     def _finish(self, x: Tensor) -> None:
@@ -229,6 +240,10 @@ class Generator:
 
     def next_frames(self) -> np.ndarray:
         return self.decode(self.step())
+
+    def batch_key(self) -> tuple:
+        """Streams with equal keys can share one batched step (`next_frames_batch`)."""
+        return (id(self.model), tuple(self.sigmas), self.guidance, self.context_t, self.autocast)
 
 
 # ---------------------------------------------------------------------- several streams
@@ -329,3 +344,9 @@ def decode_batch(gens: list[Generator], latents: list[Tensor]) -> list[np.ndarra
         g._vae_state = state if len(gens) == 1 else [None if s is None else s[i:i + 1] for s in state]
         g.timings = {**g.timings, "decode": span}
     return list(frames)
+
+
+def next_frames_batch(gens: list[Generator]) -> list[np.ndarray]:
+    """`next_frames` of several streams with equal `batch_key`s: one batched chunk and one
+    batched decode; each stream gets the frames it would get alone."""
+    return decode_batch(gens, step_batch(gens))

@@ -153,7 +153,8 @@ class Server:
     as it may allocate caches); `info` describes the stream it makes. `token` and
     `allowed_origins` are the access rules of the module docstring; `control_rate`
     is the control messages a second each peer may send (in bursts of one second's
-    worth).
+    worth). `step_many(generators)`: a batched step for sessions whose generators share
+    a `batch_key()` (`model.generate.next_frames_batch`; None: each session alone).
     """
 
     def __init__(
@@ -170,6 +171,7 @@ class Server:
         token: str | None = None,
         allowed_origins: Sequence[str] = (),
         control_rate: float = CONTROL_RATE,
+        step_many: Callable[[list], list] | None = None,
     ) -> None:
         self.make_generator = make_generator
         self.info = info
@@ -181,7 +183,7 @@ class Server:
         self.token = token
         self.allowed_origins = {_origin(o) for o in allowed_origins}
         self.control_rate = control_rate
-        self.scheduler = Scheduler(max_sessions=max_sessions, on_chunk=self._on_chunk)
+        self.scheduler = Scheduler(max_sessions=max_sessions, on_chunk=self._on_chunk, step_many=step_many)
         self.metrics = Metrics(lambda: len(self.scheduler))
         self.live: dict[str, _Live] = {}
         self._opening = 0  # offers past the admission check, not yet in the scheduler
@@ -532,7 +534,7 @@ def main(args: argparse.Namespace) -> int:
             return 2
 
     from model import CheckpointError, load_model  # (torch: only once the flags are good)
-    from model.generate import Generator
+    from model.generate import Generator, next_frames_batch
 
     try:
         model = load_model(args.checkpoint)
@@ -553,6 +555,7 @@ def main(args: argparse.Namespace) -> int:
     server = Server(
         lambda seed: Generator(model, seed=seed, steps=args.steps),
         info,
+        step_many=next_frames_batch,
         host=args.host,
         max_sessions=args.max_sessions,
         record_dir=args.record_dir,

@@ -2,7 +2,7 @@
 event log, and a bounded queue of frames ahead of playback.
 
 Two threads touch a session, and every method says which:
-- the scheduler's worker thread calls `timing` and `step`;
+- the scheduler's worker thread calls `timing` and `step` (or `begin_step`, then `end_step`);
 - the event loop calls `control`, `next_frame`, `stats` and `close`.
 Shared state is behind one lock, held only for queue and dict updates, never while
 the model runs.
@@ -120,6 +120,14 @@ class EventLog:
             if self._file is not None:
                 self._file.close()
                 self._file = None
+
+
+@dataclass
+class _Work:
+    """A step in progress: the controls handed to the generator, and the reset epoch."""
+
+    staged: dict[str, tuple[Prompt | Camera | Reset, float]]
+    epoch: int
 
 
 class Session:
@@ -253,6 +261,15 @@ class Session:
     def step(self) -> None:
         """Generate one chunk under the staged controls and queue it. Raises what the
         model raises; the scheduler ends the session then."""
+        work = self.begin_step()
+        start = time.perf_counter()
+        frames = self.generator.next_frames()  # (F, H, W, 3) uint8
+        self.end_step(work, frames, time.perf_counter() - start)
+
+    def begin_step(self) -> _Work:
+        """The first half of `step`: hand the staged controls to the generator. The
+        scheduler then makes the chunk (alone, or batched with other sessions' chunks)
+        and passes it to `end_step`."""
         with self._lock:
             staged, self._staged = self._staged, {}
             epoch = self._epoch
@@ -264,10 +281,14 @@ class Session:
                 gen.set_camera(pan=msg.pan, zoom=msg.zoom)
             else:
                 gen.reset(msg.seed)
+        return _Work(staged, epoch)
 
-        start = time.perf_counter()
-        frames = gen.next_frames()  # (F, H, W, 3) uint8
-        self.chunk_seconds = time.perf_counter() - start
+    def end_step(self, work: _Work, frames: np.ndarray, seconds: float) -> None:
+        """The second half of `step`: queue the chunk `frames` that took `seconds` to make,
+        log and acknowledge the controls it applied."""
+        staged, epoch = work.staged, work.epoch
+        gen = self.generator
+        self.chunk_seconds = seconds
         avg = self.chunk_seconds_avg
         self.chunk_seconds_avg = self.chunk_seconds if avg is None else 0.8 * avg + 0.2 * self.chunk_seconds
 

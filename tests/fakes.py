@@ -235,13 +235,14 @@ async def metric(port: int, name: str, query: str = "", **labels) -> float:
 
 
 def real_server(model, steps: int = 2, **kwargs) -> Server:
-    """A Server running the real Generator on `model` (the debug one in tests)."""
-    from model.generate import Generator
+    """A Server running the real Generator on `model` (the debug one in tests), sessions
+    batched as `livereel serve` batches them."""
+    from model.generate import Generator, next_frames_batch
 
     cfg = model.config
     info = StreamInfo(model=cfg.name, fps=cfg.fps, size=cfg.image_size, frames_per_chunk=cfg.frames_per_chunk,
                       steps=steps)
-    return Server(lambda seed: Generator(model, seed=seed, steps=steps), info, **kwargs)
+    return Server(lambda seed: Generator(model, seed=seed, steps=steps), info, step_many=next_frames_batch, **kwargs)
 
 
 @pytest_asyncio.fixture

@@ -6,6 +6,7 @@ import torch
 from cache.kv import KVCache
 from cache.memory import MemoryBank, pool_tokens
 from model.generate import Generator
+from model.prior import clip_pixel_prior
 
 
 def tensor_bytes(*objs) -> int:
@@ -67,7 +68,9 @@ def test_recache_equals_fresh_forward_under_new_prompt(debug_model):
     cam = CameraCond(pos, motion)
     text = m.text.encode(["a purple cube in the city at night"])
     ctx = m.dit.clip_context(cam, keep_kv=True)
-    m.dit(x, torch.zeros(x.shape[:2]), text, cam, ctx)
+    assert d.prior_space == "pixel"  # the re-cache must restore each chunk's pixel-space prior
+    prior = clip_pixel_prior(m.vae, x, cam, d.chunk_frames, d.grid)
+    m.dit(x, torch.zeros(x.shape[:2]), text, cam, ctx, prior=prior)
     T = d.tokens_per_chunk
     for layer, (k, v) in enumerate(ctx.kv):
         for c, (region, index) in enumerate(slots):

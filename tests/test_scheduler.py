@@ -145,3 +145,39 @@ async def test_stop_ends_the_worker():
     await asyncio.sleep(0.05)
     s.stop()
     assert not s._thread.is_alive()
+
+
+class BatchingGenerator(FakeGenerator):
+    def batch_key(self):
+        return ("fake", self.config)
+
+
+async def test_due_sessions_of_one_key_are_batched():
+    """With a batched step, sessions that fall due together are made in one call, get
+    their own frames, and stay in step; without one, each steps alone."""
+    calls = []
+
+    def step_many(gens):
+        calls.append(len(gens))
+        return [g.next_frames() for g in gens]
+
+    s = Scheduler(max_sessions=3, step_many=step_many)
+    s.start()
+    try:
+        a, b = (Session(BatchingGenerator(CFG), fake_info(CFG), prompt=p) for p in ("a", "b"))
+        s.add(a, no_error)
+        s.add(b, no_error)
+        await until(lambda: a.chunks_made and b.chunks_made, "both run")
+        for _ in range(3):
+            before = len(calls)
+            for _ in range(K):
+                a.next_frame()
+                b.next_frame()
+            await until(lambda: len(calls) > before and a.chunks_made == b.chunks_made, "the next chunks")
+        assert calls[-1] == 2  # once in step, always batched
+        assert a.next_frame().frame[0, 0, 0] != b.next_frame().frame[0, 0, 0]  # each its own prompt
+    finally:
+        s.stop()
+    assert Scheduler(max_sessions=1, step_many=None, max_batch=4).max_batch == 1
+    with pytest.raises(ValueError):
+        Scheduler(max_sessions=1, step_many=step_many, max_batch=0)

@@ -11,7 +11,8 @@ under the block-causal mask with the sink / pooled memory / window that streamin
   force at its end, and frames before the switch are context only (no loss).
 - Text and camera-motion dropout (10% each) so classifier-free guidance works.
 - The warped prior (`DiTConfig.warp_prior`) comes from the clean clip, lightly noised,
-  as streaming gives it the clean last frame of the chunk before.
+  as streaming gives it the clean last frame of the chunk before; in pixel space
+  (`prior_space`, model/prior.py) it is made once for the whole pool (priors.npz).
 - EMA weights, resumable state every 100 steps, loss CSV + PNG, and every
   `--sample-every` steps a free rollout with the KV cache: an MP4 in samples/ and a
   camera probe (commanded vs measured pan, px/frame) in probe.csv.
@@ -36,6 +37,7 @@ from model.camera import CameraCond
 from model.checkpoint import LiveReel, build_model, save_model
 from model.config import get_config
 from model.generate import Generator
+from model.prior import pixel_prior
 from model.train.common import RUNS, ClipPool, LossLog, cosine_lr, load_state, save_state
 from model.train.vae import load_trained_vae
 from model.vae import from_uint8
@@ -90,8 +92,28 @@ class LatentPool:
         self.camera = torch.from_numpy(clips.camera / unit)
         self.velocity = torch.from_numpy(clips.velocity / unit)
         self.captions = clips.captions
+        self.priors: torch.Tensor | None = None
 
-    def batch(self, rng: np.random.Generator, batch: int, frames: int):
+    def build_priors(self, model: LiveReel, path: Path) -> None:
+        """Pixel-space priors (model/prior.py) of every frame j as the source of the next
+        `chunk_frames` frames: (clips, F - 1, K, C + 1, h, w), so a crop starting anywhere
+        finds each chunk's prior (its source: the frame before the chunk). Made once."""
+        if path.exists():
+            self.priors = torch.from_numpy(np.load(path)["priors"])
+            return
+        d = model.config.dit
+        K, F_ = d.chunk_frames, self.latents.shape[1]
+        src = torch.arange(F_ - 1)
+        dst = (src[:, None] + 1 + torch.arange(K)).clamp(max=F_ - 1)  # targets past the end: unused
+        out = []
+        with torch.no_grad():
+            for lat, pos in tqdm(zip(self.latents, self.camera), total=len(self.latents),
+                                 desc="pixel priors", unit="clip"):
+                out.append(pixel_prior(model.vae, lat[src], pos[src], torch.ones(F_ - 1), pos[dst], d.grid).half())
+        self.priors = torch.stack(out)
+        np.savez(path, priors=self.priors.numpy())
+
+    def batch(self, rng: np.random.Generator, batch: int, frames: int, chunk_frames: int):
         n, F_ = self.latents.shape[:2]
         idx = rng.integers(n, size=batch)
         start = rng.integers(F_ - frames + 1, size=batch)
@@ -104,7 +126,14 @@ class LatentPool:
             caps = self.captions[i][s:s + frames]
             prompts.append(caps[-1])
             mask[b] = torch.tensor([c == caps[-1] for c in caps], dtype=torch.float32)
-        return x, CameraCond(pos, vel), prompts, mask
+        prior = None
+        if self.priors is not None:  # chunk c >= 1 of a crop at s: source frame s + c*K - 1
+            K = chunk_frames
+            prior = torch.zeros(batch, frames, *self.priors.shape[3:])
+            for b, (i, s) in enumerate(zip(idx, start)):
+                for c in range(1, frames // K):
+                    prior[b, c * K:(c + 1) * K] = self.priors[i, s + c * K - 1].float()
+        return x, CameraCond(pos, vel), prompts, mask, prior
 
 
 def sample_t(rng: torch.Generator, batch: int, chunks: int, shift: float = 5.0) -> torch.Tensor:
@@ -169,6 +198,8 @@ def train(args: argparse.Namespace) -> Path:
                      seed_offset=2_000_000)
     pool = LatentPool(clips, model, run / "latents.npz")
     del clips
+    if d.warp_prior and d.prior_space == "pixel":
+        pool.build_priors(model, run / "priors.npz")
 
     trainable = torch.nn.ModuleDict({"text": model.text, "dit": model.dit}).train()
     ema = copy.deepcopy(trainable).eval().requires_grad_(False)
@@ -200,7 +231,7 @@ def train(args: argparse.Namespace) -> Path:
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="train dit")
     t0 = time.time()
     for step in bar:
-        x0, cam, prompts, mask = pool.batch(rng, args.batch, frames)
+        x0, cam, prompts, mask, prior = pool.batch(rng, args.batch, frames, d.chunk_frames)
         drop_text = rng.random(args.batch) < 0.1
         prompts = ["" if drop else p for p, drop in zip(prompts, drop_text)]
         drop_cam = torch.from_numpy(rng.random(args.batch) < 0.1)[:, None, None]
@@ -213,8 +244,13 @@ def train(args: argparse.Namespace) -> Path:
         # priors from the clean clip, lightly noised like context (streaming warps the clean
         # last frame of the chunk before; never this chunk's own frames)
         s = 0.08 * torch.rand(args.batch, 1, 1, 1, 1, generator=trng)
-        prior_source = (1 - s) * x0 + s * torch.randn(x0.shape, generator=trng)
-        v = model.dit(xt, t, text, cam, prior_source=prior_source)
+        if prior is None:  # latent space: warped inside the DiT
+            prior_source = (1 - s) * x0 + s * torch.randn(x0.shape, generator=trng)
+            v = model.dit(xt, t, text, cam, prior_source=prior_source)
+        else:  # pixel space: made once per pool; noise where the old view covers
+            z, cover = prior[:, :, :-1], prior[:, :, -1:]
+            z = ((1 - s) * z + s * torch.randn(z.shape, generator=trng)) * cover
+            v = model.dit(xt, t, text, cam, prior=torch.cat((z, cover), 2))
         per_frame = F.mse_loss(v, noise - x0, reduction="none").mean(dim=(2, 3, 4))
         loss = (per_frame * mask).sum() / mask.sum()
         lr = cosine_lr(step, args.steps, args.lr, warmup=200)

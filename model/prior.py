@@ -1,0 +1,53 @@
+"""The warped prior of a chunk: the last frame before it, moved to where the camera now looks.
+
+`DiTConfig.prior_space` says how the frame is moved:
+- "latent": a bilinear warp of the latent frame (`camera.warp_frame`). Cheap, but the
+  VAE's latents are not shift-equivariant below a latent pixel (8 view pixels): a 4 px
+  pan warped in latent space decodes to a picture that barely moves, so a model fed
+  such priors learns to hold the picture still.
+- "pixel": decode the frame, warp the RGB picture (exact to a fraction of a view pixel),
+  encode it again. One 1-frame decode and a K-frame encode per chunk; the model gets
+  the moved picture and refines it, as a video codec predicts from the previous frame.
+
+The DiT only sees the result (`DiT.begin_chunk(..., prior=)`, `DiT.forward(..., prior=)`);
+the VAE work lives here, with the Generator and the trainer that call it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from model.camera import CameraCond, warp_frame
+from model.vae import VAE
+
+
+def pixel_prior(vae: VAE, frame: Tensor, frame_pos: Tensor, valid: Tensor, pos: Tensor,
+                grid: int) -> Tensor:
+    """The latent frame `frame` (B, C, h, w, DiT scale), seen from camera `frame_pos` (B, 3),
+    as seen from each camera of `pos` (B, F, 3), warped in pixel space: (B, F, C + 1, h, w),
+    the last channel 1 where the whole latent pixel was covered by the old view (0 where
+    the camera uncovered new ground, or everywhere where `valid` (B,) is 0)."""
+    B, Fr = pos.shape[:2]
+    rgb = vae.decode(vae.from_dit(frame[:, None]))[:, 0].clamp(-1, 1)  # (B, 3, H, W)
+    warped = warp_frame(rgb, frame_pos, valid, pos, grid)  # (B, F, 4, H, W)
+    z = vae.to_dit(vae.encode(warped[:, :, :3]))  # (B, F, C, h, w)
+    down = rgb.shape[-1] // z.shape[-1]
+    cover = F.avg_pool2d(warped[:, :, 3:].flatten(0, 1), down).view(B, Fr, 1, *z.shape[-2:])
+    cover = (cover > 0.999).to(z.dtype)
+    return torch.cat((z * cover, cover), 2)
+
+
+def clip_pixel_prior(vae: VAE, x: Tensor, camera: CameraCond, chunk_frames: int, grid: int) -> Tensor:
+    """The training path's pixel-space priors for a whole clip x (B, F, C, h, w): every
+    chunk's from the last frame of the chunk before it (none for the first), as the cache
+    keeps it while streaming. (B, F, C + 1, h, w); the slow reference for tests."""
+    B, Fr = x.shape[:2]
+    K = chunk_frames
+    last = torch.cat((torch.zeros_like(x[:, :1]), x[:, K - 1:-1:K]), 1)  # (B, n, C, h, w)
+    last_pos = torch.cat((camera.pos[:, :1], camera.pos[:, K - 1:-1:K]), 1)  # (B, n, 3)
+    valid = (torch.arange(Fr // K, device=x.device) > 0).to(x.dtype).expand(B, -1)
+    out = pixel_prior(vae, last.flatten(0, 1), last_pos.flatten(0, 1), valid.flatten(),
+                      camera.pos.reshape(B * (Fr // K), K, 3), grid)  # (B*n, K, C+1, h, w)
+    return out.view(B, Fr, *out.shape[2:])

@@ -1,0 +1,69 @@
+"""The warped prior in pixel space: a sub-latent-pixel pan moves the picture it decodes to."""
+
+import numpy as np
+import pytest
+import torch
+
+from model import load_model
+from model.camera import warp_frame
+from model.eval import measure_shift
+from model.prior import clip_pixel_prior, pixel_prior
+from model.vae import from_uint8, to_uint8
+from model.world import render_background
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_model("default")
+
+
+def picture(vae, z):
+    return to_uint8(vae.decode(vae.from_dit(z[:, None]))[0, 0]).numpy()
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("pan_px", [2.0, 4.0])
+def test_pixel_prior_moves_the_picture_by_the_pan(shipped, pan_px):
+    """A pan of a quarter or half a latent pixel: the pixel-space prior decodes to the old
+    picture moved as far as the world moved (phase correlation within 0.5 px); the latent
+    warp of the same frame barely moves it, which is why the prior is made in pixel space."""
+    m = shipped
+    cfg = m.config
+    cams = np.array([[400.0, 300.0, 0.0], [400.0 + pan_px, 300.0, 0.0]])
+    frames = render_background("forest", cams, size=cfg.image_size)  # (2, 3, S, S) in [0, 1]
+    truth = measure_shift(to_uint8(frames[0] * 2 - 1).numpy(), to_uint8(frames[1] * 2 - 1).numpy())
+    z0 = m.vae.to_dit(m.vae.encode((frames[:1] * 2 - 1)[None]))[:, 0]  # (1, C, h, w)
+    unit = cfg.pixels_per_token
+    pos0 = torch.tensor(cams[:1] / [unit, unit, 1], dtype=torch.float32)
+    pos1 = torch.tensor(cams[1:] / [unit, unit, 1], dtype=torch.float32)[None]
+    before = picture(m.vae, z0)
+    prior = pixel_prior(m.vae, z0, pos0, torch.ones(1), pos1, cfg.dit.grid)
+    assert prior.shape == (1, 1, cfg.dit.latent_channels + 1, cfg.dit.latent_size, cfg.dit.latent_size)
+    cover = prior[0, 0, -1]
+    assert cover[:, :-1].min() == 1 and cover[:, -1].max() == 0  # new ground on the right only
+    moved = measure_shift(before, picture(m.vae, prior[:, 0, :-1]))
+    latent = warp_frame(z0, pos0, torch.ones(1), pos1, cfg.dit.grid)[:, 0, :-1]
+    moved_latent = measure_shift(before, picture(m.vae, latent))
+    assert abs(truth[0] - pan_px) < 0.5 and abs(truth[1]) < 0.5  # the measure's own sign
+    assert abs(moved[0] - truth[0]) < 0.5 and abs(moved[1]) < 0.5
+    assert abs(moved_latent[0]) < abs(moved[0]) - 0.5
+
+
+@torch.no_grad()
+def test_clip_priors_are_the_chunk_by_chunk_priors(debug_model):
+    """The training path's clip priors equal the prior of each chunk made from the frame
+    before it, and the first chunk has none."""
+    m = debug_model
+    d = m.config.dit
+    K, n = d.chunk_frames, 3
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, n * K, d.latent_channels, d.latent_size, d.latent_size, generator=g)
+    from model.camera import CameraCond
+
+    pos = (torch.randn(2, n * K, 3, generator=g) * torch.tensor([0.3, 0.3, 0.02])).cumsum(1)
+    clip = clip_pixel_prior(m.vae, x, CameraCond(pos, torch.zeros_like(pos)), K, d.grid)
+    assert clip.shape == (2, n * K, d.latent_channels + 1, d.latent_size, d.latent_size)
+    assert clip[:, :K].abs().max() == 0
+    for c in range(1, n):
+        one = pixel_prior(m.vae, x[:, c * K - 1], pos[:, c * K - 1], torch.ones(2), pos[:, c * K:(c + 1) * K], d.grid)
+        assert torch.allclose(clip[:, c * K:(c + 1) * K], one, atol=1e-5)
