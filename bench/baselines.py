@@ -22,6 +22,7 @@ from torch import Tensor
 from model.camera import CameraCond
 from model.config import DiTConfig
 from model.generate import Generator
+from model.prior import pixel_prior
 from model.rope import apply_rope
 from model.text import TextCond
 
@@ -33,7 +34,7 @@ class NoCacheStream:
         self.gen = gen
         d = gen.config.dit
         self.context_chunks = d.sink_chunks + d.memory_chunks + d.window_chunks
-        self.history: list[tuple[Tensor, CameraCond]] = []  # every chunk made, clean
+        self.history: list[tuple[Tensor, CameraCond, Tensor | None]] = []  # clean chunks made, their priors
 
     def prefill(self, chunks: int) -> None:
         """Pretend `chunks` chunks were made (random latents, a still camera)."""
@@ -41,11 +42,12 @@ class NoCacheStream:
         K = d.chunk_frames
         x = torch.randn(1, K, d.latent_channels, d.latent_size, d.latent_size, generator=g)
         cam = CameraCond(torch.zeros(1, K, 3), torch.zeros(1, K, 3))
-        self.history = [(x, cam)] * min(chunks, self.context_chunks + 1)  # only the visible ones matter
+        prior = torch.zeros(1, K, d.latent_channels + 1, d.latent_size, d.latent_size)
+        self.history = [(x, cam, prior)] * min(chunks, self.context_chunks + 1)  # only the visible ones matter
         self.gen.apply_controls()  # at chunk 0: no re-cache
         self.gen.chunk_index = chunks
 
-    def _visible(self) -> list[tuple[Tensor, CameraCond]]:
+    def _visible(self) -> list[tuple[Tensor, CameraCond, Tensor | None]]:
         """The chunks the next one sees: the sink, then the memory and window chunks."""
         d = self.gen.config.dit
         S = d.sink_chunks
@@ -61,17 +63,26 @@ class NoCacheStream:
         cam = gen._advance_camera()
         x = gen._noise()
         ctx = self._visible()
-        K = gen.config.dit.chunk_frames
+        d = gen.config.dit
+        K = d.chunk_frames
         clean = [c[0] for c in ctx]
         cams = CameraCond(torch.cat([c[1].pos for c in ctx] + [cam.pos], 1),
                           torch.cat([c[1].motion for c in ctx] + [cam.motion], 1))
+        prior = None
+        if d.warp_prior and d.prior_space == "pixel":  # each chunk's, made once, as streaming does
+            last = self.history[-1] if self.history else None
+            frame = last[0][:, -1] if last else torch.zeros_like(x[:, 0])
+            frame_pos = last[1].pos[:, -1] if last else torch.zeros(1, 3)
+            mine = pixel_prior(gen.model.vae, frame, frame_pos, torch.full((1,), float(last is not None)),
+                               cam.pos, d.grid)
+            prior = torch.cat([c[2] for c in ctx] + [mine], 1)
         n_ctx = len(ctx) * K
         for t, t_next in zip(gen.sigmas[:-1], gen.sigmas[1:]):
             clip = torch.cat(clean + [x], dim=1)
             tt = torch.cat((torch.zeros(1, n_ctx), torch.full((1, K), t)), dim=1)
-            v = gen.model.dit(clip, tt, text, cams)[:, -K:]
+            v = gen.model.dit(clip, tt, text, cams, prior=prior)[:, -K:]
             x = x + (t_next - t) * v
-        self.history.append((x, cam))
+        self.history.append((x, cam, None if prior is None else prior[:, -K:]))
         if len(self.history) > self.context_chunks + 1:  # keep what `_visible` can still pick
             del self.history[gen.config.dit.sink_chunks]
         gen.chunk_index += 1

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 PROMPTS = ("a red ball bouncing over a meadow by day under clear skies",
            "a blue cube drifting across the desert at night in the rain")
-PHASES = ("controls", "denoise", "context", "decode", "encode")
+PHASES = ("controls", "prepare", "denoise", "context", "decode", "encode")
 
 
 def fill_chunks(model: LiveReel) -> int:

@@ -69,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plots", type=Path, metavar="DIR", help="write PNG plots into this folder")
     parser.add_argument("--smoke", action="store_true", help="run everything tiny (seconds), for CI")
     parser.add_argument("--threads", type=int,
-                        help="intra-op threads (default: 1, unless a quick check shows all CPUs faster)")
+                        help="intra-op threads (default: all CPUs if they make a chunk >= 1.15x faster than one, else 1)")
     parser.add_argument("--minutes", type=float,
                         help="video minutes of the long stream (default 20; 0.05 with --smoke)")
     parser.add_argument("--steps", type=int, default=4, help="denoising steps per chunk")
@@ -190,7 +190,7 @@ def table(report: dict) -> str:
 
     ph = lambda p, c: (lambda r: ms(r["chunk"]["phases"][p][f"{c}_ms"]))  # noqa: E731
     row("weights", lambda r: r["weights"].split(" (")[0])
-    for p in ("denoise", "denoise_step", "context", "decode", "encode", "total"):
+    for p in ("prepare", "denoise", "denoise_step", "context", "decode", "encode", "total"):
         row(f"{p} ms, median / p95 (wall)", ph(p, "wall"))
         row(f"{p} ms, median / p95 (cpu)", ph(p, "cpu"))
     row("fps / real-time factor (wall)", lambda r: f"{r['chunk']['fps_wall']:.1f} / {r['chunk']['rtf_wall']:.2f}")
@@ -247,8 +247,12 @@ def table(report: dict) -> str:
 def main(args: argparse.Namespace) -> int:
     from bench.timing import choose_threads
 
+    from model import load_model
+    from model.generate import Generator
+
     sizes = SMOKE if args.smoke else Sizes()
-    threads, why = choose_threads(args.threads)
+    probe = Generator(load_model(args.checkpoint), seed=0)
+    threads, why = choose_threads(args.threads, lambda: probe.decode(probe.step()))
     torch.set_num_threads(threads)
     log.info("intra-op threads: %d (%s)", threads, why["reason"])
     load_start = os.getloadavg()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-PROBE_SHAPE = (128, 128, 384)  # (tokens, dim, out): the default DiT's qkv projection
+PROBE_CHUNKS = 6  # chunks of the model timed per thread count by `choose_threads`
 
 
 def summary(xs: list[float], scale: float = 1.0) -> dict[str, float]:
@@ -54,53 +54,48 @@ def busy_cpus() -> float:
     return os.getloadavg()[0]
 
 
-def probe_linear(threads: int, reps: int = 40) -> float:
-    """Median seconds of one (128 x 128) @ (128 x 384) linear with `threads` intra-op
-    threads: the kind of op the DiT is made of."""
-    n, d, o = PROBE_SHAPE
+def probe_chunks(step: Callable[[], object], threads: int, reps: int = PROBE_CHUNKS) -> float:
+    """Median seconds of `step()` (one chunk of the benchmarked model) with `threads`
+    intra-op threads, after one untimed call."""
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        x, lin = torch.randn(1, n, d), torch.nn.Linear(d, o)
-        with torch.no_grad():
-            for _ in range(5):
-                lin(x)
-            times = []
-            for _ in range(reps):
-                t = time.perf_counter()
-                lin(x)
-                times.append(time.perf_counter() - t)
+        step()
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t)
     finally:
         torch.set_num_threads(old)
     return statistics.median(times)
 
 
-def choose_threads(requested: int | None) -> tuple[int, dict]:
+def choose_threads(requested: int | None, step: Callable[[], object]) -> tuple[int, dict]:
     """The intra-op thread count to run with, and why.
 
-    Policy: an explicit request wins. Otherwise one thread, unless a quick check on this
-    machine shows that all the CPUs we may use make the DiT's typical op at least 1.3x
-    faster. With other processes on the cores, OpenMP workers spin waiting for a CPU and
-    several threads are many times slower than one (measured here: 4.5 ms vs 0.16 ms for
-    a 128x128x384 linear); parallelism across cores comes from overlapping the VAE decode
-    and video encode with the DiT, and from batching sessions, instead.
+    Policy: an explicit request wins. Otherwise all the CPUs we may use, if they make a
+    chunk of the benchmarked model (`step`) at least 1.15x faster than one thread, else
+    one. (A small op alone is no guide: a 128x128x384 linear runs no faster on 2 threads
+    here, while a whole chunk does, about 1.3x.) With other processes on the cores,
+    OpenMP workers spin waiting for a CPU and several threads can be slower than one;
+    parallelism across cores then comes from overlapping the VAE decode and video encode
+    with the DiT, and from batching sessions, instead.
     """
     cpus = cpu_count()
     info: dict = {"cpus": cpus, "load_avg_1min": round(busy_cpus(), 2), "requested": requested}
     if requested is not None:
         info["reason"] = "--threads"
         return max(1, requested), info
-    one = probe_linear(1)
-    info["probe_ms_1_thread"] = one * 1e3
     if cpus == 1:
         info["reason"] = "one CPU"
         return 1, info
-    many = probe_linear(cpus)
-    info[f"probe_ms_{cpus}_threads"] = many * 1e3
-    if one / many >= 1.3:
-        info["reason"] = f"{cpus} threads were {one / many:.2f}x faster on the probe"
+    one, many = probe_chunks(step, 1), probe_chunks(step, cpus)
+    info["probe_chunk_ms_1_thread"], info[f"probe_chunk_ms_{cpus}_threads"] = one * 1e3, many * 1e3
+    if one / many >= 1.15:
+        info["reason"] = f"{cpus} threads made a chunk {one / many:.2f}x faster than one"
         return cpus, info
-    info["reason"] = f"{cpus} threads were {one / many:.2f}x as fast as one on the probe (< 1.3x)"
+    info["reason"] = f"{cpus} threads made a chunk only {one / many:.2f}x faster than one (< 1.15x)"
     return 1, info
 
 

@@ -1169,6 +1169,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seed of the scenario and of the streams (default: 0)")
     parser.add_argument("--steps", metavar="N", type=int, default=4,
                         help="denoising steps per chunk for the model (default: 4)")
+    parser.add_argument("--warm-start", metavar="N", type=int, default=0,
+                        help="denoising steps skipped by starting each chunk from the warped previous frame")
     parser.add_argument("--json", metavar="OUT", type=Path, default=None,
                         help="write every figure as JSON to this file")
     parser.add_argument("--plots", metavar="DIR", type=Path, default=None,
@@ -1184,7 +1186,7 @@ def _error(msg: str) -> int:
     return 2
 
 
-def _model_source(checkpoint: str, seed: int, steps: int):
+def _model_source(checkpoint: str, seed: int, steps: int, warm_start: int = 0):
     """(make_generator, size, fps, frames_per_chunk) for a model checkpoint;
     make_generator(memory=False) switches the memory bank off."""
     from model import load_model
@@ -1194,7 +1196,7 @@ def _model_source(checkpoint: str, seed: int, steps: int):
     cfg = model.config
 
     def make(memory: bool = True) -> Generator:
-        return Generator(model, seed=seed, steps=steps, memory=memory)
+        return Generator(model, seed=seed, steps=steps, memory=memory, warm_start=warm_start)
 
     return make, cfg.image_size, cfg.fps, cfg.frames_per_chunk
 
@@ -1209,6 +1211,8 @@ def main(args: argparse.Namespace) -> int:
         return _error(f"--minutes must be > 0, got {args.minutes}")
     if args.steps < 1:
         return _error(f"--steps must be >= 1, got {args.steps}")
+    if not 0 <= args.warm_start < args.steps:
+        return _error(f"--warm-start must be in [0, --steps), got {args.warm_start}")
     chains = None
     if args.prompts is not None:
         try:
@@ -1229,7 +1233,7 @@ def main(args: argparse.Namespace) -> int:
     size, fps, chunk = world.REF_SIZE, 16, 16
     if checkpoint is not None:
         try:
-            make, size, fps, chunk = _model_source(checkpoint, args.seed, args.steps)
+            make, size, fps, chunk = _model_source(checkpoint, args.seed, args.steps, args.warm_start)
         except (ImportError, OSError, ValueError, KeyError) as e:
             return _error(f"cannot load model {checkpoint!r}: {e}")
     if args.ground_truth:
@@ -1259,7 +1263,8 @@ def main(args: argparse.Namespace) -> int:
         doc = {
             "scenario": {
                 "seed": args.seed, "minutes": args.minutes, "size": size, "fps": fps,
-                "frames_per_chunk": chunk, "steps": args.steps, "checkpoint": checkpoint,
+                "frames_per_chunk": chunk, "steps": args.steps, "warm_start": args.warm_start,
+                "checkpoint": checkpoint,
                 "runs": [{"name": r.name, "kind": r.kind, "prompt": r.prompt,
                           "segments": [vars(s) for s in r.segments]} for r in runs],
             },

@@ -11,8 +11,9 @@ the same chunks as alone); `decode_batch` decodes them together. A chunk's `deco
 touches only the VAE state, so it may run on another thread while the next `step`
 runs (decode of chunk n overlapped with the DiT on chunk n+1).
 
-Every step records `timings`: wall and thread-CPU seconds of its phases (controls,
-denoise, context, decode), for the benchmarks and the server's stats.
+Every step records `timings`: wall and thread-CPU seconds of its phases (controls, with
+any re-cache; prepare: the warped prior and the cache's read; denoise; context; decode),
+for the benchmarks and the server's stats.
 """
 
 from __future__ import annotations
@@ -51,12 +52,18 @@ def chunk_seed(seed: int, chunk: int) -> int:
 class Generator:
     def __init__(self, model: LiveReel, seed: int = 0, steps: int = 4, guidance: float = 1.0,
                  context_t: float = 0.0, shift: float = 5.0, memory: bool = True,
-                 autocast: torch.dtype | None = None):
+                 autocast: torch.dtype | None = None, warm_start: int = 0):
         if steps < 1:
             raise ValueError(f"steps must be >= 1 (got {steps})")
+        if not 0 <= warm_start < steps:
+            raise ValueError(f"warm_start must be in [0, steps) (got {warm_start} with {steps} steps)")
         self.model = model
         self.config = model.config
         self.steps, self.guidance, self.context_t = steps, guidance, context_t
+        # Steps skipped by starting from the warped prior, noised to the level where the
+        # schedule then starts (where the prior covers the view; noise where it does not).
+        # Not after a prompt switch or a reset: the prior shows the old prompt or nothing.
+        self.warm_start = warm_start if model.config.dit.warp_prior else 0
         self.autocast = autocast  # e.g. torch.bfloat16 on CUDA: the DiT's matmuls in bf16, the state in fp32
         self.sigmas = flow_schedule(steps, shift)
         self.device = next(model.parameters()).device
@@ -215,10 +222,13 @@ class Generator:
         Returns the chunk's noise and its (guidance-batched) text and camera."""
         self.applied = []
         self.apply_controls()
+        self._warm = self.chunk_index > 0 and not any(a["what"] in ("prompt", "reset") for a in self.applied)
         text = self._chunk_text()
         cam = self._advance_camera()
         self._cam = cam
+        clock = _Clock()
         self._begin_chunk(cam)
+        self._prepare = clock.lap()
         return self._noise(), self._batch_text(text), self._batch_cam(cam)
 
     def _finish(self, x: Tensor) -> None:
@@ -243,7 +253,8 @@ class Generator:
 
     def batch_key(self) -> tuple:
         """Streams with equal keys can share one batched step (`next_frames_batch`)."""
-        return (id(self.model), tuple(self.sigmas), self.guidance, self.context_t, self.autocast)
+        return (id(self.model), tuple(self.sigmas), self.guidance, self.context_t, self.autocast,
+                self.warm_start)
 
 
 # ---------------------------------------------------------------------- several streams
@@ -292,35 +303,62 @@ def step_batch(gens: list[Generator]) -> list[Tensor]:
     """
     lead = gens[0]
     for g in gens[1:]:
-        if (g.model is not lead.model or g.sigmas != lead.sigmas or g.guidance != lead.guidance
-                or g.context_t != lead.context_t or g.autocast != lead.autocast):
+        if g.batch_key() != lead.batch_key():
             raise ValueError("a batched step needs streams of one model with the same steps, shift, "
-                             "guidance and context_t")
+                             "guidance, context_t, autocast and warm_start")
     clock = _Clock()
     begun = [g._begin() for g in gens]
-    controls = clock.lap()
-    if len(gens) == 1:
-        (x, text, cam), cache = begun[0], lead.cache
-    else:
-        x = torch.cat([b[0] for b in begun])
-        text = TextCond.cat([b[1] for b in begun])
-        cam = CameraCond(torch.cat([b[2].pos for b in begun]), torch.cat([b[2].motion for b in begun]))
-        cache = CacheBatch([g.cache for g in gens])
-    n = lead.cfg_batch
-    for t, t_next in zip(lead.sigmas[:-1], lead.sigmas[1:]):
+    lap = clock.lap()
+    prepare = Span(sum(g._prepare.wall for g in gens), sum(g._prepare.cpu for g in gens))
+    controls = Span(lap.wall - prepare.wall, lap.cpu - prepare.cpu)
+    # Streams starting from their warped prior skip the first steps; a stream that just
+    # switched prompt starts from noise: each group shares one schedule.
+    starts = [lead.warm_start if g._warm else 0 for g in gens]
+    out: list[Tensor] = [None] * len(gens)  # type: ignore[list-item]
+    for k in sorted(set(starts)):
+        idx = [i for i, s in enumerate(starts) if s == k]
+        group = [gens[i] for i in idx]
+        for i, xi in zip(idx, _denoise(group, [begun[i] for i in idx], k)):
+            out[i] = xi
+    denoise = clock.lap()
+    cache = lead.cache if len(gens) == 1 else CacheBatch([g.cache for g in gens])
+    _evaluate(lead.model, torch.cat(out), lead.context_t, _cat_text([b[1] for b in begun]),
+              _cat_cam([b[2] for b in begun]), cache, lead.cfg_batch, kv_only=True, autocast=lead.autocast)
+    context = clock.lap()
+    for g, xi in zip(gens, out):
+        g._finish(xi)
+        g.timings = {"controls": controls, "prepare": prepare, "denoise": denoise, "context": context}
+    return out
+
+
+def _cat_text(texts: list[TextCond]) -> TextCond:
+    return texts[0] if len(texts) == 1 else TextCond.cat(texts)
+
+
+def _cat_cam(cams: list[CameraCond]) -> CameraCond:
+    if len(cams) == 1:
+        return cams[0]
+    return CameraCond(torch.cat([c.pos for c in cams]), torch.cat([c.motion for c in cams]))
+
+
+def _denoise(gens: list[Generator], begun: list[tuple[Tensor, TextCond, CameraCond]], k: int) -> list[Tensor]:
+    """The denoising steps of one group of streams sharing a schedule that starts at step
+    `k` (k > 0: from each stream's warped prior, noised to that level)."""
+    lead, n = gens[0], gens[0].cfg_batch
+    x = torch.cat([b[0] for b in begun])
+    text, cam = _cat_text([b[1] for b in begun]), _cat_cam([b[2] for b in begun])
+    cache = lead.cache if len(gens) == 1 else CacheBatch([g.cache for g in gens])
+    if k:
+        prior = torch.cat([g.cache.prior[::n] for g in gens])  # (S, K, C + 1, h, w)
+        s = lead.sigmas[k]
+        x = torch.where(prior[:, :, -1:] > 0, (1 - s) * prior[:, :, :-1] + s * x, x)
+    for t, t_next in zip(lead.sigmas[k:-1], lead.sigmas[k + 1:]):
         v = _evaluate(lead.model, x, t, text, cam, cache, n, autocast=lead.autocast)
         if n > 1:
             cond, uncond = v.view(len(gens), n, *v.shape[1:]).unbind(1)
             v = uncond + lead.guidance * (cond - uncond)
         x = x + (t_next - t) * v
-    denoise = clock.lap()
-    _evaluate(lead.model, x, lead.context_t, text, cam, cache, n, kv_only=True, autocast=lead.autocast)
-    context = clock.lap()
-    out = list(x.split(1))
-    for g, xi in zip(gens, out):
-        g._finish(xi)
-        g.timings = {"controls": controls, "denoise": denoise, "context": context}
-    return out
+    return list(x.split(1))
 
 
 @torch.no_grad()

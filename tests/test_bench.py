@@ -25,7 +25,7 @@ MODEL_FIELDS = {
                  "late_over_early_cpu", "late_over_early_wall", "curve", "memory", "peak_rss_minute_1_mb",
                  "peak_rss_end_mb", "peak_growth", "python_heap_growth_bytes", "interleaved"],
 }
-PHASES = ["controls", "denoise", "denoise_step", "context", "dit", "decode", "encode", "total"]
+PHASES = ["controls", "prepare", "denoise", "denoise_step", "context", "dit", "decode", "encode", "total"]
 
 
 def bench_args(*argv: str) -> argparse.Namespace:
@@ -65,12 +65,13 @@ def test_smoke_reports_every_field(tmp_path, capsys):
 @torch.no_grad()
 def test_batched_step_equals_streams_alone(debug_model):
     """step_batch over streams at different points (one a few chunks ahead, one switching
-    prompt) gives each the chunk and frames it gets alone."""
+    prompt, so starting from noise while the others start from their warped priors)
+    gives each the chunk and frames it gets alone."""
 
     def streams():
         gens = []
         for seed in range(3):
-            g = Generator(debug_model, seed=seed, steps=2)
+            g = Generator(debug_model, seed=seed, steps=2, warm_start=1)
             g.set_prompt(f"a red ball over snow {seed}")
             g.set_camera(pan=(0.3 * seed, -0.1))
             gens.append(g)
@@ -108,9 +109,22 @@ def test_no_cache_baseline_makes_the_same_chunks_before_eviction(debug_model):
         assert ((a - b).norm() / a.norm()).item() <= 1e-4
 
 
-def test_thread_policy_respects_the_flag():
-    from bench.timing import choose_threads
+def test_thread_policy_respects_the_flag_and_times_the_step(monkeypatch):
+    import bench.timing as timing
 
-    assert choose_threads(3)[0] == 3
-    n, why = choose_threads(None)
-    assert n >= 1 and why["reason"]
+    calls = []
+    assert timing.choose_threads(3, lambda: calls.append(1))[0] == 3 and not calls  # the flag: no probe
+    monkeypatch.setattr(timing, "cpu_count", lambda: 2)
+    clock = [0.0]  # a fake clock: the step "takes" 4 ms / threads ** speedup, whatever the load
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
+    threads = []
+
+    def step():  # twice as fast on 2 threads: the policy must take 2; no faster: 1
+        threads.append(torch.get_num_threads())
+        clock[0] += 0.004 / torch.get_num_threads() ** speedup
+
+    for speedup, want in ((1.0, 2), (0.0, 1)):
+        threads.clear()
+        n, why = timing.choose_threads(None, step)
+        assert n == want and why["reason"], why
+        assert set(threads) == {1, 2}

@@ -94,3 +94,21 @@ def test_schedule_matches_self_forcing_timesteps():
     assert flow_schedule(4) == pytest.approx([1.0, 0.9375, 0.8333, 0.625, 0.0], abs=1e-3)
     with pytest.raises(ValueError, match="steps"):
         Generator.__init__(object.__new__(Generator), None, steps=0)
+
+
+@torch.no_grad()
+def test_warm_start_begins_from_the_prior_except_after_a_switch(debug_model):
+    """warm_start skips the first steps by starting from the warped previous frame: the
+    first chunk (no previous frame) and a chunk right after a prompt switch are made from
+    noise as without it; other chunks differ."""
+    cold, warm = (Generator(debug_model, seed=4, steps=3, warm_start=w) for w in (0, 2))
+    for g in (cold, warm):
+        g.set_prompt("a red ball bouncing over snow")
+        g.set_camera(pan=(0.4, 0.0))
+    assert torch.equal(cold.step(), warm.step())  # chunk 0: nothing to start from
+    for g in (cold, warm):
+        g.set_prompt("a purple cube in the city at night")
+    assert torch.equal(cold.step(), warm.step())  # a switch: the prior shows the old prompt
+    assert not torch.allclose(cold.step(), warm.step())
+    with pytest.raises(ValueError, match="warm_start"):
+        Generator(debug_model, steps=2, warm_start=2)
