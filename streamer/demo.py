@@ -122,9 +122,9 @@ class DemoStream:
     `segments`; Gradio's handler threads call `stage_*`, `stop` and `status`. Shared
     state is behind one lock, never held while the model runs."""
 
-    def __init__(self, model, steps: int, seed: int, prompt: str) -> None:
+    def __init__(self, model, steps: int, seed: int, prompt: str, warm_start: int = 0) -> None:
         self.config = model.config
-        self.generator = Generator(model, seed=seed, steps=steps)
+        self.generator = Generator(model, seed=seed, steps=steps, warm_start=warm_start)
         self.id = uuid.uuid4().hex[:12]
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -147,6 +147,7 @@ class DemoStream:
             "size": cfg.image_size,
             "frames_per_chunk": cfg.frames_per_chunk,
             "steps": steps,
+            "warm_start": warm_start,
             "prompt": prompt,
             "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         })
@@ -313,11 +314,13 @@ def _session(request: gr.Request) -> str:
     return request.session_hash or "anonymous"
 
 
-def build_app(model, steps: int = 4, max_sessions: int = 2, *,
+def build_app(model, steps: int = 4, max_sessions: int = 2, *, warm_start: int = 0,
               segment_seconds: float = SEGMENT_SECONDS, crf: int = CRF) -> gr.Blocks:
     """The demo's Blocks, queued, ready to `launch()`. `model` is a loaded LiveReel."""
     if steps < 1 or max_sessions < 1:
         raise ValueError(f"steps and max_sessions must be >= 1 (got {steps}, {max_sessions})")
+    if not 0 <= warm_start < steps:
+        raise ValueError(f"warm_start must be in [0, steps) (got {warm_start} with {steps} steps)")
     cfg = model.config
     streams = _Streams()
     logs = tempfile.TemporaryDirectory(prefix="livereel-demo-logs-")
@@ -344,7 +347,7 @@ def build_app(model, steps: int = 4, max_sessions: int = 2, *,
         """Stream video from `prompt` and `seed` until Stop; yields (segment, status)."""
         prompt, seed = check_prompt(prompt), check_seed(seed)
         key = _session(request)
-        stream = DemoStream(model, steps, seed, prompt)
+        stream = DemoStream(model, steps, seed, prompt, warm_start)
         streams.begin(key, stream)
         log.info("stream %s: started (session %s, %d running)", stream.id, key[:8], streams.running())
         try:
@@ -475,6 +478,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default="default",
                    help="checkpoint name or path ('debug' for a random model)")
     p.add_argument("--steps", type=int, default=4, help="denoising steps per chunk")
+    p.add_argument("--warm-start", type=int, default=0,
+                   help="denoising steps skipped by starting each chunk from the warped "
+                   "previous frame (0: from noise)")
     p.add_argument("--max-sessions", type=int, default=2,
                    help="streams generated at once; later visitors wait in a queue")
 
@@ -484,6 +490,9 @@ def main(args: argparse.Namespace) -> int:
 
     if args.steps < 1 or args.max_sessions < 1:
         print("livereel demo: --steps and --max-sessions must be >= 1", file=sys.stderr)
+        return 2
+    if not 0 <= args.warm_start < args.steps:
+        print("livereel demo: --warm-start must be in [0, --steps)", file=sys.stderr)
         return 2
     missing = [tool for tool in ("ffmpeg", "ffprobe") if shutil.which(tool) is None]
     if missing:
@@ -495,6 +504,6 @@ def main(args: argparse.Namespace) -> int:
     except CheckpointError as e:
         print(f"livereel demo: {e}", file=sys.stderr)
         return 1
-    app = build_app(model, args.steps, args.max_sessions)
+    app = build_app(model, args.steps, args.max_sessions, warm_start=args.warm_start)
     app.launch(server_name=args.host, server_port=args.port)
     return 0

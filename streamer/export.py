@@ -159,6 +159,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="MP4 to write")
     p.add_argument("--checkpoint", default="default", help="checkpoint name or path ('debug' for a random model)")
     p.add_argument("--steps", type=int, default=4, help="denoising steps per chunk (more = better, slower)")
+    p.add_argument("--warm-start", type=int, default=0,
+                   help="denoising steps skipped by starting each chunk from the warped "
+                   "previous frame (0: from noise)")
     p.add_argument("--seed", type=int, default=None, help="override the timeline's seed")
 
 
@@ -166,6 +169,8 @@ def main(args: argparse.Namespace) -> int:
     # Everything the user gave is checked before the model (and torch) is loaded.
     if args.steps < 1:
         raise SystemExit("livereel export: --steps must be >= 1")
+    if not 0 <= args.warm_start < args.steps:
+        raise SystemExit("livereel export: --warm-start must be in [0, --steps)")
     if args.seed is not None and not 0 <= args.seed < 2**63:
         raise SystemExit("livereel export: --seed must be in [0, 2**63)")
     try:
@@ -182,7 +187,8 @@ def main(args: argparse.Namespace) -> int:
     except CheckpointError as e:
         raise SystemExit(f"livereel export: {e}") from None
     fps = model.config.fps
-    gen = Generator(model, seed=tl.seed if args.seed is None else args.seed, steps=args.steps)
+    gen = Generator(model, seed=tl.seed if args.seed is None else args.seed, steps=args.steps,
+                    warm_start=args.warm_start)
     n_frames = round(tl.duration * fps)
     write_mp4(render(gen, timeline_events(tl, fps, model.config.frames_per_chunk), n_frames, desc="export"), args.output, fps)
     print(f"wrote {args.output}: {n_frames} frames, {tl.duration:g} s at {fps} fps")

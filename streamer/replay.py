@@ -112,7 +112,10 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"livereel replay: {e}") from None
     fps = model.config.fps
     n = args.frames or max([header.get("frames", 0)] + [e["frame"] for e in events]) + 10 * fps
-    gen = Generator(model, seed=int(header["seed"]), steps=steps)
+    warm = header.get("warm_start", 0) if args.steps is None else 0  # other steps: from noise
+    if not isinstance(warm, int) or isinstance(warm, bool) or not 0 <= warm < steps:
+        raise SystemExit(f"livereel replay: {args.log}:1: header 'warm_start' must be an integer in [0, steps)")
+    gen = Generator(model, seed=int(header["seed"]), steps=steps, warm_start=warm)
     if header.get("prompt") and not any(e["what"] == "prompt" and e["frame"] == 0 for e in events):
         gen.set_prompt(header["prompt"])
     write_mp4(render(gen, events, n, desc="replay"), args.output, fps)

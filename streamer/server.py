@@ -480,6 +480,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-sessions", type=int, default=2, help="streams served at once; more are refused")
     parser.add_argument("--steps", type=int, default=4, help="denoising steps per chunk")
+    parser.add_argument("--warm-start", type=int, default=0,
+                        help="denoising steps skipped by starting each chunk from the warped "
+                        "previous frame (0: from noise)")
     parser.add_argument("--record-dir", type=Path, help="write each session's event log here as ID.jsonl")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="prompt of a session whose offer names none")
     parser.add_argument(
@@ -514,6 +517,9 @@ def main(args: argparse.Namespace) -> int:
     if args.max_sessions < 1 or args.steps < 1:
         log.error("--max-sessions and --steps must be at least 1")
         return 2
+    if not 0 <= args.warm_start < args.steps:
+        log.error("--warm-start must be in [0, --steps)")
+        return 2
     if not 0 <= args.port <= 65535:
         log.error("--port must be in 0-65535 (0: any free port)")
         return 2
@@ -544,16 +550,17 @@ def main(args: argparse.Namespace) -> int:
     # The first Generator and chunk of a process pay one-off costs (lazy init, kernel
     # selection): pay them now, not in the first viewer's wait, and fail before serving.
     start = time.perf_counter()
-    Generator(model, seed=0, steps=args.steps).next_frames()
+    Generator(model, seed=0, steps=args.steps, warm_start=args.warm_start).next_frames()
     log.info("model %r ready; warm-up chunk took %.2f s", args.checkpoint, time.perf_counter() - start)
     for noisy in ("websockets", "aioice", "aiortc"):  # a line per HTTP request / ICE check
         logging.getLogger(noisy).setLevel(logging.WARNING)
     cfg = model.config
     info = StreamInfo(
-        model=cfg.name, fps=cfg.fps, size=cfg.image_size, frames_per_chunk=cfg.frames_per_chunk, steps=args.steps
+        model=cfg.name, fps=cfg.fps, size=cfg.image_size, frames_per_chunk=cfg.frames_per_chunk, steps=args.steps,
+        warm_start=args.warm_start,
     )
     server = Server(
-        lambda seed: Generator(model, seed=seed, steps=args.steps),
+        lambda seed: Generator(model, seed=seed, steps=args.steps, warm_start=args.warm_start),
         info,
         step_many=next_frames_batch,
         host=args.host,
