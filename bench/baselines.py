@@ -58,6 +58,7 @@ class NoCacheStream:
     @torch.no_grad()
     def step(self) -> Tensor:
         gen = self.gen
+        gen.applied = []
         gen.apply_controls()
         text: TextCond = gen._chunk_text()
         cam = gen._advance_camera()
@@ -77,7 +78,13 @@ class NoCacheStream:
                                cam.pos, d.grid)
             prior = torch.cat([c[2] for c in ctx] + [mine], 1)
         n_ctx = len(ctx) * K
-        for t, t_next in zip(gen.sigmas[:-1], gen.sigmas[1:]):
+        k = 0  # as Generator.warm_start: from the prior, unless first or just switched
+        if prior is not None and gen.warm_start and gen.chunk_index > 0 and not any(
+                a["what"] in ("prompt", "reset") for a in gen.applied):
+            s = gen.sigmas[gen.warm_start]
+            k, cover = gen.warm_start, mine[:, :, -1:]
+            x = torch.where(cover > 0, (1 - s) * mine[:, :, :-1] + s * x, x)
+        for t, t_next in zip(gen.sigmas[k:-1], gen.sigmas[k + 1:]):
             clip = torch.cat(clean + [x], dim=1)
             tt = torch.cat((torch.zeros(1, n_ctx), torch.full((1, K), t)), dim=1)
             v = gen.model.dit(clip, tt, text, cams, prior=prior)[:, -K:]
@@ -173,9 +180,9 @@ class GrowingCache:
         return (self.k.numel() + self.v.numel()) * self.k.element_size()
 
 
-def growing_generator(model, seed: int, steps: int) -> Generator:
+def growing_generator(model, seed: int, steps: int, warm_start: int = 0) -> Generator:
     """A Generator whose cache keeps everything (and whose kept latents are not stored)."""
-    gen = Generator(model, seed=seed, steps=steps)
+    gen = Generator(model, seed=seed, steps=steps, warm_start=warm_start)
     gen.cache = GrowingCache(model.config.dit, gen.cfg_batch)
     gen._kept = _Discard()
     return gen

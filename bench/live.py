@@ -23,6 +23,7 @@ import time
 import websockets
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
+from bench.offline import Sampler
 from bench.timing import summary
 from model.checkpoint import LiveReel
 
@@ -90,15 +91,15 @@ class Client:
         self._reader = asyncio.ensure_future(read())
 
 
-async def _measure(model: LiveReel, steps: int, ttff_reps: int, control_reps: int, seconds: float) -> dict:
-    from model.generate import Generator, next_frames_batch
+async def _measure(model: LiveReel, sampler: Sampler, ttff_reps: int, control_reps: int, seconds: float) -> dict:
+    from model.generate import next_frames_batch
     from streamer.server import Server
     from streamer.session import StreamInfo
 
     cfg = model.config
     info = StreamInfo(model=cfg.name, fps=cfg.fps, size=cfg.image_size, frames_per_chunk=cfg.frames_per_chunk,
-                      steps=steps)
-    server = Server(lambda seed: Generator(model, seed=seed, steps=steps), info, max_sessions=4,
+                      steps=sampler.steps, warm_start=sampler.warm_start)
+    server = Server(lambda seed: sampler.generator(model, seed), info, max_sessions=4,
                     step_many=next_frames_batch)
     port = await server.start(0)
     chunk = cfg.frames_per_chunk / cfg.fps
@@ -164,8 +165,8 @@ async def _stats(client: Client) -> dict:
     return (await client.expect("stats"))[1]
 
 
-def measure(model: LiveReel, steps: int, ttff_reps: int, control_reps: int, seconds: float) -> dict:
+def measure(model: LiveReel, sampler: Sampler, ttff_reps: int, control_reps: int, seconds: float) -> dict:
     """Run the live measurements on a fresh event loop; see the module docstring."""
     for noisy in ("websockets", "aioice", "aiortc", "streamer"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    return asyncio.run(_measure(model, steps, ttff_reps, control_reps, seconds))
+    return asyncio.run(_measure(model, sampler, ttff_reps, control_reps, seconds))

@@ -13,6 +13,7 @@ import math
 import time
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -30,14 +31,30 @@ PROMPTS = ("a red ball bouncing over a meadow by day under clear skies",
 PHASES = ("controls", "prepare", "denoise", "context", "decode", "encode")
 
 
+@dataclass(frozen=True)
+class Sampler:
+    """How every chunk is sampled: `steps` and `warm_start` as `Generator` takes them."""
+
+    steps: int = 4
+    warm_start: int = 0
+
+    def generator(self, model: LiveReel, seed: int = 0) -> Generator:
+        return Generator(model, seed=seed, steps=self.steps, warm_start=self.warm_start)
+
+    @property
+    def denoise_evals(self) -> int:
+        """Denoising evaluations of a chunk in steady state (started from its prior)."""
+        return self.steps - self.warm_start
+
+
 def fill_chunks(model: LiveReel) -> int:
     """Chunks until the cache layout is full (sink, memory, window): steady state."""
     d = model.config.dit
     return d.sink_chunks + d.memory_chunks + d.window_chunks + 1
 
 
-def new_generator(model: LiveReel, seed: int = 0, steps: int = 4, warm: int = 0) -> Generator:
-    gen = Generator(model, seed=seed, steps=steps)
+def new_generator(model: LiveReel, seed: int = 0, sampler: Sampler = Sampler(), warm: int = 0) -> Generator:
+    gen = sampler.generator(model, seed)
     gen.set_prompt(PROMPTS[0])
     gen.set_camera(pan=(0.25, 0.0))
     for _ in range(warm):
@@ -88,15 +105,15 @@ def _phase_summary(rows: list[dict[str, tuple[float, float]]], steps: int) -> di
     return out
 
 
-def chunk_costs(model: LiveReel, chunks: int, steps: int = 4) -> dict:
+def chunk_costs(model: LiveReel, chunks: int, sampler: Sampler = Sampler()) -> dict:
     """Per-chunk time at steady state, split into phases; fps and real-time factor, done
     one phase after another (as `Session.step` and the track do today)."""
     cfg = model.config
-    gen, enc = new_generator(model, steps=steps, warm=fill_chunks(model) + 1), Encoder(model)
+    gen, enc = new_generator(model, sampler=sampler, warm=fill_chunks(model) + 1), Encoder(model)
     rows = [_chunk(gen, enc) for _ in range(chunks)]
-    phases = _phase_summary(rows, steps)
+    phases = _phase_summary(rows, sampler.denoise_evals)
     video = cfg.frames_per_chunk / cfg.fps
-    out = {"chunks": chunks, "steps": steps, "frames_per_chunk": cfg.frames_per_chunk,
+    out = {"chunks": chunks, "steps": sampler.steps, "warm_start": sampler.warm_start, "frames_per_chunk": cfg.frames_per_chunk,
            "video_seconds_per_chunk": video, "phases": phases}
     for clock in ("wall", "cpu"):
         t = phases["total"][f"{clock}_ms"]["median"] / 1e3
@@ -105,11 +122,11 @@ def chunk_costs(model: LiveReel, chunks: int, steps: int = 4) -> dict:
     return out
 
 
-def pipelined(model: LiveReel, chunks: int, steps: int = 4) -> dict:
+def pipelined(model: LiveReel, chunks: int, sampler: Sampler = Sampler()) -> dict:
     """Throughput with decode + encode of chunk n on a second thread while the DiT makes
     chunk n+1: the chunk period becomes max(DiT, decode + encode) given two free cores."""
     cfg = model.config
-    gen, enc = new_generator(model, steps=steps, warm=fill_chunks(model) + 1), Encoder(model)
+    gen, enc = new_generator(model, sampler=sampler, warm=fill_chunks(model) + 1), Encoder(model)
 
     def finish(x):
         enc.encode(gen.decode(x))
@@ -127,11 +144,11 @@ def pipelined(model: LiveReel, chunks: int, steps: int = 4) -> dict:
     return {"chunks": chunks, "fps_wall": fps, "rtf_wall": fps / cfg.fps}
 
 
-def ttff_offline(model: LiveReel, reps: int, steps: int = 4) -> dict:
+def ttff_offline(model: LiveReel, reps: int, sampler: Sampler = Sampler()) -> dict:
     """Generator construction + its first chunk (DiT, decode), in a warm process."""
     make, first = [], []
     for seed in range(reps):
-        gen, t = timed(lambda: Generator(model, seed=seed, steps=steps))
+        gen, t = timed(lambda: sampler.generator(model, seed))
         gen.set_prompt(PROMPTS[0])
         _, t2 = timed(gen.next_frames)
         make.append(t.wall)
@@ -140,11 +157,11 @@ def ttff_offline(model: LiveReel, reps: int, steps: int = 4) -> dict:
             "total_s": summary([a + b for a, b in zip(make, first)])}
 
 
-def control_offline(model: LiveReel, reps: int, steps: int = 4) -> dict:
+def control_offline(model: LiveReel, reps: int, sampler: Sampler = Sampler()) -> dict:
     """A control staged at a chunk boundary -> its first frame decoded (the chunk made under
     it, with the re-cache of a prompt switch). A control arriving mid-chunk also waits for
     the chunk in progress: on average half a chunk more, at worst a whole one."""
-    gen = new_generator(model, steps=steps, warm=fill_chunks(model) + 1)
+    gen = new_generator(model, sampler=sampler, warm=fill_chunks(model) + 1)
     steady = [timed(gen.next_frames)[1].wall for _ in range(max(3, reps // 2))]
     chunk = float(np.median(steady))
     out = {"chunk_s": chunk}
@@ -162,12 +179,12 @@ def control_offline(model: LiveReel, reps: int, steps: int = 4) -> dict:
     return out
 
 
-def efficiency(model: LiveReel, costs: dict, peak: dict, steps: int = 4) -> dict:
+def efficiency(model: LiveReel, costs: dict, peak: dict, sampler: Sampler = Sampler()) -> dict:
     """The DiT's achieved FLOP/s (FLOPs counted from the config) over the matmul peak
     measured in this run, by wall clock and by CPU time."""
     d = model.config.dit
     text_tokens = model.config.text.max_tokens
-    flops = flops_per_chunk(d, steps, text_tokens)
+    flops = flops_per_chunk(d, sampler.denoise_evals, text_tokens)
     out = {"flops_per_chunk": flops, "peak": peak}
     for clock in ("wall", "cpu"):
         t = costs["phases"]["dit"][f"{clock}_ms"]["median"] / 1e3
@@ -176,7 +193,7 @@ def efficiency(model: LiveReel, costs: dict, peak: dict, steps: int = 4) -> dict
     return out
 
 
-def baselines(model: LiveReel, lengths: list[int], reps: int, unbounded_max: int, steps: int = 4) -> dict:
+def baselines(model: LiveReel, lengths: list[int], reps: int, unbounded_max: int, sampler: Sampler = Sampler()) -> dict:
     """DiT time per chunk (denoise + context) at given stream lengths: ours (one stream
     made up to each length), no KV cache and an unbounded cache (histories filled in
     directly), measured at each length one after another, so that all three see the
@@ -184,7 +201,7 @@ def baselines(model: LiveReel, lengths: list[int], reps: int, unbounded_max: int
     fill = fill_chunks(model)
     out: dict = {"lengths": lengths, "ours_ms": [], "no_cache_ms": [], "unbounded_ms": [], "unbounded_cache_mb": [],
                  "unbounded_max": unbounded_max}
-    ours, made = new_generator(model, steps=steps), 0
+    ours, made = new_generator(model, sampler=sampler), 0
 
     def dit_ms(g: Generator) -> float:
         return (g.timings["denoise"].wall + g.timings["context"].wall) * 1e3
@@ -199,11 +216,11 @@ def baselines(model: LiveReel, lengths: list[int], reps: int, unbounded_max: int
             ms.append(dit_ms(ours))
         made += reps
         out["ours_ms"].append(float(np.median(ms)))
-        nc = NoCacheStream(new_generator(model, steps=steps))
+        nc = NoCacheStream(new_generator(model, sampler=sampler))
         nc.prefill(n)
         out["no_cache_ms"].append(summary([timed(nc.step)[1].wall for _ in range(reps)], 1e3)["median"])
         if n <= unbounded_max:
-            gen = growing_generator(model, 0, steps)
+            gen = growing_generator(model, 0, sampler.steps, sampler.warm_start)
             gen.set_prompt(PROMPTS[0])
             gen.apply_controls()  # at chunk 0: no re-cache
             gen.cache.prefill(n)
@@ -226,8 +243,8 @@ def baselines(model: LiveReel, lengths: list[int], reps: int, unbounded_max: int
         out["unbounded_ms_per_chunk_of_history"] = float(slope)
         out["unbounded_ms_at_1000_extrapolated"] = float(icpt + slope * 1000)
     # Steady state, ours vs no cache, alternating chunk by chunk.
-    ours = new_generator(model, steps=steps, warm=fill + 1)
-    nc = NoCacheStream(new_generator(model, steps=steps))
+    ours = new_generator(model, sampler=sampler, warm=fill + 1)
+    nc = NoCacheStream(new_generator(model, sampler=sampler))
     nc.prefill(fill + 1)
     a, b = [], []
     for _ in range(reps * 2):
@@ -241,7 +258,7 @@ def baselines(model: LiveReel, lengths: list[int], reps: int, unbounded_max: int
     return out
 
 
-def concurrency(model: LiveReel, sessions: list[int], rounds: int, steps: int = 4, warm: int | None = None) -> dict:
+def concurrency(model: LiveReel, sessions: list[int], rounds: int, sampler: Sampler = Sampler(), warm: int | None = None) -> dict:
     """Aggregate and per-session fps with several sessions on this process's threads:
     unbatched (one chunk after another, as the scheduler does today) and batched
     (`step_batch` / `decode_batch`), rounds of the two modes alternating. Each round makes
@@ -250,8 +267,8 @@ def concurrency(model: LiveReel, sessions: list[int], rounds: int, steps: int = 
     out: dict = {}
     warm = fill_chunks(model) + 1 if warm is None else warm
     for n in sessions:
-        un = [new_generator(model, seed=i, steps=steps) for i in range(n)]
-        ba = [new_generator(model, seed=i, steps=steps) for i in range(n)]
+        un = [new_generator(model, seed=i, sampler=sampler) for i in range(n)]
+        ba = [new_generator(model, seed=i, sampler=sampler) for i in range(n)]
         encs = {id(g): Encoder(model) for g in un + ba}
 
         def unbatched():
@@ -288,7 +305,7 @@ def concurrency(model: LiveReel, sessions: list[int], rounds: int, steps: int = 
 
 
 def long_run(checkpoint: str, minutes: float, threads: int, early: int, late: int, window: int,
-             trace_chunks: int, steps: int = 4) -> dict:
+             trace_chunks: int, sampler: Sampler = Sampler()) -> dict:
     """A stream of `minutes` of video (DiT + decode), in a fresh process so that its
     memory is its own: chunk time at `early` and `late` chunks (median over `window`
     chunks), resident memory every video minute; then, after the memory samples, the
@@ -304,7 +321,7 @@ def long_run(checkpoint: str, minutes: float, threads: int, early: int, late: in
     per_minute = max(1, round(60 * cfg.fps / cfg.frames_per_chunk))
     n = max(late + window, math.ceil(minutes * per_minute))
     every = min(per_minute, max(1, n // 20))  # memory samples: every video minute, or 20 in all
-    gen = new_generator(model, steps=steps)
+    gen = new_generator(model, sampler=sampler)
     dit_wall, dit_cpu, chunk_wall, mem = [], [], [], []
     start = time.perf_counter()
     for i in range(n):
@@ -326,7 +343,7 @@ def long_run(checkpoint: str, minutes: float, threads: int, early: int, late: in
 
     # The same comparison interleaved: CPU time drifts with the load of other processes
     # over minutes, so a fresh stream at chunk `early` and this one at its end take turns.
-    fresh = new_generator(model, seed=1, steps=steps, warm=early)
+    fresh = new_generator(model, seed=1, sampler=sampler, warm=early)
     turns: dict[int, list[float]] = {id(fresh): [], id(gen): []}
     for i in range(window):
         for g in ((fresh, gen) if i % 2 else (gen, fresh)):

@@ -73,6 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minutes", type=float,
                         help="video minutes of the long stream (default 20; 0.05 with --smoke)")
     parser.add_argument("--steps", type=int, default=4, help="denoising steps per chunk")
+    parser.add_argument("--warm-start", type=int, default=None,
+                        help="denoising steps skipped by starting a chunk from the warped previous frame "
+                        "(default: steps - 1, one step from it; 0: every step from noise)")
     parser.add_argument("--skip-live", action="store_true", help="leave out the WebRTC measurements")
 
 
@@ -102,35 +105,36 @@ def measure_model(name: str, sizes: Sizes, args: argparse.Namespace, threads: in
 
     model, weights = load_checkpoint(name)
     cfg = model.config
-    steps = args.steps
+    sampler = offline.Sampler(args.steps, args.warm_start)
     out: dict = {"name": name, "weights": weights, "preset": cfg.name,
                  "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
                  "config": {"image_size": cfg.image_size, "fps": cfg.fps, "frames_per_chunk": cfg.frames_per_chunk,
                             "tokens_per_chunk": cfg.dit.tokens_per_chunk, "cache_tokens": cfg.dit.cache_tokens,
-                            "dim": cfg.dit.dim, "depth": cfg.dit.depth, "steps": steps}}
-    offline.new_generator(model, steps=steps, warm=2)  # one-off lazy init, as `serve` does
+                            "dim": cfg.dit.dim, "depth": cfg.dit.depth, "steps": sampler.steps,
+                            "warm_start": sampler.warm_start}}
+    offline.new_generator(model, sampler=sampler, warm=2)  # one-off lazy init, as `serve` does
     t = time.perf_counter()
     log.info("%s: per-chunk costs", name)
-    out["chunk"] = offline.chunk_costs(model, sizes.chunks, steps)
-    out["pipelined"] = offline.pipelined(model, sizes.pipelined_chunks, steps)
+    out["chunk"] = offline.chunk_costs(model, sizes.chunks, sampler)
+    out["pipelined"] = offline.pipelined(model, sizes.pipelined_chunks, sampler)
     log.info("%s: matmul peak and efficiency", name)
-    out["efficiency"] = offline.efficiency(model, out["chunk"], offline.matmul_peak(sizes.peak_seconds), steps)
+    out["efficiency"] = offline.efficiency(model, out["chunk"], offline.matmul_peak(sizes.peak_seconds), sampler)
     log.info("%s: time to first frame, control latency (offline)", name)
-    out["ttff_offline"] = offline.ttff_offline(model, sizes.ttff_reps, steps)
-    out["control_offline"] = offline.control_offline(model, sizes.control_reps, steps)
+    out["ttff_offline"] = offline.ttff_offline(model, sizes.ttff_reps, sampler)
+    out["control_offline"] = offline.control_offline(model, sizes.control_reps, sampler)
     log.info("%s: baselines", name)
-    out["baselines"] = offline.baselines(model, list(sizes.lengths), sizes.baseline_reps, sizes.unbounded_max, steps)
+    out["baselines"] = offline.baselines(model, list(sizes.lengths), sizes.baseline_reps, sizes.unbounded_max, sampler)
     log.info("%s: sessions", name)
-    out["concurrency"] = offline.concurrency(model, list(sizes.sessions), sizes.rounds, steps, sizes.session_warm)
+    out["concurrency"] = offline.concurrency(model, list(sizes.sessions), sizes.rounds, sampler, sizes.session_warm)
     if not args.skip_live:
         log.info("%s: live (WebRTC)", name)
-        out["live"] = live.measure(model, steps, sizes.live_ttff_reps, sizes.live_control_reps, sizes.live_seconds)
+        out["live"] = live.measure(model, sampler, sizes.live_ttff_reps, sizes.live_control_reps, sizes.live_seconds)
     minutes = args.minutes if args.minutes is not None else (0.05 if args.smoke else 20.0)
     log.info("%s: long stream (%.2f video minutes) in a fresh process", name, minutes)
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(1, mp_context=ctx) as pool:
         out["long_run"] = pool.submit(offline.long_run, name, minutes, threads, sizes.early, sizes.late,
-                                      sizes.window, sizes.trace_chunks, steps).result()
+                                      sizes.window, sizes.trace_chunks, sampler).result()
     out["seconds"] = time.perf_counter() - t
     return out
 
@@ -245,6 +249,11 @@ def table(report: dict) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.warm_start is None:  # one denoising step from the warped prior
+        args.warm_start = max(0, args.steps - 1)
+    if args.steps < 1 or not 0 <= args.warm_start < args.steps:
+        log.error("--steps must be >= 1 and --warm-start in [0, --steps)")
+        return 2
     from bench.timing import choose_threads
 
     from model import load_model

@@ -1169,8 +1169,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seed of the scenario and of the streams (default: 0)")
     parser.add_argument("--steps", metavar="N", type=int, default=4,
                         help="denoising steps per chunk for the model (default: 4)")
-    parser.add_argument("--warm-start", metavar="N", type=int, default=0,
-                        help="denoising steps skipped by starting each chunk from the warped previous frame")
+    parser.add_argument("--warm-start", metavar="N", type=int, default=None,
+                        help="denoising steps skipped by starting a chunk from the warped previous frame "
+                        "(default: steps - 1, one step from it; 0: every step from noise)")
     parser.add_argument("--json", metavar="OUT", type=Path, default=None,
                         help="write every figure as JSON to this file")
     parser.add_argument("--plots", metavar="DIR", type=Path, default=None,
@@ -1211,6 +1212,8 @@ def main(args: argparse.Namespace) -> int:
         return _error(f"--minutes must be > 0, got {args.minutes}")
     if args.steps < 1:
         return _error(f"--steps must be >= 1, got {args.steps}")
+    if args.warm_start is None:  # one denoising step from the warped prior
+        args.warm_start = max(0, args.steps - 1)
     if not 0 <= args.warm_start < args.steps:
         return _error(f"--warm-start must be in [0, --steps), got {args.warm_start}")
     chains = None

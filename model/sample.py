@@ -68,9 +68,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zoom", type=float, default=0.0, help="zoom velocity in log2 per second, [-1, 1]")
     p.add_argument("--checkpoint", default="default", help="checkpoint name or path ('debug' for a random model)")
     p.add_argument("--steps", type=int, default=4, help="denoising steps per chunk")
-    p.add_argument("--warm-start", type=int, default=0,
-                   help="denoising steps skipped by starting each chunk from the warped "
-                   "previous frame (0: from noise)")
+    p.add_argument("--warm-start", type=int, default=None,
+                   help="denoising steps skipped by starting a chunk from the warped previous "
+                   "frame (default: steps - 1, one step from it; 0: every step from noise)")
     p.add_argument("--seed", type=int, default=0, help="noise seed")
     p.add_argument("--then", default=None, metavar="PROMPT", help="switch to this prompt mid-clip")
     p.add_argument("--switch-at", type=float, default=None, metavar="SECONDS",
@@ -92,6 +92,8 @@ def main(args: argparse.Namespace) -> int:
         model = load_model(args.checkpoint)
     except CheckpointError as e:
         raise SystemExit(f"livereel sample: {e}") from None
+    if args.warm_start is None:  # one denoising step from the warped prior
+        args.warm_start = max(0, args.steps - 1)
     if not 0 <= args.warm_start < args.steps:
         raise SystemExit("livereel sample: --warm-start must be in [0, --steps)")
     gen = Generator(model, seed=args.seed, steps=args.steps, warm_start=args.warm_start)

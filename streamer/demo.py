@@ -478,9 +478,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default="default",
                    help="checkpoint name or path ('debug' for a random model)")
     p.add_argument("--steps", type=int, default=4, help="denoising steps per chunk")
-    p.add_argument("--warm-start", type=int, default=0,
-                   help="denoising steps skipped by starting each chunk from the warped "
-                   "previous frame (0: from noise)")
+    p.add_argument("--warm-start", type=int, default=None,
+                   help="denoising steps skipped by starting a chunk from the warped previous "
+                   "frame (default: steps - 1, one step from it; 0: every step from noise)")
     p.add_argument("--max-sessions", type=int, default=2,
                    help="streams generated at once; later visitors wait in a queue")
 
@@ -491,6 +491,8 @@ def main(args: argparse.Namespace) -> int:
     if args.steps < 1 or args.max_sessions < 1:
         print("livereel demo: --steps and --max-sessions must be >= 1", file=sys.stderr)
         return 2
+    if args.warm_start is None:  # one denoising step from the warped prior
+        args.warm_start = max(0, args.steps - 1)
     if not 0 <= args.warm_start < args.steps:
         print("livereel demo: --warm-start must be in [0, --steps)", file=sys.stderr)
         return 2

@@ -159,9 +159,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="MP4 to write")
     p.add_argument("--checkpoint", default="default", help="checkpoint name or path ('debug' for a random model)")
     p.add_argument("--steps", type=int, default=4, help="denoising steps per chunk (more = better, slower)")
-    p.add_argument("--warm-start", type=int, default=0,
-                   help="denoising steps skipped by starting each chunk from the warped "
-                   "previous frame (0: from noise)")
+    p.add_argument("--warm-start", type=int, default=None,
+                   help="denoising steps skipped by starting a chunk from the warped previous "
+                   "frame (default: steps - 1, one step from it; 0: every step from noise)")
     p.add_argument("--seed", type=int, default=None, help="override the timeline's seed")
 
 
@@ -169,6 +169,8 @@ def main(args: argparse.Namespace) -> int:
     # Everything the user gave is checked before the model (and torch) is loaded.
     if args.steps < 1:
         raise SystemExit("livereel export: --steps must be >= 1")
+    if args.warm_start is None:  # one denoising step from the warped prior
+        args.warm_start = max(0, args.steps - 1)
     if not 0 <= args.warm_start < args.steps:
         raise SystemExit("livereel export: --warm-start must be in [0, --steps)")
     if args.seed is not None and not 0 <= args.seed < 2**63:

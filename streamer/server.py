@@ -480,9 +480,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-sessions", type=int, default=2, help="streams served at once; more are refused")
     parser.add_argument("--steps", type=int, default=4, help="denoising steps per chunk")
-    parser.add_argument("--warm-start", type=int, default=0,
-                        help="denoising steps skipped by starting each chunk from the warped "
-                        "previous frame (0: from noise)")
+    parser.add_argument("--warm-start", type=int, default=None,
+                        help="denoising steps skipped by starting a chunk from the warped previous "
+                        "frame (default: steps - 1, one step from it; 0: every step from noise)")
     parser.add_argument("--record-dir", type=Path, help="write each session's event log here as ID.jsonl")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="prompt of a session whose offer names none")
     parser.add_argument(
@@ -517,6 +517,8 @@ def main(args: argparse.Namespace) -> int:
     if args.max_sessions < 1 or args.steps < 1:
         log.error("--max-sessions and --steps must be at least 1")
         return 2
+    if args.warm_start is None:  # one denoising step from the warped prior
+        args.warm_start = max(0, args.steps - 1)
     if not 0 <= args.warm_start < args.steps:
         log.error("--warm-start must be in [0, --steps)")
         return 2
