@@ -21,7 +21,7 @@ from torch import Tensor
 
 from model.camera import CameraCond
 from model.config import DiTConfig
-from model.generate import Generator
+from model.generate import Generator, extend_covered
 from model.prior import pixel_prior
 from model.rope import apply_rope
 from model.text import TextCond
@@ -83,7 +83,7 @@ class NoCacheStream:
                 a["what"] in ("prompt", "reset") for a in gen.applied):
             s = gen.sigmas[gen.warm_start]
             k, cover = gen.warm_start, mine[:, :, -1:]
-            x = torch.where(cover > 0, (1 - s) * mine[:, :, :-1] + s * x, x)
+            x = (1 - s) * extend_covered(mine[:, :, :-1], cover) + s * x
         for t, t_next in zip(gen.sigmas[k:-1], gen.sigmas[k + 1:]):
             clip = torch.cat(clean + [x], dim=1)
             tt = torch.cat((torch.zeros(1, n_ctx), torch.full((1, K), t)), dim=1)

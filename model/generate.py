@@ -331,6 +331,25 @@ def step_batch(gens: list[Generator]) -> list[Tensor]:
     return out
 
 
+def extend_covered(z: Tensor, cover: Tensor) -> Tensor:
+    """z (..., C, h, w) with its covered part `cover` (..., 1, h, w) (a rectangle: the old
+    view seen from the new camera) carried to the uncovered border by repeating its edge
+    pixels, the start of a warm-started chunk there: pure noise at the warm start's level
+    is far off what the model was trained on and leaves a band of noise at the edge the
+    camera moves towards. With nothing covered, zeros (the prior's own)."""
+    lead, (h, w) = z.shape[:-3], z.shape[-2:]
+    flat_z, flat_c = z.reshape(-1, *z.shape[-3:]), cover.reshape(-1, h, w) > 0
+    out = torch.zeros_like(flat_z)
+    for i, (zi, ci) in enumerate(zip(flat_z, flat_c)):
+        rows, cols = ci.any(1).nonzero(), ci.any(0).nonzero()
+        if len(rows) == 0:
+            continue
+        ys = torch.arange(h, device=z.device).clamp(int(rows[0]), int(rows[-1]))
+        xs = torch.arange(w, device=z.device).clamp(int(cols[0]), int(cols[-1]))
+        out[i] = zi[:, ys][:, :, xs]
+    return out.view(*lead, *z.shape[-3:])
+
+
 def _cat_text(texts: list[TextCond]) -> TextCond:
     return texts[0] if len(texts) == 1 else TextCond.cat(texts)
 
@@ -351,7 +370,7 @@ def _denoise(gens: list[Generator], begun: list[tuple[Tensor, TextCond, CameraCo
     if k:
         prior = torch.cat([g.cache.prior[::n] for g in gens])  # (S, K, C + 1, h, w)
         s = lead.sigmas[k]
-        x = torch.where(prior[:, :, -1:] > 0, (1 - s) * prior[:, :, :-1] + s * x, x)
+        x = (1 - s) * extend_covered(prior[:, :, :-1], prior[:, :, -1:]) + s * x
     for t, t_next in zip(lead.sigmas[k:-1], lead.sigmas[k + 1:]):
         v = _evaluate(lead.model, x, t, text, cam, cache, n, autocast=lead.autocast)
         if n > 1:

@@ -112,3 +112,16 @@ def test_warm_start_begins_from_the_prior_except_after_a_switch(debug_model):
     assert not torch.allclose(cold.step(), warm.step())
     with pytest.raises(ValueError, match="warm_start"):
         Generator(debug_model, steps=2, warm_start=2)
+
+
+def test_extend_covered_repeats_the_edge_of_the_covered_rectangle():
+    from model.generate import extend_covered
+
+    z = torch.arange(2 * 4 * 5, dtype=torch.float32).view(1, 2, 4, 5)  # (F=1, C=2, h=4, w=5)
+    cover = torch.zeros(1, 1, 4, 5)
+    cover[..., 1:, :3] = 1  # the camera moved right and up: new ground on the right and at the top
+    out = extend_covered(z, cover)
+    assert torch.equal(out[..., 1:, :3], z[..., 1:, :3])  # covered: unchanged
+    assert torch.equal(out[..., 1:, 3], z[..., 1:, 2]) and torch.equal(out[..., 1:, 4], z[..., 1:, 2])
+    assert torch.equal(out[..., 0, :], out[..., 1, :])  # the top row repeats the first covered row
+    assert torch.equal(extend_covered(z, torch.zeros_like(cover)), torch.zeros_like(z))  # nothing to extend
