@@ -18,7 +18,7 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 from gradio_client.utils import Status
 
-from streamer.demo import DemoStream, InputError, build_app, check_prompt, check_seed, main, write_segment
+from streamer.demo import DemoStream, InputError, add_arguments, build_app, check_prompt, check_seed, main, write_segment
 from streamer.replay import load_log
 
 PROMPT = "a red ball bouncing over grassland by day"
@@ -209,8 +209,9 @@ def test_segment_decodes_and_continues_the_timeline(tmp_path):
 
 
 def test_missing_checkpoint_exits_nonzero_with_the_reason(capsys):
-    args = argparse.Namespace(port=free_port(), host="127.0.0.1", checkpoint="/nonexistent/checkpoint",
-                              steps=4, max_sessions=2)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)  # the real flags, so the test follows new ones
+    args = parser.parse_args(["--port", str(free_port()), "--checkpoint", "/nonexistent/checkpoint"])
     assert main(args) == 1
     assert "no checkpoint at /nonexistent/checkpoint" in capsys.readouterr().err
 
