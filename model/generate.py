@@ -74,6 +74,7 @@ class Generator:
         self._text = self._null
         self._transition: tuple[TextCond, TextCond, int, int] | None = None
         self.pan, self.zoom = (0.0, 0.0), 0.0
+        self._path: tuple[Tensor, Tensor] | None = None  # follow_path
         self._pending: dict = {}
         self.applied: list[dict] = []
         self.timings: dict[str, Span] = {}  # the last chunk's phases (see the module docstring)
@@ -94,6 +95,16 @@ class Generator:
     def reset(self, seed: int) -> None:
         """Restart the stream (empty cache, camera at the origin) with a new seed."""
         self._pending["reset"] = int(seed)
+
+    def follow_path(self, pos: Tensor, motion: Tensor) -> None:
+        """Drive the camera along a given path instead of integrating velocities: per-frame
+        positions and motions (F, 3) in world token units, chunk i taking frames
+        [i*K, (i+1)*K) counted from the stream's start (the training rollouts follow a
+        world clip's true camera). Past the path's end the camera stops there."""
+        if pos.shape != motion.shape or pos.dim() != 2 or pos.shape[1] != 3:
+            raise ValueError(f"a camera path is (F, 3) positions and motions (got {tuple(pos.shape)}, "
+                             f"{tuple(motion.shape)})")
+        self._path = (pos.to(self.device, torch.float32), motion.to(self.device, torch.float32))
 
     # ------------------------------------------------------------------ state
     @property
@@ -152,6 +163,8 @@ class Generator:
 
     def _advance_camera(self) -> CameraCond:
         cfg = self.config
+        if self._path is not None:
+            return self._path_camera()
         step = velocity_per_frame(self.pan, self.zoom, self.camera[2], cfg.dit.grid, cfg.fps)
         pos, motion = integrate(self.camera, step, cfg.dit.chunk_frames)
         self.camera = pos[-1]
@@ -159,6 +172,17 @@ class Generator:
             self._rebase()
         return CameraCond(torch.tensor([pos], device=self.device),
                           torch.tensor([motion], device=self.device))
+
+    def _path_camera(self) -> CameraCond:
+        """This chunk's frames of the `follow_path` path (held still past its end)."""
+        K = self.config.dit.chunk_frames
+        path_pos, path_motion = self._path
+        frames = torch.arange(self.chunk_index * K, (self.chunk_index + 1) * K, device=self.device)
+        idx = frames.clamp(max=len(path_pos) - 1)
+        pos = path_pos[idx]
+        motion = torch.where((frames < len(path_pos))[:, None], path_motion[idx], 0.0)
+        self.camera = tuple(float(v) for v in pos[-1])
+        return CameraCond(pos[None], motion[None])
 
     def _rebase(self) -> None:
         """Move the world origin to the camera; attention only sees relative positions."""

@@ -125,3 +125,24 @@ def test_extend_covered_repeats_the_edge_of_the_covered_rectangle():
     assert torch.equal(out[..., 1:, 3], z[..., 1:, 2]) and torch.equal(out[..., 1:, 4], z[..., 1:, 2])
     assert torch.equal(out[..., 0, :], out[..., 1, :])  # the top row repeats the first covered row
     assert torch.equal(extend_covered(z, torch.zeros_like(cover)), torch.zeros_like(z))  # nothing to extend
+
+
+@torch.no_grad()
+def test_follow_path_drives_the_camera_along_a_given_path(debug_model):
+    K = debug_model.config.dit.chunk_frames
+    pos = torch.tensor([[0.5 * f, -0.25 * f, 0.0] for f in range(1, 2 * K + 1)])
+    motion = torch.tensor([[0.5, -0.25, 0.0]] * (2 * K))
+    gen = Generator(debug_model, seed=0, steps=1)
+    gen.set_camera(pan=(1.0, 1.0))  # ignored while a path is followed
+    gen.follow_path(pos, motion)
+    cams = []
+    for _ in range(3):
+        gen.step()
+        cams.append(gen._cam)
+    assert torch.equal(cams[0].pos[0], pos[:K]) and torch.equal(cams[1].pos[0], pos[K:])
+    assert torch.equal(cams[0].motion[0], motion[:K])
+    # past the path's end the camera holds its last position, still
+    assert torch.equal(cams[2].pos[0], pos[-1:].expand(K, 3)) and not cams[2].motion.any()
+    assert gen.camera == tuple(float(v) for v in pos[-1])
+    with pytest.raises(ValueError, match="positions and motions"):
+        gen.follow_path(pos, motion[:, :2])

@@ -3,8 +3,10 @@ probe), resume, --init-from and --export to a loadable checkpoint."""
 
 import csv
 import json
+import math
 
 import pytest
+import torch
 
 from model.checkpoint import load_model
 from streamer.cli import main as cli
@@ -49,3 +51,47 @@ def test_init_from_starts_a_new_run_from_another(vae_run, tmp_path):
     assert json.loads((second / "state.json").read_text())["init_from"] == str(first)
     with pytest.raises(SystemExit, match="no run state"):
         cli(dit_args(tmp_path / "third", vae_run, 2) + ["--init-from", str(tmp_path / "missing")])
+
+
+def test_rollout_share_trains_on_the_models_own_chunks(vae_run, tmp_path):
+    run = tmp_path / "rollout"
+    assert cli(dit_args(run, vae_run, 2) + ["--rollout-share", "1"]) == 0
+    rows = list(csv.DictReader((run / "loss.csv").open()))
+    assert rows and math.isfinite(float(rows[0]["warm_loss"]))
+    with pytest.raises(SystemExit, match="rollout-share"):
+        cli(dit_args(tmp_path / "bad", vae_run, 2) + ["--rollout-share", "1.5"])
+
+
+def test_init_from_and_vae_from_a_model_checkpoint(vae_run, tmp_path):
+    first, ckpt, second = tmp_path / "first", tmp_path / "ckpt", tmp_path / "second"
+    assert cli(dit_args(first, vae_run, 2)) == 0
+    assert cli(dit_args(first, vae_run, 2) + ["--export", str(ckpt)]) == 0
+    # the checkpoint folder serves as the VAE and as the starting weights
+    args = dit_args(second, ckpt, 1) + ["--init-from", str(ckpt), "--lr", "0"]
+    assert cli(args) == 0
+    a, b = load_model(ckpt), load_model(second / "result")
+    for name, tensor in a.state_dict().items():  # lr 0: the EMA stays the checkpoint's weights
+        assert torch.allclose(tensor, b.state_dict()[name]), name
+
+
+@torch.no_grad()
+def test_rollout_context_is_what_streaming_makes(debug_model):
+    from model.camera import CameraCond
+    from model.generate import Generator
+    from model.train.dit import rollout_context
+
+    d = debug_model.config.dit
+    K, chunks = d.chunk_frames, 3
+    frames = (chunks + 1) * K
+    pos = torch.stack([torch.tensor([[0.3 * f * (b + 1), 0.1 * f, 0.0] for f in range(frames)]) for b in range(2)])
+    cam = CameraCond(pos, torch.diff(pos, dim=1, prepend=pos[:, :1]))
+    prompts = ["a red ball over the desert", "a blue cube in the city at night"]
+    latents, prior = rollout_context(debug_model, cam, prompts, chunks, seed=5)
+    for b in range(2):  # each clip alone, as a stream following its path
+        gen = Generator(debug_model, seed=5 + b, steps=4, warm_start=3)
+        gen.set_prompt(prompts[b])
+        gen.follow_path(cam.pos[b], cam.motion[b])
+        alone = torch.cat([gen.step() for _ in range(chunks)], 1)
+        assert torch.allclose(latents[b], alone[0], rtol=1e-4, atol=1e-4)
+        gen._begin()  # the next chunk's read: its warped prior
+        assert torch.allclose(prior[b], gen.cache.prior[0], rtol=1e-4, atol=1e-4)

@@ -155,11 +155,21 @@ def vae_report(vae: VAE, clips: int = 12, frames: int = 32, size: int = 128, fps
 
 
 def load_trained_vae(vae: VAE, result: Path) -> None:
-    """Load stage 1's weights and latent normalisation into `vae` (and its config)."""
-    state = load_file(result / "vae.safetensors")
-    check_state(vae, state, result / "vae.safetensors")
+    """Load trained VAE weights and latent normalisation into `vae` (and its config), from
+    stage 1's result folder (vae.safetensors + vae.json) or from a model checkpoint folder
+    (the `vae.*` tensors of model.safetensors, the statistics of config.json)."""
+    if (result / "vae.safetensors").exists():
+        state = load_file(result / "vae.safetensors")
+        stats = json.loads((result / "vae.json").read_text())
+    elif (result / "model.safetensors").exists():
+        state = {k[len("vae."):]: v for k, v in load_file(result / "model.safetensors").items()
+                 if k.startswith("vae.")}
+        stats = json.loads((result / "config.json").read_text())["vae"]
+    else:
+        raise SystemExit(f"no trained VAE at {result}: run `livereel train vae` first, or pass a "
+                         "checkpoint folder such as checkpoints/default")
+    check_state(vae, state, result)
     vae.load_state_dict(state)
-    stats = json.loads((result / "vae.json").read_text())
     vae.cfg.latent_shift, vae.cfg.latent_scale = stats["latent_shift"], stats["latent_scale"]
 
 
