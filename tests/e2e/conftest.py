@@ -1,7 +1,10 @@
 """A real `livereel serve` subprocess on loopback and a headless Debian Chromium.
 
-LIVEREEL_E2E_CHECKPOINT picks the model (default "debug"); LIVEREEL_ARTIFACTS the
-folder for screenshots and measurements (default artifacts/e2e, gitignored).
+LIVEREEL_E2E_CHECKPOINT picks the model: by default the shipped `default` model
+(checkpoints/default), whose pictures the prompt and camera checks then judge; "debug"
+(the tiny random-init preset, used when no shipped model is on disk) checks only the
+behaviour. LIVEREEL_ARTIFACTS is the folder for screenshots and measurements (default
+artifacts/e2e, gitignored).
 """
 
 from __future__ import annotations
@@ -33,10 +36,14 @@ SERVER_START_TIMEOUT = 120.0
 
 @pytest.fixture(scope="session")
 def checkpoint() -> str:
-    """The random-init debug preset, or LIVEREEL_E2E_CHECKPOINT=default: the shipped model,
-    whose pictures the prompt and camera checks then judge (its model card says which of
-    them it passes)."""
-    return os.environ.get("LIVEREEL_E2E_CHECKPOINT", "debug")
+    """The model `livereel serve` runs: LIVEREEL_E2E_CHECKPOINT, else the shipped `default`
+    model where its weights are on disk, else the random-init `debug` preset. With a
+    trained model the tests also judge the pictures (the prompt's biome and time of day,
+    the pan direction)."""
+    from model.checkpoint import CHECKPOINTS
+
+    shipped = (CHECKPOINTS / "default" / "model.safetensors").is_file()
+    return os.environ.get("LIVEREEL_E2E_CHECKPOINT") or ("default" if shipped else "debug")
 
 
 @pytest.fixture(scope="session")

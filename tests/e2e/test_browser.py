@@ -1,5 +1,8 @@
 """The page in a real Chromium against a real `livereel serve`: it connects, plays,
-and every control works from the keyboard or the page's own channel.
+and every control works from the keyboard or the page's own channel. With a trained
+model (the shipped `default`, see conftest) the pictures are judged too: the attribute
+classifier sees the new prompt's biome and time of day after a switch (and not before),
+and holding a pan key moves the picture that way.
 
 Timings are measured and printed (and saved to artifacts/e2e/measurements.json),
 never asserted.
@@ -7,6 +10,7 @@ never asserted.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from urllib.parse import urlencode
@@ -22,7 +26,9 @@ SHARED = "a white star orbiting above the city, snowing, at sunset"
 SWITCH_TO = "a blue cube drifting over the desert at night in the rain"
 MEASURED: dict[str, object] = {}
 
-# Collects `n` distinct presented frames of the video as RGB (drawn into a canvas).
+# Collects `n` presented frames of the video (drawn into a canvas) as base64 RGBA, with
+# each frame's RTP timestamp (90 kHz). Bytes, not a JSON list of numbers: 16 frames then
+# take 1 s to collect and return (a list took 6 s, so "before" and "after" were far apart).
 CAPTURE_JS = """
 async (n) => {
   const video = document.getElementById("video");
@@ -30,20 +36,22 @@ async (n) => {
   canvas.width = video.videoWidth;
   canvas.height = video.videoHeight;
   const ctx = canvas.getContext("2d", { willReadFrequently: true });
-  const frames = [];
+  const size = canvas.width * canvas.height * 4;
+  const rgba = new Uint8Array(n * size);
+  const rtp = [];
   await new Promise((resolve) => {
-    const grab = () => {
+    const grab = (now, meta) => {
       ctx.drawImage(video, 0, 0);
-      const rgba = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
-      const rgb = [];
-      for (let i = 0; i < rgba.length; i += 4) rgb.push(rgba[i], rgba[i + 1], rgba[i + 2]);
-      frames.push(rgb);
-      if (frames.length >= n) resolve();
+      rgba.set(ctx.getImageData(0, 0, canvas.width, canvas.height).data, rtp.length * size);
+      rtp.push(meta.rtpTimestamp ?? null);
+      if (rtp.length >= n) resolve();
       else video.requestVideoFrameCallback(grab);
     };
     video.requestVideoFrameCallback(grab);
   });
-  return { width: canvas.width, height: canvas.height, frames };
+  let text = "";
+  for (let i = 0; i < rgba.length; i += 0x8000) text += String.fromCharCode(...rgba.subarray(i, i + 0x8000));
+  return { width: canvas.width, height: canvas.height, rtp, data: btoa(text) };
 }
 """
 
@@ -60,10 +68,21 @@ def open_page(browser, url: str, **params):
     return page
 
 
-def capture(page, n: int) -> np.ndarray:
-    """(n, H, W, 3) float: `n` consecutive frames as the page shows them."""
+def capture_clip(page, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n, H, W, 3) float: `n` frames as the page shows them, and (n - 1,) the stream
+    frames from each to the next (1 where none was skipped; from the RTP timestamps)."""
     got = page.evaluate(CAPTURE_JS, n)
-    return np.asarray(got["frames"], np.float64).reshape(n, got["height"], got["width"], 3)
+    rgba = np.frombuffer(base64.b64decode(got["data"]), np.uint8).reshape(n, got["height"], got["width"], 4)
+    fps = page.evaluate("() => window.livereel.state.hello.fps")
+    rtp = np.array([np.nan if t is None else t for t in got["rtp"]], np.float64)
+    steps = np.diff(rtp) * fps / 90_000
+    steps = np.where(np.isfinite(steps) & (steps >= 1), np.round(steps), 1.0)
+    return rgba[..., :3].astype(np.float64), steps
+
+
+def capture(page, n: int) -> np.ndarray:
+    """(n, H, W, 3) float: the next `n` frames the page shows."""
+    return capture_clip(page, n)[0]
 
 
 def change(a: np.ndarray, b: np.ndarray) -> float:
@@ -73,9 +92,12 @@ def change(a: np.ndarray, b: np.ndarray) -> float:
 
 def shift(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
     """(dx, dy) in pixels by which the content of frame `a` moved to give `b`
-    (phase correlation; integer peak)."""
+    (phase correlation; integer peak). A Hann window first: the FFT sees the picture
+    as periodic, and the seam where its left edge meets its right one stands still
+    while the content moves, which pinned the peak at 0 on most frame pairs of a pan."""
+    window = np.outer(np.hanning(a.shape[0]), np.hanning(a.shape[1]))
     ga, gb = a.mean(-1), b.mean(-1)
-    cross = np.fft.fft2(ga - ga.mean()) * np.conj(np.fft.fft2(gb - gb.mean()))
+    cross = np.fft.fft2((ga - ga.mean()) * window) * np.conj(np.fft.fft2((gb - gb.mean()) * window))
     corr = np.fft.ifft2(cross / (np.abs(cross) + 1e-9)).real
     py, px = np.unravel_index(np.argmax(corr), corr.shape)
     h, w = corr.shape
@@ -83,10 +105,16 @@ def shift(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
     return -int(px), -int(py)
 
 
-def motion(frames: np.ndarray) -> tuple[float, float]:
-    """Mean (dx, dy) content motion in px/frame over consecutive frames."""
+def motion(frames: np.ndarray, steps: np.ndarray) -> dict[str, float]:
+    """Content motion over a capture (`capture_clip`): mean dx and dy in px per stream
+    frame, and the share of frame pairs whose content moved left (dx < 0) and right."""
     shifts = np.array([shift(a, b) for a, b in zip(frames, frames[1:])], np.float64)
-    return float(shifts[:, 0].mean()), float(shifts[:, 1].mean())
+    return {
+        "dx": round(float(shifts[:, 0].sum() / steps.sum()), 2),
+        "dy": round(float(shifts[:, 1].sum() / steps.sum()), 2),
+        "left": round(float((shifts[:, 0] < 0).mean()), 2),
+        "right": round(float((shifts[:, 0] > 0).mean()), 2),
+    }
 
 
 def latency_ms(page) -> float | None:
@@ -101,6 +129,12 @@ def state(page) -> dict:
 
 def video_stats(page) -> dict:
     return page.evaluate("() => window.livereel.stream.stats()")
+
+
+def frames_held(page) -> dict:
+    """The server's count of frames sent and of those repeated (generation late)."""
+    stats = state(page)["stats"] or {}
+    return {"sent": stats.get("sent"), "held": stats.get("held")}
 
 
 def record(capsys, artifacts, key: str, value) -> None:
@@ -166,47 +200,74 @@ def test_connects_plays_and_a_prompt_changes_the_picture(browser, server_url, ar
     page.screenshot(path=str(artifacts / "browser.png"))
     assert switched > 2 * noise + 0.5, (noise, switched)
     if checkpoint != "debug":
-        # A trained model: the picture shows what the prompt says (before: another world).
-        page.wait_for_timeout(1500)
-        later = capture(page, 16)
-        match = {"before": prompt_match(before_2, SWITCH_TO), "after": prompt_match(later, SWITCH_TO)}
+        # A trained model: the picture showed the first prompt's world, not the new one's,
+        # and shows the new one's once the switch has settled (it takes about 5 frames;
+        # `after` began 0.3 s after it was applied). Biome and time of day: what the model
+        # card says it renders (>= 80%). 3 s of frames: the night desert is dim, and the
+        # classifier calls a frame or two a second "city" (16 frames measured 0.75 to 1.0).
+        later = capture(page, 48)
+        before = np.concatenate([before_1, before_2])
+        first = state(page)["hello"]["prompt"]
+        match = {
+            "before_vs_its_prompt": prompt_match(before, first),
+            "before": prompt_match(before, SWITCH_TO),
+            "after": prompt_match(later, SWITCH_TO),
+        }
         record(capsys, artifacts, "prompt_match_" + checkpoint, match)
-        assert match["after"]["biome"] >= 0.75 and match["before"]["biome"] <= 0.25, match
+        for attribute in ("biome", "time"):
+            assert match["before_vs_its_prompt"][attribute] >= 0.75, (attribute, match)
+            assert match["before"][attribute] <= 0.25, (attribute, match)
+            assert match["after"][attribute] >= 0.75, (attribute, match)
+    record(capsys, artifacts, "frames_held", frames_held(page))
     page.close()
 
 
 def test_holding_a_pan_key_moves_the_camera(browser, server_url, artifacts, checkpoint, capsys):
     page = open_page(browser, server_url, seed=2)
-    still = capture(page, 12)
+    still = capture_clip(page, 16)
     page.locator("#video").click()  # focus off the prompt box: keys steer the camera
     page.keyboard.down("d")
     page.wait_for_function(
         "() => window.livereel.state.applied.some((a) => a.what === 'camera' && a.pan[0] > 0)",
         timeout=WAIT_MS,
     )
-    moving = capture(page, 16)
+    moving = capture_clip(page, 16)  # the first second of the pan
+    moving_on = capture_clip(page, 16)  # the next one, the key still down
     page.keyboard.up("d")
     page.wait_for_function(
         "() => { const c = window.livereel.state.applied.filter((a) => a.what === 'camera');"
         " return c.length >= 2 && c.at(-1).pan[0] === 0 && c.at(-1).pan[1] === 0; }",
         timeout=WAIT_MS,
     )
+    stopped = capture_clip(page, 16)
     speed = float(page.locator("#speed").input_value())
     cameras = [a for a in state(page)["applied"] if a["what"] == "camera"]
     assert cameras[0]["pan"] == [speed, 0] and cameras[-1]["pan"] == [0, 0]
-    record(
-        capsys,
-        artifacts,
-        "pan_right_px_per_frame",
-        {"still": motion(still), "holding_d": motion(moving), "checkpoint": checkpoint},
-    )
+    hello = state(page)["hello"]
+    commanded = speed * hello["size"] / hello["fps"]  # px/frame: pan is in view widths per second
+    figures = {
+        "commanded_dx": -commanded,
+        "still": motion(*still),
+        "holding_d": motion(*moving),
+        "holding_d_second_1_to_2": motion(*moving_on),
+        "released": motion(*stopped),
+        "checkpoint": checkpoint,
+    }
+    record(capsys, artifacts, "pan_right_px_per_frame", figures)
     if checkpoint != "debug":
-        # Camera moves right: the picture slides left.
-        assert motion(moving)[0] < -0.1 and abs(motion(still)[0]) < abs(motion(moving)[0])
+        # Camera moves right: the picture slides left, in most frame pairs, for as long as
+        # the key is held (at least half the commanded speed; 85-95% measured here, 57%
+        # in the model card's eval), and not up or down; still before, still once released.
+        for key in ("holding_d", "holding_d_second_1_to_2"):
+            m = figures[key]
+            assert m["dx"] <= -commanded / 2 and m["left"] >= 0.6 and abs(m["dy"]) <= abs(m["dx"]) / 4, (key, figures)
+        for key in ("still", "released"):
+            m = figures[key]
+            assert abs(m["dx"]) <= 0.5 and abs(m["dy"]) <= 0.5 and m["left"] <= 0.2, (key, figures)
     page.close()
 
 
-def test_a_malformed_message_gets_an_error_and_the_video_plays_on(browser, server_url):
+def test_a_malformed_message_gets_an_error_and_the_video_plays_on(browser, server_url, artifacts, checkpoint, capsys):
     page = open_page(browser, server_url)
     page.evaluate("() => window.livereel.stream.sendRaw('{\"type\": \"camera\", \"pan\": [7, 0]')")
     page.evaluate("() => window.livereel.stream.sendRaw(JSON.stringify({type: 'camera', pan: [7, 0], zoom: 0}))")
@@ -218,10 +279,16 @@ def test_a_malformed_message_gets_an_error_and_the_video_plays_on(browser, serve
     now = page.evaluate("() => document.getElementById('video').currentTime")
     page.wait_for_function(f"() => document.getElementById('video').currentTime > {now + 1}", timeout=WAIT_MS)
     assert state(page)["connection"] == "live"
+    # The refused pan did nothing: no camera applied, and (trained model) a still picture.
+    assert not [a for a in state(page)["applied"] if a["what"] == "camera"]
+    after = motion(*capture_clip(page, 16))
+    record(capsys, artifacts, "after_refused_pan_px_per_frame", after)
+    if checkpoint != "debug":
+        assert abs(after["dx"]) <= 0.5 and after["left"] <= 0.2, after
     page.close()
 
 
-def test_two_pages_get_independent_streams(browser, server_url, artifacts, capsys):
+def test_two_pages_get_independent_streams(browser, server_url, artifacts, checkpoint, capsys):
     a = open_page(browser, server_url, seed=5, prompt=SHARED)
     b = open_page(browser, server_url, seed=5, prompt=SHARED)
     assert state(a)["session"] != state(b)["session"]
@@ -234,12 +301,28 @@ def test_two_pages_get_independent_streams(browser, server_url, artifacts, capsy
     )
     a.wait_for_timeout(300)
     a_after, b_after = capture(a, 16), capture(b, 16)
+    a_later = capture(a, 32)  # the switch settled: from 1.3 s after it was applied
     changed_a, changed_b = change(a_before, a_after), change(b_before, b_after)
     record(capsys, artifacts, "two_pages_picture_change", {"switched": round(changed_a, 3), "other": round(changed_b, 3)})
     assert not any(x["what"] == "prompt" and x["text"] == SWITCH_TO for x in state(b)["applied"])
     assert b.locator("#caption").inner_text() == SHARED
     assert changed_a > 2 * changed_b + 0.5, (changed_a, changed_b)
+    if checkpoint != "debug":
+        # A trained model: both showed the shared prompt's world; then page a shows the
+        # new prompt's, and page b still the shared one's, never the new one's.
+        match = {
+            "a_before_vs_shared": prompt_match(a_before, SHARED)["biome"],
+            "b_before_vs_shared": prompt_match(b_before, SHARED)["biome"],
+            "a_after_vs_new": prompt_match(a_later, SWITCH_TO)["biome"],
+            "b_after_vs_shared": prompt_match(b_after, SHARED)["biome"],
+            "b_after_vs_new": prompt_match(b_after, SWITCH_TO)["biome"],
+        }
+        record(capsys, artifacts, "two_pages_biome_match", match)
+        assert min(match["a_before_vs_shared"], match["b_before_vs_shared"]) >= 0.75, match
+        assert match["a_after_vs_new"] >= 0.75, match
+        assert match["b_after_vs_shared"] >= 0.75 and match["b_after_vs_new"] <= 0.25, match
     record(capsys, artifacts, "two_pages_latency_ms", {"a": latency_ms(a), "b": latency_ms(b)})
+    record(capsys, artifacts, "two_pages_frames_held", {"a": frames_held(a), "b": frames_held(b)})
     a.close()
     b.close()
 
@@ -273,7 +356,7 @@ def test_latency_stays_flat_over_a_long_stream(browser, server_url, artifacts, c
         page.wait_for_timeout(10_000)
         stats = video_stats(page)
         rows.append({"t": round(time.monotonic() - t0, 1), "latency_ms": latency_ms(page),
-                     "frames": stats["framesDecoded"] - frames0,
+                     "frames": stats["framesDecoded"] - frames0, "server": frames_held(page),
                      "video_time": page.evaluate("() => document.getElementById('video').currentTime")})
     page.wait_for_function(f"() => window.livereel.state.controlLatency.filter(e => e.shown).length >= {n_sent}",
                            timeout=WAIT_MS)
