@@ -263,22 +263,32 @@ def get_config(name: str) -> ModelConfig:
     return PRESETS[name]()
 
 
-def flops_per_token(cfg: DiTConfig, context_tokens: int, text_tokens: int) -> float:
+def flops_per_token(cfg: DiTConfig, context_tokens: int, text_tokens: int, kv_only: bool = False) -> float:
     """Forward FLOPs of one DiT token (matmuls and attention, 2 per MAC), attending to
     `context_tokens` self-attention keys (its own chunk included) and `text_tokens` text
     keys. The per-frame modulation (timestep and camera MLPs, adaLN) is shared by a
-    frame's tokens and counted here divided among them."""
+    frame's tokens and counted here divided among them (the pooled text's projection, one
+    per chunk, likewise). `kv_only`: a context pass, whose
+    last block stops after its K/V projection and which skips the final layer."""
     d, h = cfg.dim, int(cfg.dim * cfg.mlp_ratio)
     per_layer = 2 * (4 * d * d + 2 * d * h + 2 * d * d)  # qkv+out, mlp, cross q+out
     per_layer += 2 * 2 * d * (context_tokens + text_tokens)  # QK^T and AV
-    embed = 2 * 2 * cfg.latent_channels * cfg.patch**2 * d  # patch in and out
-    per_frame = 2 * (256 * d + d * d + 3 * d + d * d + cfg.text_dim * d  # t, camera, text pool
-                     + cfg.depth * 6 * d * d + 2 * d * d)  # adaLN of the blocks and the final layer
-    return cfg.depth * per_layer + embed + per_frame / cfg.tokens_per_frame
+    embed = 2 * cfg.latent_channels * cfg.patch**2 * d  # patch in
+    embed += 2 * (cfg.latent_channels + 1) * cfg.patch**2 * d if cfg.warp_prior else 0  # the prior in
+    full_layers, out = cfg.depth, 2 * cfg.latent_channels * cfg.patch**2 * d  # patch out
+    ada_blocks, final_ada = cfg.depth * 6 * d * d, 2 * d * d
+    if kv_only:
+        full_layers, out, final_ada = cfg.depth - 1, 2 * 3 * d * d, 0  # the last block: its qkv only
+    per_frame = 2 * (256 * d + d * d + 3 * d + d * d  # timestep and camera MLPs
+                     + ada_blocks + final_ada)  # adaLN of the blocks and the final layer
+    per_chunk = 2 * cfg.text_dim * d  # the pooled text's projection
+    return (full_layers * per_layer + embed + out + per_frame / cfg.tokens_per_frame
+            + per_chunk / cfg.tokens_per_chunk)
 
 
 def flops_per_chunk(cfg: DiTConfig, steps: int, text_tokens: int, batch: int = 1) -> float:
     """Forward FLOPs of one streamed chunk: `steps` denoising evaluations and the context
     pass, each over the chunk's tokens against the whole cache (`batch` 2 with guidance)."""
     per_eval = cfg.tokens_per_chunk * flops_per_token(cfg, cfg.cache_tokens, text_tokens)
-    return (steps + 1) * batch * per_eval
+    context = cfg.tokens_per_chunk * flops_per_token(cfg, cfg.cache_tokens, text_tokens, kv_only=True)
+    return (steps * per_eval + context) * batch

@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from model.config import DiTConfig, ModelConfig, TextConfig, VAEConfig, get_config, PRESETS
 
@@ -39,3 +40,41 @@ def test_derived_sizes_come_from_the_config():
         assert d.tokens_per_frame == (c.image_size // c.vae.downsample // d.patch) ** 2
         assert d.max_frames == d.sink_frames + d.memory_frames + d.window_frames + d.chunk_frames
         assert ModelConfig.from_dict(c.to_dict()) == c
+
+
+@torch.no_grad()
+def test_flop_count_matches_the_networks_matmuls():
+    """flops_per_token (the bench's efficiency numerator) against PyTorch's own count of
+    one streamed evaluation and one context pass of the default architecture (random
+    weights). The counter sees the matmuls and the batched-matmul self-attention, not
+    the SDPA cross-attention, which is left out of the comparison."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import model.generate as generate
+    from model.checkpoint import build_model
+    from model.config import flops_per_token, get_config
+
+    cfg = get_config("default")
+    gen = generate.Generator(build_model(cfg), seed=0, steps=4, warm_start=3)
+    gen.set_prompt("a red ball bouncing over the desert")
+    for _ in range(cfg.dit.max_frames // cfg.dit.chunk_frames):  # fill the cache: every slot visible
+        gen.step()
+    counted, evaluate = [], generate._evaluate
+
+    def counting(*args, **kwargs):
+        with FlopCounterMode(display=False) as counter:
+            out = evaluate(*args, **kwargs)
+        counted.append(counter.get_total_flops())
+        return out
+
+    generate._evaluate = counting
+    try:
+        gen.step()  # warm-started: one denoising evaluation, then the context pass
+    finally:
+        generate._evaluate = evaluate
+    d, text = cfg.dit, cfg.text.max_tokens
+    cross = d.depth * 2 * 2 * d.dim * text  # per token: the SDPA cross-attention, not counted
+    expected = [d.tokens_per_chunk * (flops_per_token(d, d.cache_tokens, text) - cross),
+                d.tokens_per_chunk * (flops_per_token(d, d.cache_tokens, text, kv_only=True)
+                                      - cross * (d.depth - 1) / d.depth)]
+    assert counted == pytest.approx(expected, rel=1e-9)
