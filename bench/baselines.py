@@ -24,6 +24,7 @@ from model.config import DiTConfig
 from model.generate import Generator, extend_covered
 from model.prior import pixel_prior
 from model.rope import apply_rope
+from model.sampling import Sampling
 from model.text import TextCond
 
 
@@ -78,6 +79,10 @@ class NoCacheStream:
                                cam.pos, d.grid)
             prior = torch.cat([c[2] for c in ctx] + [mine], 1)
         n_ctx = len(ctx) * K
+        n = gen.cfg_batch  # with guidance: the clip again under the empty prompt, side by side
+        texts = text if n == 1 else TextCond.cat([text, gen._null])
+        cams_b = CameraCond(cams.pos.repeat(n, 1, 1), cams.motion.repeat(n, 1, 1))
+        prior_b = None if prior is None else prior.repeat(n, 1, 1, 1, 1)
         k = 0  # as Generator.warm_start: from the prior, unless first or just switched
         if prior is not None and gen.warm_start and gen.chunk_index > 0 and not any(
                 a["what"] in ("prompt", "reset") for a in gen.applied):
@@ -85,9 +90,12 @@ class NoCacheStream:
             k, cover = gen.warm_start, mine[:, :, -1:]
             x = (1 - s) * extend_covered(mine[:, :, :-1], cover) + s * x
         for t, t_next in zip(gen.sigmas[k:-1], gen.sigmas[k + 1:]):
-            clip = torch.cat(clean + [x], dim=1)
-            tt = torch.cat((torch.zeros(1, n_ctx), torch.full((1, K), t)), dim=1)
-            v = gen.model.dit(clip, tt, text, cams, prior=prior)[:, -K:]
+            clip = torch.cat(clean + [x], dim=1).repeat(n, 1, 1, 1, 1)
+            tt = torch.cat((torch.zeros(n, n_ctx), torch.full((n, K), t)), dim=1)
+            v = gen.model.dit(clip, tt, texts, cams_b, prior=prior_b)[:, -K:]
+            if n > 1:
+                cond, uncond = v.chunk(2)
+                v = uncond + gen.guidance * (cond - uncond)
             x = x + (t_next - t) * v
         self.history.append((x, cam, None if prior is None else prior[:, -K:]))
         if len(self.history) > self.context_chunks + 1:  # keep what `_visible` can still pick
@@ -180,9 +188,9 @@ class GrowingCache:
         return (self.k.numel() + self.v.numel()) * self.k.element_size()
 
 
-def growing_generator(model, seed: int, steps: int, warm_start: int = 0) -> Generator:
+def growing_generator(model, seed: int, sampling: Sampling) -> Generator:
     """A Generator whose cache keeps everything (and whose kept latents are not stored)."""
-    gen = Generator(model, seed=seed, steps=steps, warm_start=warm_start)
+    gen = sampling.generator(model, seed=seed)
     gen.cache = GrowingCache(model.config.dit, gen.cfg_batch)
     gen._kept = _Discard()
     return gen

@@ -23,9 +23,9 @@ import time
 import websockets
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-from bench.offline import Sampler
 from bench.timing import summary
 from model.checkpoint import LiveReel
+from model.sampling import Sampling
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +91,14 @@ class Client:
         self._reader = asyncio.ensure_future(read())
 
 
-async def _measure(model: LiveReel, sampler: Sampler, ttff_reps: int, control_reps: int, seconds: float) -> dict:
+async def _measure(model: LiveReel, sampler: Sampling, ttff_reps: int, control_reps: int, seconds: float) -> dict:
     from model.generate import next_frames_batch
     from streamer.server import Server
     from streamer.session import StreamInfo
 
     cfg = model.config
     info = StreamInfo(model=cfg.name, fps=cfg.fps, size=cfg.image_size, frames_per_chunk=cfg.frames_per_chunk,
-                      steps=sampler.steps, warm_start=sampler.warm_start)
+                      steps=sampler.steps, warm_start=sampler.warm_start, guidance=sampler.guidance)
     server = Server(lambda seed: sampler.generator(model, seed), info, max_sessions=4,
                     step_many=next_frames_batch)
     port = await server.start(0)
@@ -165,7 +165,7 @@ async def _stats(client: Client) -> dict:
     return (await client.expect("stats"))[1]
 
 
-def measure(model: LiveReel, sampler: Sampler, ttff_reps: int, control_reps: int, seconds: float) -> dict:
+def measure(model: LiveReel, sampler: Sampling, ttff_reps: int, control_reps: int, seconds: float) -> dict:
     """Run the live measurements on a fresh event loop; see the module docstring."""
     for noisy in ("websockets", "aioice", "aiortc", "streamer"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

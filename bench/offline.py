@@ -13,7 +13,6 @@ import math
 import time
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -23,6 +22,7 @@ from bench.timing import matmul_peak, rss_bytes, summary, timed
 from model.checkpoint import LiveReel
 from model.config import flops_per_chunk
 from model.generate import Generator, decode_batch, step_batch
+from model.sampling import Sampling
 
 log = logging.getLogger(__name__)
 
@@ -31,29 +31,13 @@ PROMPTS = ("a red ball bouncing over a meadow by day under clear skies",
 PHASES = ("controls", "prepare", "denoise", "context", "decode", "encode")
 
 
-@dataclass(frozen=True)
-class Sampler:
-    """How every chunk is sampled: `steps` and `warm_start` as `Generator` takes them."""
-
-    steps: int = 4
-    warm_start: int = 0
-
-    def generator(self, model: LiveReel, seed: int = 0) -> Generator:
-        return Generator(model, seed=seed, steps=self.steps, warm_start=self.warm_start)
-
-    @property
-    def denoise_evals(self) -> int:
-        """Denoising evaluations of a chunk in steady state (started from its prior)."""
-        return self.steps - self.warm_start
-
-
 def fill_chunks(model: LiveReel) -> int:
     """Chunks until the cache layout is full (sink, memory, window): steady state."""
     d = model.config.dit
     return d.sink_chunks + d.memory_chunks + d.window_chunks + 1
 
 
-def new_generator(model: LiveReel, seed: int = 0, sampler: Sampler = Sampler(), warm: int = 0) -> Generator:
+def new_generator(model: LiveReel, seed: int = 0, sampler: Sampling = Sampling(), warm: int = 0) -> Generator:
     gen = sampler.generator(model, seed)
     gen.set_prompt(PROMPTS[0])
     gen.set_camera(pan=(0.25, 0.0))
@@ -105,7 +89,7 @@ def _phase_summary(rows: list[dict[str, tuple[float, float]]], steps: int) -> di
     return out
 
 
-def chunk_costs(model: LiveReel, chunks: int, sampler: Sampler = Sampler()) -> dict:
+def chunk_costs(model: LiveReel, chunks: int, sampler: Sampling = Sampling()) -> dict:
     """Per-chunk time at steady state, split into phases; fps and real-time factor, done
     one phase after another (as `Session.step` and the track do today)."""
     cfg = model.config
@@ -113,7 +97,7 @@ def chunk_costs(model: LiveReel, chunks: int, sampler: Sampler = Sampler()) -> d
     rows = [_chunk(gen, enc) for _ in range(chunks)]
     phases = _phase_summary(rows, sampler.denoise_evals)
     video = cfg.frames_per_chunk / cfg.fps
-    out = {"chunks": chunks, "steps": sampler.steps, "warm_start": sampler.warm_start, "frames_per_chunk": cfg.frames_per_chunk,
+    out = {"chunks": chunks, **sampler.to_dict(), "frames_per_chunk": cfg.frames_per_chunk,
            "video_seconds_per_chunk": video, "phases": phases}
     for clock in ("wall", "cpu"):
         t = phases["total"][f"{clock}_ms"]["median"] / 1e3
@@ -122,7 +106,7 @@ def chunk_costs(model: LiveReel, chunks: int, sampler: Sampler = Sampler()) -> d
     return out
 
 
-def pipelined(model: LiveReel, chunks: int, sampler: Sampler = Sampler()) -> dict:
+def pipelined(model: LiveReel, chunks: int, sampler: Sampling = Sampling()) -> dict:
     """Throughput with decode + encode of chunk n on a second thread while the DiT makes
     chunk n+1: the chunk period becomes max(DiT, decode + encode) given two free cores."""
     cfg = model.config
@@ -144,7 +128,7 @@ def pipelined(model: LiveReel, chunks: int, sampler: Sampler = Sampler()) -> dic
     return {"chunks": chunks, "fps_wall": fps, "rtf_wall": fps / cfg.fps}
 
 
-def ttff_offline(model: LiveReel, reps: int, sampler: Sampler = Sampler()) -> dict:
+def ttff_offline(model: LiveReel, reps: int, sampler: Sampling = Sampling()) -> dict:
     """Generator construction + its first chunk (DiT, decode), in a warm process."""
     make, first = [], []
     for seed in range(reps):
@@ -157,7 +141,7 @@ def ttff_offline(model: LiveReel, reps: int, sampler: Sampler = Sampler()) -> di
             "total_s": summary([a + b for a, b in zip(make, first)])}
 
 
-def control_offline(model: LiveReel, reps: int, sampler: Sampler = Sampler()) -> dict:
+def control_offline(model: LiveReel, reps: int, sampler: Sampling = Sampling()) -> dict:
     """A control staged at a chunk boundary -> its first frame decoded (the chunk made under
     it, with the re-cache of a prompt switch). A control arriving mid-chunk also waits for
     the chunk in progress: on average half a chunk more, at worst a whole one."""
@@ -179,12 +163,12 @@ def control_offline(model: LiveReel, reps: int, sampler: Sampler = Sampler()) ->
     return out
 
 
-def efficiency(model: LiveReel, costs: dict, peak: dict, sampler: Sampler = Sampler()) -> dict:
+def efficiency(model: LiveReel, costs: dict, peak: dict, sampler: Sampling = Sampling()) -> dict:
     """The DiT's achieved FLOP/s (FLOPs counted from the config) over the matmul peak
     measured in this run, by wall clock and by CPU time."""
     d = model.config.dit
     text_tokens = model.config.text.max_tokens
-    flops = flops_per_chunk(d, sampler.denoise_evals, text_tokens)
+    flops = flops_per_chunk(d, sampler.denoise_evals, text_tokens, batch=2 if sampler.guidance != 1 else 1)
     out = {"flops_per_chunk": flops, "peak": peak}
     for clock in ("wall", "cpu"):
         t = costs["phases"]["dit"][f"{clock}_ms"]["median"] / 1e3
@@ -193,7 +177,7 @@ def efficiency(model: LiveReel, costs: dict, peak: dict, sampler: Sampler = Samp
     return out
 
 
-def baselines(model: LiveReel, lengths: list[int], reps: int, unbounded_max: int, sampler: Sampler = Sampler()) -> dict:
+def baselines(model: LiveReel, lengths: list[int], reps: int, unbounded_max: int, sampler: Sampling = Sampling()) -> dict:
     """DiT time per chunk (denoise + context) at given stream lengths: ours (one stream
     made up to each length), no KV cache and an unbounded cache (histories filled in
     directly), measured at each length one after another, so that all three see the
@@ -220,7 +204,7 @@ def baselines(model: LiveReel, lengths: list[int], reps: int, unbounded_max: int
         nc.prefill(n)
         out["no_cache_ms"].append(summary([timed(nc.step)[1].wall for _ in range(reps)], 1e3)["median"])
         if n <= unbounded_max:
-            gen = growing_generator(model, 0, sampler.steps, sampler.warm_start)
+            gen = growing_generator(model, 0, sampler)
             gen.set_prompt(PROMPTS[0])
             gen.apply_controls()  # at chunk 0: no re-cache
             gen.cache.prefill(n)
@@ -258,7 +242,7 @@ def baselines(model: LiveReel, lengths: list[int], reps: int, unbounded_max: int
     return out
 
 
-def concurrency(model: LiveReel, sessions: list[int], rounds: int, sampler: Sampler = Sampler(), warm: int | None = None) -> dict:
+def concurrency(model: LiveReel, sessions: list[int], rounds: int, sampler: Sampling = Sampling(), warm: int | None = None) -> dict:
     """Aggregate and per-session fps with several sessions on this process's threads:
     unbatched (one chunk after another, as the scheduler does today) and batched
     (`step_batch` / `decode_batch`), rounds of the two modes alternating. Each round makes
@@ -305,7 +289,7 @@ def concurrency(model: LiveReel, sessions: list[int], rounds: int, sampler: Samp
 
 
 def long_run(checkpoint: str, minutes: float, threads: int, early: int, late: int, window: int,
-             trace_chunks: int, sampler: Sampler = Sampler()) -> dict:
+             trace_chunks: int, sampler: Sampling = Sampling()) -> dict:
     """A stream of `minutes` of video (DiT + decode), in a fresh process so that its
     memory is its own: chunk time at `early` and `late` chunks (median over `window`
     chunks), resident memory every video minute; then, after the memory samples, the

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from model.sampling import add_sampling_arguments, sampling_from_args
+
 log = logging.getLogger(__name__)
 
 
@@ -72,10 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="intra-op threads (default: all CPUs if they make a chunk >= 1.15x faster than one, else 1)")
     parser.add_argument("--minutes", type=float,
                         help="video minutes of the long stream (default 20; 0.05 with --smoke)")
-    parser.add_argument("--steps", type=int, default=4, help="denoising steps per chunk")
-    parser.add_argument("--warm-start", type=int, default=None,
-                        help="denoising steps skipped by starting a chunk from the warped previous frame "
-                        "(default: steps - 1, one step from it; 0: every step from noise)")
+    add_sampling_arguments(parser)
     parser.add_argument("--skip-live", action="store_true", help="leave out the WebRTC measurements")
 
 
@@ -105,13 +104,12 @@ def measure_model(name: str, sizes: Sizes, args: argparse.Namespace, threads: in
 
     model, weights = load_checkpoint(name)
     cfg = model.config
-    sampler = offline.Sampler(args.steps, args.warm_start)
+    sampler = sampling_from_args(args)
     out: dict = {"name": name, "weights": weights, "preset": cfg.name,
                  "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
                  "config": {"image_size": cfg.image_size, "fps": cfg.fps, "frames_per_chunk": cfg.frames_per_chunk,
                             "tokens_per_chunk": cfg.dit.tokens_per_chunk, "cache_tokens": cfg.dit.cache_tokens,
-                            "dim": cfg.dit.dim, "depth": cfg.dit.depth, "steps": sampler.steps,
-                            "warm_start": sampler.warm_start}}
+                            "dim": cfg.dit.dim, "depth": cfg.dit.depth, **sampler.to_dict()}}
     offline.new_generator(model, sampler=sampler, warm=2)  # one-off lazy init, as `serve` does
     t = time.perf_counter()
     log.info("%s: per-chunk costs", name)
@@ -249,18 +247,17 @@ def table(report: dict) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.warm_start is None:  # one denoising step from the warped prior
-        args.warm_start = max(0, args.steps - 1)
-    if args.steps < 1 or not 0 <= args.warm_start < args.steps:
-        log.error("--steps must be >= 1 and --warm-start in [0, --steps)")
+    try:
+        sampling = sampling_from_args(args)
+    except ValueError as e:
+        log.error("%s", e)
         return 2
     from bench.timing import choose_threads
 
     from model import load_model
-    from model.generate import Generator
 
     sizes = SMOKE if args.smoke else Sizes()
-    probe = Generator(load_model(args.checkpoint), seed=0)
+    probe = sampling.generator(load_model(args.checkpoint), seed=0)
     threads, why = choose_threads(args.threads, lambda: probe.decode(probe.step()))
     torch.set_num_threads(threads)
     log.info("intra-op threads: %d (%s)", threads, why["reason"])

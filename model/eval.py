@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from model import world
+from model.sampling import Sampling, add_sampling_arguments, sampling_from_args
 
 log = logging.getLogger(__name__)
 
@@ -1167,11 +1168,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="length of the drift run in minutes (default: 1)")
     parser.add_argument("--seed", metavar="S", type=int, default=0,
                         help="seed of the scenario and of the streams (default: 0)")
-    parser.add_argument("--steps", metavar="N", type=int, default=4,
-                        help="denoising steps per chunk for the model (default: 4)")
-    parser.add_argument("--warm-start", metavar="N", type=int, default=None,
-                        help="denoising steps skipped by starting a chunk from the warped previous frame "
-                        "(default: steps - 1, one step from it; 0: every step from noise)")
+    add_sampling_arguments(parser)
     parser.add_argument("--json", metavar="OUT", type=Path, default=None,
                         help="write every figure as JSON to this file")
     parser.add_argument("--plots", metavar="DIR", type=Path, default=None,
@@ -1187,17 +1184,16 @@ def _error(msg: str) -> int:
     return 2
 
 
-def _model_source(checkpoint: str, seed: int, steps: int, warm_start: int = 0):
+def _model_source(checkpoint: str, seed: int, sampling: Sampling):
     """(make_generator, size, fps, frames_per_chunk) for a model checkpoint;
     make_generator(memory=False) switches the memory bank off."""
     from model import load_model
-    from model.generate import Generator
 
     model = load_model(checkpoint)
     cfg = model.config
 
-    def make(memory: bool = True) -> Generator:
-        return Generator(model, seed=seed, steps=steps, memory=memory, warm_start=warm_start)
+    def make(memory: bool = True):
+        return sampling.generator(model, seed=seed, memory=memory)
 
     return make, cfg.image_size, cfg.fps, cfg.frames_per_chunk
 
@@ -1210,12 +1206,10 @@ def main(args: argparse.Namespace) -> int:
         return 0
     if args.minutes <= 0:
         return _error(f"--minutes must be > 0, got {args.minutes}")
-    if args.steps < 1:
-        return _error(f"--steps must be >= 1, got {args.steps}")
-    if args.warm_start is None:  # one denoising step from the warped prior
-        args.warm_start = max(0, args.steps - 1)
-    if not 0 <= args.warm_start < args.steps:
-        return _error(f"--warm-start must be in [0, --steps), got {args.warm_start}")
+    try:
+        sampling = sampling_from_args(args)
+    except ValueError as e:
+        return _error(str(e))
     chains = None
     if args.prompts is not None:
         try:
@@ -1236,7 +1230,7 @@ def main(args: argparse.Namespace) -> int:
     size, fps, chunk = world.REF_SIZE, 16, 16
     if checkpoint is not None:
         try:
-            make, size, fps, chunk = _model_source(checkpoint, args.seed, args.steps, args.warm_start)
+            make, size, fps, chunk = _model_source(checkpoint, args.seed, sampling)
         except (ImportError, OSError, ValueError, KeyError) as e:
             return _error(f"cannot load model {checkpoint!r}: {e}")
     if args.ground_truth:
@@ -1266,7 +1260,7 @@ def main(args: argparse.Namespace) -> int:
         doc = {
             "scenario": {
                 "seed": args.seed, "minutes": args.minutes, "size": size, "fps": fps,
-                "frames_per_chunk": chunk, "steps": args.steps, "warm_start": args.warm_start,
+                "frames_per_chunk": chunk, **sampling.to_dict(),
                 "checkpoint": checkpoint,
                 "runs": [{"name": r.name, "kind": r.kind, "prompt": r.prompt,
                           "segments": [vars(s) for s in r.segments]} for r in runs],

@@ -199,10 +199,10 @@ class Generator:
 
     # ------------------------------------------------------------------ network calls
     def _batch_cam(self, cam: CameraCond) -> CameraCond:
-        """With guidance, the unconditional half sees the same path without its motion."""
+        """With guidance, both halves see the same camera: guidance is on the prompt."""
         if self.cfg_batch == 1:
             return cam
-        return CameraCond(cam.pos.repeat(2, 1, 1), torch.cat((cam.motion, torch.zeros_like(cam.motion))))
+        return CameraCond(cam.pos.repeat(2, 1, 1), cam.motion.repeat(2, 1, 1))
 
     def _batch_text(self, text: TextCond) -> TextCond:
         return text if self.cfg_batch == 1 else TextCond.cat([text, self._null])

@@ -13,6 +13,8 @@ import av
 import numpy as np
 from tqdm import tqdm
 
+from model.sampling import add_sampling_arguments, sampling_from_args
+
 log = logging.getLogger(__name__)
 
 
@@ -67,10 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="camera pan velocity in view widths per second, each in [-1, 1]")
     p.add_argument("--zoom", type=float, default=0.0, help="zoom velocity in log2 per second, [-1, 1]")
     p.add_argument("--checkpoint", default="default", help="checkpoint name or path ('debug' for a random model)")
-    p.add_argument("--steps", type=int, default=4, help="denoising steps per chunk")
-    p.add_argument("--warm-start", type=int, default=None,
-                   help="denoising steps skipped by starting a chunk from the warped previous "
-                   "frame (default: steps - 1, one step from it; 0: every step from noise)")
+    add_sampling_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="noise seed")
     p.add_argument("--then", default=None, metavar="PROMPT", help="switch to this prompt mid-clip")
     p.add_argument("--switch-at", type=float, default=None, metavar="SECONDS",
@@ -82,21 +81,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from model import CheckpointError, load_model
-    from model.generate import Generator
 
     if not 0 < args.seconds <= 3600:
         raise SystemExit("--seconds must be in (0, 3600]")
     if not all(-1 <= v <= 1 for v in (*args.pan, args.zoom)):
         raise SystemExit("--pan and --zoom must be within [-1, 1]")
     try:
+        sampling = sampling_from_args(args)
+    except ValueError as e:
+        raise SystemExit(f"livereel sample: {e}") from None
+    try:
         model = load_model(args.checkpoint)
     except CheckpointError as e:
         raise SystemExit(f"livereel sample: {e}") from None
-    if args.warm_start is None:  # one denoising step from the warped prior
-        args.warm_start = max(0, args.steps - 1)
-    if not 0 <= args.warm_start < args.steps:
-        raise SystemExit("livereel sample: --warm-start must be in [0, --steps)")
-    gen = Generator(model, seed=args.seed, steps=args.steps, warm_start=args.warm_start)
+    gen = sampling.generator(model, seed=args.seed)
     gen.set_prompt(args.prompt)
     gen.set_camera(pan=tuple(args.pan), zoom=args.zoom)
     cfg = model.config

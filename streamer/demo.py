@@ -38,7 +38,7 @@ import av
 import gradio as gr
 import numpy as np
 
-from model.generate import Generator
+from model.sampling import Sampling, add_sampling_arguments, sampling_from_args
 from streamer.controls import MAX_PROMPT_CHARS, MAX_SEED, MAX_TRANSITION_CHUNKS
 from streamer.session import LOG_VERSION, EventLog
 
@@ -122,9 +122,9 @@ class DemoStream:
     `segments`; Gradio's handler threads call `stage_*`, `stop` and `status`. Shared
     state is behind one lock, never held while the model runs."""
 
-    def __init__(self, model, steps: int, seed: int, prompt: str, warm_start: int = 0) -> None:
+    def __init__(self, model, sampling: Sampling, seed: int, prompt: str) -> None:
         self.config = model.config
-        self.generator = Generator(model, seed=seed, steps=steps, warm_start=warm_start)
+        self.generator = sampling.generator(model, seed=seed)
         self.id = uuid.uuid4().hex[:12]
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -146,8 +146,7 @@ class DemoStream:
             "fps": cfg.fps,
             "size": cfg.image_size,
             "frames_per_chunk": cfg.frames_per_chunk,
-            "steps": steps,
-            "warm_start": warm_start,
+            **sampling.to_dict(),
             "prompt": prompt,
             "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         })
@@ -314,13 +313,11 @@ def _session(request: gr.Request) -> str:
     return request.session_hash or "anonymous"
 
 
-def build_app(model, steps: int = 4, max_sessions: int = 2, *, warm_start: int = 0,
+def build_app(model, sampling: Sampling = Sampling(), max_sessions: int = 2, *,
               segment_seconds: float = SEGMENT_SECONDS, crf: int = CRF) -> gr.Blocks:
     """The demo's Blocks, queued, ready to `launch()`. `model` is a loaded LiveReel."""
-    if steps < 1 or max_sessions < 1:
-        raise ValueError(f"steps and max_sessions must be >= 1 (got {steps}, {max_sessions})")
-    if not 0 <= warm_start < steps:
-        raise ValueError(f"warm_start must be in [0, steps) (got {warm_start} with {steps} steps)")
+    if max_sessions < 1:
+        raise ValueError(f"max_sessions must be >= 1 (got {max_sessions})")
     cfg = model.config
     streams = _Streams()
     logs = tempfile.TemporaryDirectory(prefix="livereel-demo-logs-")
@@ -347,7 +344,7 @@ def build_app(model, steps: int = 4, max_sessions: int = 2, *, warm_start: int =
         """Stream video from `prompt` and `seed` until Stop; yields (segment, status)."""
         prompt, seed = check_prompt(prompt), check_seed(seed)
         key = _session(request)
-        stream = DemoStream(model, steps, seed, prompt, warm_start)
+        stream = DemoStream(model, sampling, seed, prompt)
         streams.begin(key, stream)
         log.info("stream %s: started (session %s, %d running)", stream.id, key[:8], streams.running())
         try:
@@ -416,7 +413,7 @@ def build_app(model, steps: int = 4, max_sessions: int = 2, *, warm_start: int =
     with gr.Blocks(title="livereel demo") as app:
         gr.Markdown(
             f"## livereel\nEndless video from a prompt, steered while it plays. Model `{cfg.name}`, "
-            f"{cfg.image_size} px, {cfg.fps} fps, {steps} steps; controls apply at the next chunk "
+            f"{cfg.image_size} px, {cfg.fps} fps, {sampling.steps} steps, guidance {sampling.guidance:g}; controls apply at the next chunk "
             f"({cfg.frames_per_chunk} frames)."
         )
         with gr.Row():
@@ -477,10 +474,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="address to bind (0.0.0.0 exposes the demo to the network)")
     p.add_argument("--checkpoint", default="default",
                    help="checkpoint name or path ('debug' for a random model)")
-    p.add_argument("--steps", type=int, default=4, help="denoising steps per chunk")
-    p.add_argument("--warm-start", type=int, default=None,
-                   help="denoising steps skipped by starting a chunk from the warped previous "
-                   "frame (default: steps - 1, one step from it; 0: every step from noise)")
+    add_sampling_arguments(p)
     p.add_argument("--max-sessions", type=int, default=2,
                    help="streams generated at once; later visitors wait in a queue")
 
@@ -488,13 +482,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from model import CheckpointError, load_model
 
-    if args.steps < 1 or args.max_sessions < 1:
-        print("livereel demo: --steps and --max-sessions must be >= 1", file=sys.stderr)
+    if args.max_sessions < 1:
+        print("livereel demo: --max-sessions must be >= 1", file=sys.stderr)
         return 2
-    if args.warm_start is None:  # one denoising step from the warped prior
-        args.warm_start = max(0, args.steps - 1)
-    if not 0 <= args.warm_start < args.steps:
-        print("livereel demo: --warm-start must be in [0, --steps)", file=sys.stderr)
+    try:
+        sampling = sampling_from_args(args)
+    except ValueError as e:
+        print(f"livereel demo: {e}", file=sys.stderr)
         return 2
     missing = [tool for tool in ("ffmpeg", "ffprobe") if shutil.which(tool) is None]
     if missing:
@@ -506,6 +500,6 @@ def main(args: argparse.Namespace) -> int:
     except CheckpointError as e:
         print(f"livereel demo: {e}", file=sys.stderr)
         return 1
-    app = build_app(model, args.steps, args.max_sessions, warm_start=args.warm_start)
+    app = build_app(model, sampling, args.max_sessions)
     app.launch(server_name=args.host, server_port=args.port)
     return 0

@@ -25,6 +25,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from tqdm import tqdm
 
+from model.sampling import add_sampling_arguments, sampling_from_args
+
 MAX_SECONDS = 24 * 3600
 
 
@@ -158,21 +160,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("timeline", type=Path, help="timeline JSON (see README and examples/)")
     p.add_argument("-o", "--output", type=Path, required=True, help="MP4 to write")
     p.add_argument("--checkpoint", default="default", help="checkpoint name or path ('debug' for a random model)")
-    p.add_argument("--steps", type=int, default=4, help="denoising steps per chunk (more = better, slower)")
-    p.add_argument("--warm-start", type=int, default=None,
-                   help="denoising steps skipped by starting a chunk from the warped previous "
-                   "frame (default: steps - 1, one step from it; 0: every step from noise)")
+    add_sampling_arguments(p)
     p.add_argument("--seed", type=int, default=None, help="override the timeline's seed")
 
 
 def main(args: argparse.Namespace) -> int:
     # Everything the user gave is checked before the model (and torch) is loaded.
-    if args.steps < 1:
-        raise SystemExit("livereel export: --steps must be >= 1")
-    if args.warm_start is None:  # one denoising step from the warped prior
-        args.warm_start = max(0, args.steps - 1)
-    if not 0 <= args.warm_start < args.steps:
-        raise SystemExit("livereel export: --warm-start must be in [0, --steps)")
+    try:
+        sampling = sampling_from_args(args)
+    except ValueError as e:
+        raise SystemExit(f"livereel export: {e}") from None
     if args.seed is not None and not 0 <= args.seed < 2**63:
         raise SystemExit("livereel export: --seed must be in [0, 2**63)")
     try:
@@ -181,7 +178,6 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"livereel export: {e}") from None
 
     from model import CheckpointError, load_model
-    from model.generate import Generator
     from model.sample import write_mp4
 
     try:
@@ -189,8 +185,7 @@ def main(args: argparse.Namespace) -> int:
     except CheckpointError as e:
         raise SystemExit(f"livereel export: {e}") from None
     fps = model.config.fps
-    gen = Generator(model, seed=tl.seed if args.seed is None else args.seed, steps=args.steps,
-                    warm_start=args.warm_start)
+    gen = sampling.generator(model, seed=tl.seed if args.seed is None else args.seed)
     n_frames = round(tl.duration * fps)
     write_mp4(render(gen, timeline_events(tl, fps, model.config.frames_per_chunk), n_frames, desc="export"), args.output, fps)
     print(f"wrote {args.output}: {n_frames} frames, {tl.duration:g} s at {fps} fps")

@@ -11,6 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
+from model.sampling import Sampling
 from streamer.controls import ProtocolError, parse_control
 from streamer.export import TimelineError, render
 
@@ -82,7 +83,11 @@ def load_log(path: Path) -> tuple[dict, list[dict]]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("log", type=Path, help="session log (.jsonl) from the web page or --record-dir")
     p.add_argument("-o", "--output", type=Path, required=True, help="MP4 to write")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: as recorded)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="denoising steps (default: as recorded; other steps start every chunk from noise)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance on the prompt (default: as recorded; 1 in logs made "
+                        "before it was recorded)")
     p.add_argument("--checkpoint", default=None, help="model to use (default: the recorded one)")
     p.add_argument("--frames", type=int, default=None,
                    help="frames to render (default: through the last event, plus 10 seconds)")
@@ -102,8 +107,15 @@ def main(args: argparse.Namespace) -> int:
     if not isinstance(steps, int) or steps < 1:
         raise SystemExit(f"livereel replay: {args.log}:1: header 'steps' must be an integer >= 1")
 
+    warm = header.get("warm_start", 0) if args.steps is None else 0  # other steps: from noise
+    guidance = header.get("guidance", 1.0) if args.guidance is None else args.guidance
+    try:
+        sampling = Sampling(steps, warm, guidance)
+    except ValueError as e:
+        where = f"{args.log}:1: header" if args.guidance is None else "--guidance:"
+        raise SystemExit(f"livereel replay: {where} {e}") from None
+
     from model import CheckpointError, load_model
-    from model.generate import Generator
     from model.sample import write_mp4
 
     try:
@@ -112,12 +124,9 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"livereel replay: {e}") from None
     fps = model.config.fps
     n = args.frames or max([header.get("frames", 0)] + [e["frame"] for e in events]) + 10 * fps
-    warm = header.get("warm_start", 0) if args.steps is None else 0  # other steps: from noise
-    if not isinstance(warm, int) or isinstance(warm, bool) or not 0 <= warm < steps:
-        raise SystemExit(f"livereel replay: {args.log}:1: header 'warm_start' must be an integer in [0, steps)")
-    gen = Generator(model, seed=int(header["seed"]), steps=steps, warm_start=warm)
+    gen = sampling.generator(model, seed=int(header["seed"]))
     if header.get("prompt") and not any(e["what"] == "prompt" and e["frame"] == 0 for e in events):
         gen.set_prompt(header["prompt"])
     write_mp4(render(gen, events, n, desc="replay"), args.output, fps)
-    print(f"wrote {args.output}: {n} frames at {fps} fps, {steps} steps")
+    print(f"wrote {args.output}: {n} frames at {fps} fps, {steps} steps, guidance {sampling.guidance:g}")
     return 0

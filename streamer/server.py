@@ -56,6 +56,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from model.sampling import add_sampling_arguments, sampling_from_args
 from streamer.controls import (
     CONTROL_RATE,
     MAX_SIGNAL_BYTES,
@@ -479,10 +480,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--checkpoint", default="default", help='"default" (shipped model), "debug" (tiny, random) or a path'
     )
     parser.add_argument("--max-sessions", type=int, default=2, help="streams served at once; more are refused")
-    parser.add_argument("--steps", type=int, default=4, help="denoising steps per chunk")
-    parser.add_argument("--warm-start", type=int, default=None,
-                        help="denoising steps skipped by starting a chunk from the warped previous "
-                        "frame (default: steps - 1, one step from it; 0: every step from noise)")
+    add_sampling_arguments(parser)
     parser.add_argument("--record-dir", type=Path, help="write each session's event log here as ID.jsonl")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="prompt of a session whose offer names none")
     parser.add_argument(
@@ -514,13 +512,13 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as e:
         log.error("--ice-server: %s", e)
         return 2
-    if args.max_sessions < 1 or args.steps < 1:
-        log.error("--max-sessions and --steps must be at least 1")
+    if args.max_sessions < 1:
+        log.error("--max-sessions must be at least 1")
         return 2
-    if args.warm_start is None:  # one denoising step from the warped prior
-        args.warm_start = max(0, args.steps - 1)
-    if not 0 <= args.warm_start < args.steps:
-        log.error("--warm-start must be in [0, --steps)")
+    try:
+        sampling = sampling_from_args(args)
+    except ValueError as e:
+        log.error("%s", e)
         return 2
     if not 0 <= args.port <= 65535:
         log.error("--port must be in 0-65535 (0: any free port)")
@@ -542,7 +540,7 @@ def main(args: argparse.Namespace) -> int:
             return 2
 
     from model import CheckpointError, load_model  # (torch: only once the flags are good)
-    from model.generate import Generator, next_frames_batch
+    from model.generate import next_frames_batch
 
     try:
         model = load_model(args.checkpoint)
@@ -552,17 +550,17 @@ def main(args: argparse.Namespace) -> int:
     # The first Generator and chunk of a process pay one-off costs (lazy init, kernel
     # selection): pay them now, not in the first viewer's wait, and fail before serving.
     start = time.perf_counter()
-    Generator(model, seed=0, steps=args.steps, warm_start=args.warm_start).next_frames()
+    sampling.generator(model, seed=0).next_frames()
     log.info("model %r ready; warm-up chunk took %.2f s", args.checkpoint, time.perf_counter() - start)
     for noisy in ("websockets", "aioice", "aiortc"):  # a line per HTTP request / ICE check
         logging.getLogger(noisy).setLevel(logging.WARNING)
     cfg = model.config
     info = StreamInfo(
-        model=cfg.name, fps=cfg.fps, size=cfg.image_size, frames_per_chunk=cfg.frames_per_chunk, steps=args.steps,
-        warm_start=args.warm_start,
+        model=cfg.name, fps=cfg.fps, size=cfg.image_size, frames_per_chunk=cfg.frames_per_chunk,
+        steps=sampling.steps, warm_start=sampling.warm_start, guidance=sampling.guidance,
     )
     server = Server(
-        lambda seed: Generator(model, seed=seed, steps=args.steps, warm_start=args.warm_start),
+        lambda seed: sampling.generator(model, seed=seed),
         info,
         step_many=next_frames_batch,
         host=args.host,

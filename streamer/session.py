@@ -16,7 +16,8 @@ frame at which it took effect (frames counted from 0 over the whole session, the
 same numbering as `applied` messages):
 
     {"what": "header", "version": 1, "session": "...", "model": "debug", "seed": 0,
-     "fps": 16, "size": 128, "frames_per_chunk": 12, "steps": 4, "warm_start": 0, "prompt": "...",
+     "fps": 16, "size": 128, "frames_per_chunk": 12, "steps": 4, "warm_start": 0, "guidance": 1.0,
+     "prompt": "...",
      "started": "2025-01-01T12:00:00+00:00"}
     {"what": "prompt", "frame": 48, "text": "snowy forest", "transition": 0}
     {"what": "camera", "frame": 60, "pan": [0.5, 0.0], "zoom": 0.0}
@@ -69,6 +70,7 @@ class StreamInfo:
     frames_per_chunk: int
     steps: int
     warm_start: int = 0
+    guidance: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -184,6 +186,7 @@ class Session:
                 "frames_per_chunk": info.frames_per_chunk,
                 "steps": info.steps,
                 "warm_start": info.warm_start,
+                "guidance": info.guidance,
                 "prompt": prompt,
                 "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             },

@@ -18,6 +18,7 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 from gradio_client.utils import Status
 
+from model.sampling import Sampling
 from streamer.demo import DemoStream, InputError, add_arguments, build_app, check_prompt, check_seed, main, write_segment
 from streamer.replay import load_log
 
@@ -67,7 +68,7 @@ def event_log(client: Client) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def demo_url(debug_model):
-    app = build_app(debug_model, steps=2, max_sessions=1)
+    app = build_app(debug_model, Sampling(steps=2, warm_start=0, guidance=1.0), max_sessions=1)
     port = free_port()
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
@@ -148,7 +149,7 @@ def test_stream_switch_prompt_bad_input_and_queue(demo_url, debug_model, tmp_pat
 
 def test_stream_logs_controls_at_session_frames(debug_model):
     k = debug_model.config.frames_per_chunk
-    stream = DemoStream(debug_model, steps=1, seed=3, prompt="first")
+    stream = DemoStream(debug_model, Sampling(steps=1, warm_start=0, guidance=1.0), seed=3, prompt="first")
     first = stream.chunk()
     assert first.shape == (k, debug_model.config.image_size, debug_model.config.image_size, 3)
     stream.stage_prompt("second", transition=3)
@@ -217,5 +218,7 @@ def test_missing_checkpoint_exits_nonzero_with_the_reason(capsys):
 
 
 def test_build_app_refuses_bad_limits(debug_model):
-    with pytest.raises(ValueError):
-        build_app(debug_model, steps=4, max_sessions=0)
+    with pytest.raises(ValueError, match="max_sessions"):
+        build_app(debug_model, max_sessions=0)
+    with pytest.raises(ValueError, match="warm_start"):
+        Sampling(steps=2, warm_start=2)

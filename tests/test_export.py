@@ -11,7 +11,7 @@ import av
 import numpy as np
 import pytest
 
-from model.generate import Generator
+from model.sampling import Sampling
 from streamer.export import TimelineError, load_timeline, render, timeline_events
 from streamer.replay import load_log
 
@@ -46,7 +46,7 @@ def test_export_twenty_seconds_with_switches_and_pan(tmp_path, debug_model):
     # nearest to what the Generator makes under that stretch's prompt (rendered here without
     # encoding) and far from the other prompts'. Compared on 4x4-pooled pictures, which
     # survive H.264; the debug model's per-pixel noise does not.
-    gen = Generator(debug_model, seed=3, steps=1)
+    gen = Sampling(steps=1, warm_start=0).generator(debug_model, seed=3)  # as the command samples
     raw = np.stack(list(render(gen, timeline_events(load_timeline(path), cfg.fps, cfg.frames_per_chunk),
                                20 * cfg.fps)))
 

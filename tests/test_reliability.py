@@ -649,6 +649,8 @@ def test_bad_flags_and_input_files_exit_nonzero_naming_the_problem(tmp_path):
         "nanpan.jsonl": (json.dumps(good_log) + "\n" + nan_pan).encode(),
         "nul.jsonl": (json.dumps(good_log) + '\n{"what": "prompt", "frame": 0, "text": "a\\u0000"}').encode(),
         "nested.jsonl": b"[" * 100_000 + b"]" * 100_000,
+        "good.jsonl": json.dumps(good_log).encode(),
+        "guidance.jsonl": json.dumps({**good_log, "guidance": 0.0}).encode(),
     }
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
@@ -671,7 +673,13 @@ def test_bad_flags_and_input_files_exit_nonzero_naming_the_problem(tmp_path):
             (["export", t("nested.json"), "-o", out], r"nested.json: (JSON nested too deeply|not JSON)"),
             (["export", t("array.json"), "-o", out], r"array.json: timeline: Input should be a valid dictionary"),
             (["export", t("nan.json"), "-o", out], r"nan.json: duration"),
-            (["export", t("nan.json"), "-o", out, "--steps", "0"], r"--steps must be >= 1"),
+            (["export", t("nan.json"), "-o", out, "--steps", "0"], r"--steps must be an integer >= 1"),
+            (["export", t("nan.json"), "-o", out, "--guidance", "nan"], r"--guidance must be a number in \[1, 20\]"),
+            (["export", t("nan.json"), "-o", out, "--steps", "2", "--warm-start", "2"],
+             r"--warm-start must be an integer in \[0, steps\) \(got 2 with 2 steps\)"),
+            (["serve", "--guidance", "0.5"], r"--guidance must be a number in \[1, 20\]"),
+            (["replay", t("good.jsonl"), "-o", out, "--guidance", "inf"], r"--guidance: guidance must be a number"),
+            (["replay", t("guidance.jsonl"), "-o", out], r"guidance.jsonl:1: header guidance must be a number"),
             (["replay", t("binary.jsonl"), "-o", out], r"binary.jsonl: not a text file"),
             (["replay", t("types.jsonl"), "-o", out], r"types.jsonl:1: header 'seed' must be an integer"),
             (["replay", t("nanpan.jsonl"), "-o", out], r"nanpan.jsonl:2: camera.pan.0"),

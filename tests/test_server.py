@@ -306,10 +306,11 @@ def serve_args(*argv: str):
 
 
 def test_serve_defaults_bind_loopback():
+    from model.sampling import Sampling, sampling_from_args
+
     args = serve_args()
-    assert (args.host, args.port, args.checkpoint, args.steps, args.ice_server) == (
-        "127.0.0.1", 8080, "default", 4, []
-    )
+    assert (args.host, args.port, args.checkpoint, args.ice_server) == ("127.0.0.1", 8080, "default", [])
+    assert sampling_from_args(args) == Sampling()
 
 
 def test_serve_refuses_a_missing_checkpoint(tmp_path, caplog):

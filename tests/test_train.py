@@ -78,6 +78,7 @@ def test_init_from_and_vae_from_a_model_checkpoint(vae_run, tmp_path):
 def test_rollout_context_is_what_streaming_makes(debug_model):
     from model.camera import CameraCond
     from model.generate import Generator
+    from model.sampling import Sampling
     from model.train.dit import rollout_context
 
     d = debug_model.config.dit
@@ -86,9 +87,10 @@ def test_rollout_context_is_what_streaming_makes(debug_model):
     pos = torch.stack([torch.tensor([[0.3 * f * (b + 1), 0.1 * f, 0.0] for f in range(frames)]) for b in range(2)])
     cam = CameraCond(pos, torch.diff(pos, dim=1, prepend=pos[:, :1]))
     prompts = ["a red ball over the desert", "a blue cube in the city at night"]
-    latents, prior = rollout_context(debug_model, cam, prompts, chunks, seed=5)
+    sampling = Sampling(steps=4, warm_start=3, guidance=1.5)
+    latents, prior = rollout_context(debug_model, cam, prompts, chunks, seed=5, sampling=sampling)
     for b in range(2):  # each clip alone, as a stream following its path
-        gen = Generator(debug_model, seed=5 + b, steps=4, warm_start=3)
+        gen = Generator(debug_model, seed=5 + b, steps=4, warm_start=3, guidance=1.5)
         gen.set_prompt(prompts[b])
         gen.follow_path(cam.pos[b], cam.motion[b])
         alone = torch.cat([gen.step() for _ in range(chunks)], 1)

@@ -36,7 +36,8 @@ from tqdm import tqdm
 from model.camera import CameraCond
 from model.checkpoint import LiveReel, build_model, save_model
 from model.config import get_config
-from model.generate import Generator, extend_covered, step_batch
+from model.generate import extend_covered, flow_schedule, step_batch
+from model.sampling import Sampling
 from model.prior import pixel_prior
 from model.train.common import RUNS, ClipPool, LossLog, cosine_lr, load_state, save_state
 from model.train.vae import load_trained_vae
@@ -162,13 +163,13 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 @torch.no_grad()
 def rollout_probe(model: LiveReel, path: Path, seconds: float = 3.0, pan: float = 0.5) -> dict:
-    """A free rollout with the KV cache and the shipped sampler (4 steps, 3 of them skipped by
-    the warm start): pan right, then down; MP4 + measured camera."""
+    """A free rollout with the KV cache and the shipped sampler (`Sampling()`): pan right,
+    then down; MP4 + measured camera."""
     from model.eval import measure_shift
     from model.sample import write_mp4
 
     cfg = model.config
-    gen = Generator(model, seed=123, steps=4, warm_start=3)
+    gen = Sampling().generator(model, seed=123)
     n = int(seconds * cfg.fps / cfg.frames_per_chunk)
     frames, commanded = [], []
     for prompt, direction in zip(PROBE_PROMPTS, ((pan, 0.0), (0.0, pan))):
@@ -194,16 +195,16 @@ def rollout_probe(model: LiveReel, path: Path, seconds: float = 3.0, pan: float 
 
 @torch.no_grad()
 def rollout_context(model: LiveReel, cam: CameraCond, prompts: list[str], chunks: int, seed: int,
-                    steps: int = 4, warm_start: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+                    sampling: Sampling) -> tuple[torch.Tensor, torch.Tensor]:
     """The first `chunks` chunks of each clip as streaming makes them (the model's own
-    rollout: KV cache, the clip's camera path and prompt, `steps` steps warm-starting
-    `warm_start`), and the warped prior of the chunk after them. Returns latents
-    (B, chunks * K, C, h, w) and that prior (B, K, C + 1, h, w)."""
+    rollout: KV cache, the clip's camera path and prompt, `sampling`), and the warped
+    prior of the chunk after them. Returns latents (B, chunks * K, C, h, w) and that
+    prior (B, K, C + 1, h, w)."""
     d = model.config.dit
     K, B = d.chunk_frames, len(prompts)
     gens = []
     for b in range(B):
-        g = Generator(model, seed=seed + b, steps=steps, warm_start=warm_start)
+        g = sampling.generator(model, seed=seed + b)
         g.set_prompt(prompts[b])
         g.follow_path(cam.pos[b], cam.motion[b])
         gens.append(g)
@@ -217,20 +218,19 @@ def rollout_context(model: LiveReel, cam: CameraCond, prompts: list[str], chunks
 
 def rollout_batch(model: LiveReel, x0: torch.Tensor, cam: CameraCond, prompts: list[str],
                   t: torch.Tensor, noise: torch.Tensor, prior: torch.Tensor, chunks: int, seed: int,
-                  sampler: Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                  sampling: Sampling) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """A training clip whose first `chunks` chunks are the model's own (`rollout_context`)
     and whose next chunk starts as the sampler starts it: its warped prior (from the
     generated frame) noised to the warm level s, with the target velocity that lands on the
     world's frame in one Euler step, (x_s - x0) / s. Later chunks are teacher-forced.
     Returns the model input x_t, the target velocity, t and the priors (all (B, F, ...))."""
     K = model.config.dit.chunk_frames
-    made, prior_k = rollout_context(model, cam, prompts, chunks, seed, len(sampler.sigmas) - 1,
-                                    sampler.warm_start)
+    made, prior_k = rollout_context(model, cam, prompts, chunks, seed, sampling)
     ctx, k = slice(0, chunks * K), slice(chunks * K, (chunks + 1) * K)
     x0 = x0.clone()
     x0[:, ctx] = made
     t = t.clone()
-    t[:, k] = s = sampler.sigmas[sampler.warm_start]
+    t[:, k] = s = flow_schedule(sampling.steps)[sampling.warm_start]
     tt = t[:, :, None, None, None]
     xt = (1 - tt) * x0 + tt * noise
     xt[:, k] = (1 - s) * extend_covered(prior_k[:, :, :-1], prior_k[:, :, -1:]) + s * noise[:, k]
@@ -289,7 +289,7 @@ def train(args: argparse.Namespace) -> Path:
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="train dit")
     t0 = time.time()
     n_chunks = frames // d.chunk_frames
-    sampler = Generator(model, steps=4, warm_start=3)  # the shipped sampler's schedule (no state used)
+    sampling = Sampling()  # the rollouts: the shipped sampler
     warm_loss = float("nan")
     for step in bar:
         x0, cam, prompts, mask, prior = pool.batch(rng, args.batch, frames, d.chunk_frames)
@@ -315,7 +315,7 @@ def train(args: argparse.Namespace) -> Path:
             mask[:, ctx] = 0
             model.eval()
             xt, target, t, prior = rollout_batch(model, x0, path, prompts, t, noise, prior, k,
-                                                 seed=int(rng.integers(2**31)), sampler=sampler)
+                                                 seed=int(rng.integers(2**31)), sampling=sampling)
             model.train()
         else:
             tt = t[:, :, None, None, None]

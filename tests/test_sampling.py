@@ -1,0 +1,39 @@
+"""The sampling settings every command shares, and their flags."""
+
+import argparse
+
+import pytest
+
+from model.sampling import Sampling, add_sampling_arguments, sampling_from_args
+
+
+def parse(*argv: str) -> Sampling:
+    parser = argparse.ArgumentParser()
+    add_sampling_arguments(parser)
+    return sampling_from_args(parser.parse_args(list(argv)))
+
+
+def test_flags_over_the_defaults():
+    assert parse() == Sampling() == Sampling(steps=4, warm_start=3, guidance=1.0)
+    assert parse("--steps", "8") == Sampling(8, 7, 1.0)  # still one step from the warped prior
+    assert parse("--steps", "2", "--warm-start", "0", "--guidance", "2.5") == Sampling(2, 0, 2.5)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("--steps", "0"), "--steps must be an integer >= 1"),
+    (("--warm-start", "4"), r"--warm-start must be an integer in \[0, steps\) \(got 4 with 4 steps\)"),
+    (("--warm-start", "-1"), "--warm-start must be"),
+    (("--guidance", "0.5"), r"--guidance must be a number in \[1, 20\]"),
+    (("--guidance", "nan"), "--guidance must be a number"),
+    (("--guidance", "inf"), "--guidance must be a number"),
+])
+def test_bad_flags_name_the_flag(argv, message):
+    with pytest.raises(ValueError, match=message):
+        parse(*argv)
+
+
+def test_settings_reach_the_generator(debug_model):
+    gen = Sampling(steps=3, warm_start=1, guidance=1.5).generator(debug_model, seed=7)
+    assert (len(gen.sigmas) - 1, gen.warm_start, gen.guidance, gen.seed, gen.cfg_batch) == (3, 1, 1.5, 7, 2)
+    assert Sampling(guidance=1.0).generator(debug_model).cfg_batch == 1
+    assert Sampling().to_dict() == {"steps": 4, "warm_start": 3, "guidance": 1.0}
