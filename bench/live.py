@@ -97,8 +97,7 @@ async def _measure(model: LiveReel, sampler: Sampling, ttff_reps: int, control_r
     from streamer.session import StreamInfo
 
     cfg = model.config
-    info = StreamInfo(model=cfg.name, fps=cfg.fps, size=cfg.image_size, frames_per_chunk=cfg.frames_per_chunk,
-                      steps=sampler.steps, warm_start=sampler.warm_start, guidance=sampler.guidance)
+    info = StreamInfo.of(cfg, sampler)
     server = Server(lambda seed: sampler.generator(model, seed), info, max_sessions=4,
                     step_many=next_frames_batch)
     port = await server.start(0)

@@ -100,9 +100,11 @@ class Generator:
         """Drive the camera along a given path instead of integrating velocities: per-frame
         positions and motions (F, 3) in world token units, chunk i taking frames
         [i*K, (i+1)*K) counted from the stream's start (the training rollouts follow a
-        world clip's true camera). Past the path's end the camera stops there."""
-        if pos.shape != motion.shape or pos.dim() != 2 or pos.shape[1] != 3:
-            raise ValueError(f"a camera path is (F, 3) positions and motions (got {tuple(pos.shape)}, "
+        world clip's true camera). Past the path's end the camera stops there. Set it before
+        the first chunk (a path is not re-based as the stream goes); `set_camera` has no
+        effect while it is followed."""
+        if pos.shape != motion.shape or pos.dim() != 2 or pos.shape[1] != 3 or len(pos) == 0:
+            raise ValueError(f"a camera path is (F >= 1, 3) positions and motions (got {tuple(pos.shape)}, "
                              f"{tuple(motion.shape)})")
         self._path = (pos.to(self.device, torch.float32), motion.to(self.device, torch.float32))
 

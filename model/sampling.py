@@ -1,6 +1,7 @@
 """How chunks are sampled: one settings object and the flags every command shares.
 
-Torch-free, so that a command can check its flags before it loads the model.
+Torch-free (as `import model` is), so that a command can check its flags before it
+loads the model and torch.
 """
 
 from __future__ import annotations
@@ -13,6 +14,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from model.checkpoint import LiveReel
     from model.generate import Generator
+
+
+class SamplingError(ValueError):
+    """A bad sampling setting: `field` (steps, warm_start or guidance) and what is wrong,
+    said of `subject` (default: the field; a flag or a log line where that is the source)."""
+
+    def __init__(self, field: str, detail: str, subject: str | None = None):
+        super().__init__(f"{subject or field} {detail}")
+        self.field, self.detail = field, detail
 
 
 @dataclass(frozen=True)
@@ -36,14 +46,14 @@ class Sampling:
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"steps must be an integer >= 1 (got {self.steps!r})")
+            raise SamplingError("steps", f"must be an integer >= 1 (got {self.steps!r})")
         if (isinstance(self.warm_start, bool) or not isinstance(self.warm_start, int)
                 or not 0 <= self.warm_start < self.steps):
-            raise ValueError(f"warm_start must be an integer in [0, steps) (got {self.warm_start!r} "
-                             f"with {self.steps} steps)")
+            raise SamplingError("warm_start", f"must be an integer in [0, steps) (got {self.warm_start!r} "
+                                f"with {self.steps} steps)")
         if isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float)) or not (
                 math.isfinite(self.guidance) and 1.0 <= self.guidance <= 20.0):
-            raise ValueError(f"guidance must be a number in [1, 20] (got {self.guidance!r})")
+            raise SamplingError("guidance", f"must be a number in [1, 20] (got {self.guidance!r})")
 
     def generator(self, model: LiveReel, seed: int = 0, memory: bool = True) -> Generator:
         from model.generate import Generator
@@ -75,13 +85,12 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
 
 def sampling_from_args(args: argparse.Namespace) -> Sampling:
     """The flags of `add_sampling_arguments` over the defaults; --steps alone keeps one
-    step from the warped prior. Raises ValueError naming the bad flag."""
+    step from the warped prior. Raises SamplingError naming the bad flag."""
     d = Sampling()
     steps = d.steps if args.steps is None else args.steps
     warm = max(0, steps - 1) if args.warm_start is None else args.warm_start
     guidance = d.guidance if args.guidance is None else args.guidance
     try:
         return Sampling(steps, warm, guidance)
-    except ValueError as e:  # "warm_start must be ..." -> "--warm-start must be ..."
-        name, rest = str(e).split(" ", 1)
-        raise ValueError(f"--{name.replace('_', '-')} {rest}") from None
+    except SamplingError as e:
+        raise SamplingError(e.field, e.detail, "--" + e.field.replace("_", "-")) from None

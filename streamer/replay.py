@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from model.sampling import Sampling
+from model.sampling import Sampling, SamplingError
 from streamer.controls import ProtocolError, parse_control
 from streamer.export import TimelineError, render
 
@@ -111,9 +111,10 @@ def main(args: argparse.Namespace) -> int:
     guidance = header.get("guidance", 1.0) if args.guidance is None else args.guidance
     try:
         sampling = Sampling(steps, warm, guidance)
-    except ValueError as e:
-        where = f"{args.log}:1: header" if args.guidance is None else "--guidance:"
-        raise SystemExit(f"livereel replay: {where} {e}") from None
+    except SamplingError as e:  # from the flag it came from, else from the header
+        flag = {"guidance": args.guidance, "steps": args.steps}.get(e.field) is not None
+        where = f"--{e.field}" if flag else f"{args.log}:1: header {e.field}"
+        raise SystemExit(f"livereel replay: {where} {e.detail}") from None
 
     from model import CheckpointError, load_model
     from model.sample import write_mp4

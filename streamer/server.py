@@ -554,11 +554,7 @@ def main(args: argparse.Namespace) -> int:
     log.info("model %r ready; warm-up chunk took %.2f s", args.checkpoint, time.perf_counter() - start)
     for noisy in ("websockets", "aioice", "aiortc"):  # a line per HTTP request / ICE check
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    cfg = model.config
-    info = StreamInfo(
-        model=cfg.name, fps=cfg.fps, size=cfg.image_size, frames_per_chunk=cfg.frames_per_chunk,
-        steps=sampling.steps, warm_start=sampling.warm_start, guidance=sampling.guidance,
-    )
+    info = StreamInfo.of(model.config, sampling)
     server = Server(
         lambda seed: sampling.generator(model, seed=seed),
         info,

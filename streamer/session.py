@@ -50,7 +50,9 @@ import numpy as np
 from streamer.controls import Applied, Camera, Pause, Prompt, Reset, Resume, Stats
 
 if TYPE_CHECKING:
+    from model.config import ModelConfig
     from model.generate import Generator
+    from model.sampling import Sampling
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,12 @@ class StreamInfo:
     steps: int
     warm_start: int = 0
     guidance: float = 1.0
+
+    @classmethod
+    def of(cls, config: ModelConfig, sampling: Sampling) -> StreamInfo:
+        """The stream of a model (its `ModelConfig`) sampled with `sampling`."""
+        return cls(model=config.name, fps=config.fps, size=config.image_size,
+                   frames_per_chunk=config.frames_per_chunk, **sampling.to_dict())
 
 
 @dataclass(frozen=True)

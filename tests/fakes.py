@@ -29,6 +29,7 @@ import websockets
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from prometheus_client.parser import text_string_to_metric_families
 
+from model.sampling import Sampling
 from streamer.server import Server
 from streamer.session import StreamInfo
 
@@ -234,15 +235,13 @@ async def metric(port: int, name: str, query: str = "", **labels) -> float:
 # ---------------------------------------------------------------- fixtures
 
 
-def real_server(model, steps: int = 2, **kwargs) -> Server:
-    """A Server running the real Generator on `model` (the debug one in tests), sessions
-    batched as `livereel serve` batches them."""
-    from model.generate import Generator, next_frames_batch
+def real_server(model, sampling: Sampling = Sampling(steps=2, warm_start=0), **kwargs) -> Server:
+    """A Server running the real Generator on `model` (the debug one in tests) with
+    `sampling`, sessions batched as `livereel serve` batches them."""
+    from model.generate import next_frames_batch
 
-    cfg = model.config
-    info = StreamInfo(model=cfg.name, fps=cfg.fps, size=cfg.image_size, frames_per_chunk=cfg.frames_per_chunk,
-                      steps=steps)
-    return Server(lambda seed: Generator(model, seed=seed, steps=steps), info, step_many=next_frames_batch, **kwargs)
+    return Server(lambda seed: sampling.generator(model, seed=seed), StreamInfo.of(model.config, sampling),
+                  step_many=next_frames_batch, **kwargs)
 
 
 @pytest_asyncio.fixture

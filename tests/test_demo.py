@@ -116,10 +116,10 @@ def test_stream_switch_prompt_bad_input_and_queue(demo_url, debug_model, tmp_pat
     events = event_log(tab)
     header = events[0]
     assert {k: header[k] for k in ("what", "version", "model", "seed", "fps", "size",
-                                   "frames_per_chunk", "steps", "prompt")} == {
+                                   "frames_per_chunk", "steps", "warm_start", "guidance", "prompt")} == {
         "what": "header", "version": 1, "model": "debug", "seed": 0, "fps": cfg.fps,
         "size": cfg.image_size, "frames_per_chunk": cfg.frames_per_chunk, "steps": 2,
-        "prompt": PROMPT}
+        "warm_start": 0, "guidance": 1.0, "prompt": PROMPT}
     controls = [(e["what"], e.get("text") or e.get("pan")) for e in events[1:]]
     assert controls == [("prompt", PROMPT), ("prompt", NEW_PROMPT), ("camera", [0.5, 0.0])]
     switched, moved = events[2]["frame"], events[3]["frame"]
@@ -220,5 +220,3 @@ def test_missing_checkpoint_exits_nonzero_with_the_reason(capsys):
 def test_build_app_refuses_bad_limits(debug_model):
     with pytest.raises(ValueError, match="max_sessions"):
         build_app(debug_model, max_sessions=0)
-    with pytest.raises(ValueError, match="warm_start"):
-        Sampling(steps=2, warm_start=2)

@@ -44,6 +44,7 @@ from fakes import (  # noqa: F401 (clients, started: fixtures)
     until,
 )
 
+from model.sampling import Sampling
 from streamer.controls import CONTROL_BURST, CONTROL_RATE, MAX_SIGNAL_BYTES, ProtocolError, parse_control
 from streamer.server import Server
 from streamer.webrtc import SILENCE_SECONDS
@@ -678,7 +679,7 @@ def test_bad_flags_and_input_files_exit_nonzero_naming_the_problem(tmp_path):
             (["export", t("nan.json"), "-o", out, "--steps", "2", "--warm-start", "2"],
              r"--warm-start must be an integer in \[0, steps\) \(got 2 with 2 steps\)"),
             (["serve", "--guidance", "0.5"], r"--guidance must be a number in \[1, 20\]"),
-            (["replay", t("good.jsonl"), "-o", out, "--guidance", "inf"], r"--guidance: guidance must be a number"),
+            (["replay", t("good.jsonl"), "-o", out, "--guidance", "inf"], r"--guidance must be a number in \[1, 20\]"),
             (["replay", t("guidance.jsonl"), "-o", out], r"guidance.jsonl:1: header guidance must be a number"),
             (["replay", t("binary.jsonl"), "-o", out], r"binary.jsonl: not a text file"),
             (["replay", t("types.jsonl"), "-o", out], r"types.jsonl:1: header 'seed' must be an integer"),
@@ -765,7 +766,7 @@ async def test_eight_sessions_share_the_device_fairly(debug_model, started, clie
 
     n = 8
     Generator(debug_model, seed=0, steps=1).next_frames()  # one-off warm-up, as `serve` does
-    server = real_server(debug_model, steps=1, max_sessions=n)
+    server = real_server(debug_model, Sampling(steps=1, warm_start=0), max_sessions=n)
     port = await started(server)
     pcs = open_peer_connections()
     viewers = [await clients(port).open(prompt=f"a red ball over the desert, viewer {i}", seed=i) for i in range(n)]

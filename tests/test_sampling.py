@@ -37,3 +37,15 @@ def test_settings_reach_the_generator(debug_model):
     assert (len(gen.sigmas) - 1, gen.warm_start, gen.guidance, gen.seed, gen.cfg_batch) == (3, 1, 1.5, 7, 2)
     assert Sampling(guidance=1.0).generator(debug_model).cfg_batch == 1
     assert Sampling().to_dict() == {"steps": 4, "warm_start": 3, "guidance": 1.0}
+
+
+def test_commands_check_their_flags_before_torch_is_loaded():
+    """The sampling flags are torch-free (and so is `import model`): a bad flag of serve,
+    export or replay is refused without paying for torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys, model, model.sampling, streamer.server, streamer.export, streamer.replay; "
+            "print('torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "False"

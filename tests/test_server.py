@@ -23,6 +23,7 @@ from fakes import (  # noqa: F401 (clients, started: fixtures)
 )
 from prometheus_client.parser import text_string_to_metric_families
 
+from model.sampling import Sampling
 from streamer.controls import MAX_CONTROL_BYTES
 from streamer.server import Server
 from streamer.webrtc import keep_loopback_candidates, parse_ice_server, video_bitrate
@@ -42,7 +43,9 @@ def debug_model():
 
 @pytest_asyncio.fixture
 async def server(debug_model, started, tmp_path):
-    server = real_server(debug_model, max_sessions=2, record_dir=tmp_path)
+    # warm-started chunks and guidance, as `livereel serve` can run (the session log records both)
+    server = real_server(debug_model, Sampling(steps=2, warm_start=1, guidance=1.5), max_sessions=2,
+                         record_dir=tmp_path)
     server.port = await started(server)
     return server
 
@@ -334,7 +337,6 @@ async def test_recorded_session_replays_to_the_streamed_frames(server, clients, 
     renderer, to exactly the frames the track played, controls and reset included."""
     import numpy as np
 
-    from model.generate import Generator
     from streamer.export import render
     from streamer.replay import load_log
     from streamer.session import Session
@@ -364,8 +366,9 @@ async def test_recorded_session_replays_to_the_streamed_frames(server, clients, 
 
     header, events = load_log(tmp_path / f"{c.session}.jsonl")
     assert [e["what"] for e in events if e["what"] != "prompt"][:2] == ["camera", "reset"]
+    assert (header["steps"], header["warm_start"], header["guidance"]) == (2, 1, 1.5)
     n = max(played) + 1
-    gen = Generator(debug_model, seed=header["seed"], steps=header["steps"])
+    gen = Sampling(header["steps"], header["warm_start"], header["guidance"]).generator(debug_model, header["seed"])
     replayed = list(render(gen, events, n))
     assert len(played) >= 16
     for index, frame in played.items():

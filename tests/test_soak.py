@@ -68,11 +68,12 @@ async def test_soak(started, clients):
     artifacts.mkdir(parents=True, exist_ok=True)
 
     from model import load_model
-    from model.generate import Generator
+    from model.sampling import Sampling
 
     model = load_model(checkpoint)
-    Generator(model, seed=0, steps=steps).next_frames()  # warm-up, as `serve` does
-    server = real_server(model, steps=steps, max_sessions=SESSIONS)
+    sampling = Sampling(steps=steps, warm_start=0)
+    sampling.generator(model, seed=0).next_frames()  # warm-up, as `serve` does
+    server = real_server(model, sampling, max_sessions=SESSIONS)
     port = await started(server)
     viewers = [await clients(port).open(prompt=PROMPTS[i], seed=i) for i in range(SESSIONS)]
     sessions = [server.live[v.session].session for v in viewers]

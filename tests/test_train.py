@@ -88,12 +88,55 @@ def test_rollout_context_is_what_streaming_makes(debug_model):
     cam = CameraCond(pos, torch.diff(pos, dim=1, prepend=pos[:, :1]))
     prompts = ["a red ball over the desert", "a blue cube in the city at night"]
     sampling = Sampling(steps=4, warm_start=3, guidance=1.5)
-    latents, prior = rollout_context(debug_model, cam, prompts, chunks, seed=5, sampling=sampling)
+    latents, priors = rollout_context(debug_model, cam, prompts, chunks, seed=5, sampling=sampling)
+    assert priors.shape[1] == frames
     for b in range(2):  # each clip alone, as a stream following its path
         gen = Generator(debug_model, seed=5 + b, steps=4, warm_start=3, guidance=1.5)
         gen.set_prompt(prompts[b])
         gen.follow_path(cam.pos[b], cam.motion[b])
-        alone = torch.cat([gen.step() for _ in range(chunks)], 1)
-        assert torch.allclose(latents[b], alone[0], rtol=1e-4, atol=1e-4)
-        gen._begin()  # the next chunk's read: its warped prior
-        assert torch.allclose(prior[b], gen.cache.prior[0], rtol=1e-4, atol=1e-4)
+        for i in range(chunks + 1):
+            chunk = slice(i * K, (i + 1) * K)
+            if i < chunks:
+                assert torch.allclose(latents[b, chunk], gen.step()[0], rtol=1e-4, atol=1e-4)
+            else:
+                gen._begin()  # the next chunk's read: its warped prior
+            # the prior each chunk was made from (gen.cache.prior: this chunk's, both guidance rows)
+            assert torch.allclose(priors[b, chunk], gen.cache.prior[0], rtol=1e-4, atol=1e-4)
+
+
+@torch.no_grad()
+def test_rollout_batch_starts_the_next_chunk_as_the_sampler_does(debug_model):
+    from model.camera import CameraCond
+    from model.generate import flow_schedule
+    from model.sampling import Sampling
+    from model.train.dit import rollout_batch, rollout_context
+
+    d = debug_model.config.dit
+    K, F, B, chunks = d.chunk_frames, d.max_frames, 2, 2
+    g = torch.Generator().manual_seed(0)
+    shape = (B, F, d.latent_channels, d.latent_size, d.latent_size)
+    x0, noise = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    prior = torch.randn(B, F, d.latent_channels + 1, d.latent_size, d.latent_size, generator=g)
+    t = torch.rand(B, F, generator=g)
+    pos = torch.stack([torch.tensor([[0.2 * f * (b + 1), 0.0, 0.0] for f in range(F)]) for b in range(B)])
+    cam = CameraCond(pos, torch.diff(pos, dim=1, prepend=pos[:, :1]))
+    prompts = ["a red ball over the desert", "a white star in the city"]
+    inputs = [x.clone() for x in (x0, t, noise, prior)]
+    sampling = Sampling()
+    xt, target, t_out, prior_out = rollout_batch(debug_model, x0, cam, prompts, t, noise, prior, chunks, 3, sampling)
+    made, made_priors = rollout_context(debug_model, cam, prompts, chunks, 3, sampling)
+
+    assert all(torch.equal(a, b) for a, b in zip(inputs, (x0, t, noise, prior)))  # inputs untouched
+    ctx, k, later = slice(0, chunks * K), slice(chunks * K, (chunks + 1) * K), slice((chunks + 1) * K, F)
+    s = flow_schedule(sampling.steps)[sampling.warm_start]
+    tt = t[:, :, None, None, None]
+    # the generated context, noised like context; the next chunk at the warm level, where one
+    # Euler step lands on the world's frame; the rest teacher-forced
+    assert torch.allclose(xt[:, ctx], (1 - tt[:, ctx]) * made + tt[:, ctx] * noise[:, ctx], atol=1e-5)
+    assert torch.all(t_out[:, k] == s) and torch.equal(t_out[:, later], t[:, later])
+    assert torch.allclose(xt[:, k] - s * target[:, k], x0[:, k], atol=1e-4)
+    assert torch.allclose(xt[:, later], (1 - tt[:, later]) * x0[:, later] + tt[:, later] * noise[:, later])
+    assert torch.equal(target[:, later], noise[:, later] - x0[:, later])
+    # every generated chunk keeps the prior it was made from; the next one its generated one
+    assert torch.allclose(prior_out[:, :(chunks + 1) * K], made_priors)
+    assert torch.equal(prior_out[:, later], prior[:, later])

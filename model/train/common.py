@@ -96,10 +96,18 @@ class LossLog:
 
     def __init__(self, run: Path, fields: list[str]):
         self.path, self.fields = run / "loss.csv", ["step"] + fields
-        if not self.path.exists():
-            run.mkdir(parents=True, exist_ok=True)
-            with self.path.open("w", newline="") as f:
-                csv.writer(f).writerow(self.fields)
+        rows: list[dict[str, str]] = []
+        if self.path.exists():  # a resumed run: keep its rows, under these fields
+            with self.path.open(newline="") as f:
+                reader = csv.DictReader(f)
+                if reader.fieldnames == self.fields:
+                    return
+                rows = list(reader)
+        run.mkdir(parents=True, exist_ok=True)
+        with self.path.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(self.fields)
+            w.writerows([r.get(k) or "nan" for k in self.fields] for r in rows)
 
     def add(self, step: int, **values: float) -> None:
         with self.path.open("a", newline="") as f:

@@ -37,8 +37,8 @@ from model.camera import CameraCond
 from model.checkpoint import LiveReel, build_model, save_model
 from model.config import get_config
 from model.generate import extend_covered, flow_schedule, step_batch
-from model.sampling import Sampling
 from model.prior import pixel_prior
+from model.sampling import Sampling
 from model.train.common import RUNS, ClipPool, LossLog, cosine_lr, load_state, save_state
 from model.train.vae import load_trained_vae
 from model.vae import from_uint8
@@ -197,9 +197,9 @@ def rollout_probe(model: LiveReel, path: Path, seconds: float = 3.0, pan: float 
 def rollout_context(model: LiveReel, cam: CameraCond, prompts: list[str], chunks: int, seed: int,
                     sampling: Sampling) -> tuple[torch.Tensor, torch.Tensor]:
     """The first `chunks` chunks of each clip as streaming makes them (the model's own
-    rollout: KV cache, the clip's camera path and prompt, `sampling`), and the warped
-    prior of the chunk after them. Returns latents (B, chunks * K, C, h, w) and that
-    prior (B, K, C + 1, h, w)."""
+    rollout: KV cache, the clip's camera path and prompt, `sampling`), with the warped
+    prior each was made from, and the warped prior of the chunk after them. Returns
+    latents (B, chunks * K, C, h, w) and priors (B, (chunks + 1) * K, C + 1, h, w)."""
     d = model.config.dit
     K, B = d.chunk_frames, len(prompts)
     gens = []
@@ -208,12 +208,15 @@ def rollout_context(model: LiveReel, cam: CameraCond, prompts: list[str], chunks
         g.set_prompt(prompts[b])
         g.follow_path(cam.pos[b], cam.motion[b])
         gens.append(g)
-    made = [torch.cat(step_batch(gens)) for _ in range(chunks)]  # chunks x (B, K, C, h, w)
+    made, priors = [], []
+    for _ in range(chunks):
+        made.append(torch.cat(step_batch(gens)))  # (B, K, C, h, w)
+        priors.append(torch.cat([g.cache.prior[::g.cfg_batch] for g in gens]))  # what it was made from
     latents = torch.cat(made, 1)
     nxt = slice(chunks * K, (chunks + 1) * K)
-    prior = pixel_prior(model.vae, latents[:, -1], cam.pos[:, chunks * K - 1], torch.ones(B),
-                        cam.pos[:, nxt], d.grid)
-    return latents, prior
+    priors.append(pixel_prior(model.vae, latents[:, -1], cam.pos[:, chunks * K - 1], torch.ones(B),
+                              cam.pos[:, nxt], d.grid))
+    return latents, torch.cat(priors, 1)
 
 
 def rollout_batch(model: LiveReel, x0: torch.Tensor, cam: CameraCond, prompts: list[str],
@@ -222,11 +225,13 @@ def rollout_batch(model: LiveReel, x0: torch.Tensor, cam: CameraCond, prompts: l
     """A training clip whose first `chunks` chunks are the model's own (`rollout_context`)
     and whose next chunk starts as the sampler starts it: its warped prior (from the
     generated frame) noised to the warm level s, with the target velocity that lands on the
-    world's frame in one Euler step, (x_s - x0) / s. Later chunks are teacher-forced.
-    Returns the model input x_t, the target velocity, t and the priors (all (B, F, ...))."""
+    world's frame in one Euler step, (x_s - x0) / s. The generated chunks keep the priors
+    they were made from; later chunks are teacher-forced. Returns the model input x_t,
+    the target velocity, t and the priors (all (B, F, ...)); the inputs are not changed."""
     K = model.config.dit.chunk_frames
-    made, prior_k = rollout_context(model, cam, prompts, chunks, seed, sampling)
+    made, made_priors = rollout_context(model, cam, prompts, chunks, seed, sampling)
     ctx, k = slice(0, chunks * K), slice(chunks * K, (chunks + 1) * K)
+    prior_k = made_priors[:, k]
     x0 = x0.clone()
     x0[:, ctx] = made
     t = t.clone()
@@ -237,7 +242,7 @@ def rollout_batch(model: LiveReel, x0: torch.Tensor, cam: CameraCond, prompts: l
     target = noise - x0
     target[:, k] = (xt[:, k] - x0[:, k]) / s
     prior = prior.clone()
-    prior[:, k] = prior_k
+    prior[:, :(chunks + 1) * K] = made_priors
     return xt, target, t, prior
 
 
@@ -257,6 +262,9 @@ def train(args: argparse.Namespace) -> Path:
     del clips
     if d.warp_prior and d.prior_space == "pixel":
         pool.build_priors(model, run / "priors.npz")
+    elif args.rollout_share > 0:
+        raise SystemExit("--rollout-share needs a model whose chunks start from a pixel-space warped prior "
+                         "(DiTConfig.warp_prior with prior_space 'pixel')")
 
     trainable = torch.nn.ModuleDict({"text": model.text, "dit": model.dit}).train()
     ema = copy.deepcopy(trainable).eval().requires_grad_(False)
@@ -284,13 +292,13 @@ def train(args: argparse.Namespace) -> Path:
 
     rng = np.random.default_rng(args.seed + start)
     trng = torch.Generator().manual_seed(args.seed + start)
-    losses = LossLog(run, ["loss", "lr"] + (["warm_loss"] if args.rollout_share > 0 else []))
+    losses = LossLog(run, ["loss", "lr", "warm_loss"])
     probe_csv = run / "probe.csv"
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="train dit")
     t0 = time.time()
     n_chunks = frames // d.chunk_frames
     sampling = Sampling()  # the rollouts: the shipped sampler
-    warm_loss = float("nan")
+    warm_losses: list[float] = []  # the generated chunk's loss, rollout steps since the last log row
     for step in bar:
         x0, cam, prompts, mask, prior = pool.batch(rng, args.batch, frames, d.chunk_frames)
         drop_text = rng.random(args.batch) < 0.1
@@ -303,7 +311,7 @@ def train(args: argparse.Namespace) -> Path:
         # priors from the clean clip, lightly noised like context (streaming warps the clean
         # last frame of the chunk before; never this chunk's own frames)
         s = 0.08 * torch.rand(args.batch, 1, 1, 1, 1, generator=trng)
-        rollout = prior is not None and rng.random() < args.rollout_share
+        rollout = args.rollout_share > 0 and rng.random() < args.rollout_share  # no draw at 0: same data order
         if prior is not None:  # pixel space: made once per pool; noise where the old view covers
             z, cover = prior[:, :, :-1], prior[:, :, -1:]
             z = ((1 - s) * z + s * torch.randn(z.shape, generator=trng)) * cover
@@ -313,10 +321,10 @@ def train(args: argparse.Namespace) -> Path:
             ctx = slice(0, k * d.chunk_frames)
             t[:, ctx] = 0.08 * torch.rand(args.batch, 1, generator=trng)
             mask[:, ctx] = 0
-            model.eval()
+            trainable.eval()
             xt, target, t, prior = rollout_batch(model, x0, path, prompts, t, noise, prior, k,
                                                  seed=int(rng.integers(2**31)), sampling=sampling)
-            model.train()
+            trainable.train()
         else:
             tt = t[:, :, None, None, None]
             xt, target = (1 - tt) * x0 + tt * noise, noise - x0
@@ -330,7 +338,9 @@ def train(args: argparse.Namespace) -> Path:
         loss = (per_frame * mask).sum() / mask.sum()
         if rollout:
             k_frames = slice(k * d.chunk_frames, (k + 1) * d.chunk_frames)
-            warm_loss = float((per_frame.detach()[:, k_frames] * mask[:, k_frames]).sum() / mask[:, k_frames].sum().clamp(min=1))
+            if mask[:, k_frames].sum() > 0:
+                warm_losses.append(float((per_frame.detach()[:, k_frames] * mask[:, k_frames]).sum()
+                                         / mask[:, k_frames].sum()))
         lr = cosine_lr(step, args.steps, args.lr, warmup=200)
         for g in opt.param_groups:
             g["lr"] = lr * g["lr_scale"]
@@ -341,7 +351,9 @@ def train(args: argparse.Namespace) -> Path:
         update_ema(ema, trainable, min(0.999, (1 + step) / (10 + step)))
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if step % 10 == 0:
-            losses.add(step, loss=loss.item(), lr=lr, warm_loss=warm_loss)
+            losses.add(step, loss=loss.item(), lr=lr,
+                       warm_loss=float(np.mean(warm_losses)) if warm_losses else float("nan"))
+            warm_losses = []
         done = step + 1 == args.steps
         if (step + 1) % 100 == 0 or done:
             save_state(run, {"model": trainable, "ema": ema}, opt, step + 1,
@@ -384,6 +396,11 @@ def init_from(source: Path, trainable: torch.nn.Module, ema: torch.nn.Module) ->
         prefix = prefixes[name]
         sd = {k[len(prefix):]: v for k, v in tensors.items()
               if k.startswith(prefix) and not k[len(prefix):].startswith("vae.")}
+        expected = module.state_dict()
+        wrong = [k for k, v in sd.items() if k in expected and v.shape != expected[k].shape]
+        if wrong or not set(sd) & set(expected):
+            raise SystemExit(f"--init-from {source}: not this preset's network ("
+                             + (f"shapes differ: {wrong[:3]})" if wrong else "no tensor matches)"))
         result = module.load_state_dict(sd, strict=False)
         if result.unexpected_keys:
             raise SystemExit(f"--init-from {source}: tensors this model does not have: "

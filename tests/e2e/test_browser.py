@@ -105,15 +105,25 @@ def shift(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
     return -int(px), -int(py)
 
 
+HELD = 0.25
+"""Mean absolute difference (0-255) under which two shown frames are one frame repeated."""
+
+
 def motion(frames: np.ndarray, steps: np.ndarray) -> dict[str, float]:
     """Content motion over a capture (`capture_clip`): mean dx and dy in px per stream
-    frame, and the share of frame pairs whose content moved left (dx < 0) and right."""
-    shifts = np.array([shift(a, b) for a, b in zip(frames, frames[1:])], np.float64)
+    frame, and the share of frame pairs whose content moved left (dx < 0) and right.
+    Pairs where the server repeated a frame (generation late: the same picture again)
+    are left out, so the figures judge the model's pictures, not the machine's speed."""
+    made = np.array([np.abs(a - b).mean() > HELD for a, b in zip(frames, frames[1:])])
+    shifts = np.array([shift(a, b) for a, b in zip(frames, frames[1:])], np.float64)[made]
+    frames_apart = max(float(steps[made].sum()), 1.0)
     return {
-        "dx": round(float(shifts[:, 0].sum() / steps.sum()), 2),
-        "dy": round(float(shifts[:, 1].sum() / steps.sum()), 2),
-        "left": round(float((shifts[:, 0] < 0).mean()), 2),
-        "right": round(float((shifts[:, 0] > 0).mean()), 2),
+        "dx": round(float(shifts[:, 0].sum() / frames_apart), 2),
+        "dy": round(float(shifts[:, 1].sum() / frames_apart), 2),
+        "left": round(float((shifts[:, 0] < 0).mean()), 2) if len(shifts) else 0.0,
+        "right": round(float((shifts[:, 0] > 0).mean()), 2) if len(shifts) else 0.0,
+        "pairs": int(made.sum()),
+        "repeated": int((~made).sum()),
     }
 
 
