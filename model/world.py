@@ -591,6 +591,22 @@ def object_position(motion: str, p: MotionParams, t: np.ndarray) -> tuple[np.nda
     return x, y
 
 
+def object_radius(scene: Scene, motion: MotionParams, size: int) -> float:
+    """The object's size in view pixels (its shape's radius at a `size`-pixel view)."""
+    return _OBJECT_RADIUS[scene.shape] * size / REF_SIZE * motion.size
+
+
+def object_track(scenes: list[Scene], frame_indices: np.ndarray, motion: MotionParams, size: int = REF_SIZE,
+                 fps: int = 16) -> np.ndarray:
+    """Where the object is in each frame: (F, 3) centre x, y and radius, in view pixels."""
+    t = np.asarray(frame_indices, np.float64).reshape(len(scenes)) / fps
+    out = np.zeros((len(scenes), 3), np.float32)
+    for f, scene in enumerate(scenes):
+        x, y = object_position(scene.motion, motion, t[f:f + 1])
+        out[f] = (x[0] * size, y[0] * size, object_radius(scene, motion, size))
+    return out
+
+
 def _sdf(shape: str, px: torch.Tensor, py: torch.Tensor, r: float) -> torch.Tensor:
     """Signed distance (px, negative inside) to a shape of size r centred at 0; y down."""
     if shape == "ball":
@@ -772,7 +788,7 @@ def render_frames(
         mult, add = (torch.tensor(v)[None, :, None, None] for v in _LIGHT[scene.time])
         keep, veil = _WEATHER_VEIL[scene.weather]
         ox, oy = object_position(scene.motion, motion, t / fps)
-        r = _OBJECT_RADIUS[scene.shape] * size / REF_SIZE * motion.size
+        r = object_radius(scene, motion, size)
         img.mul_(mult).add_(add)
         _paint_object(img, scene, np.stack([ox, oy], 1) * size, r, mult, add)
         img.mul_(keep).add_(torch.tensor(veil)[None, :, None, None] * mult)
@@ -850,6 +866,7 @@ class Clip:
     segments: list[tuple[int, str]]  # (start frame, caption)
     switch_frames: list[int] = field(default_factory=list)
     fps: int = 16
+    objects: np.ndarray | None = None  # (F, 3) float32: the object's centre x, y and radius, view px
 
     def prompt_at(self, f: int) -> str:
         """The caption in force at frame f."""
@@ -898,7 +915,7 @@ def render_clip(
     vel = np.diff(cams, axis=0, prepend=cams[:1])
     vel[0] = [cmds[0, 0] * 2.0 ** -cams[0, 2], cmds[0, 1] * 2.0 ** -cams[0, 2], cmds[0, 2]]
     return Clip(frames, cams.astype(np.float32), vel.astype(np.float32), scenes, segments,
-                switch_frames, fps)
+                switch_frames, fps, object_track(scenes, np.arange(n_frames), motion, size, fps))
 
 
 class WorldStream:

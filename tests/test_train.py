@@ -140,3 +140,20 @@ def test_rollout_batch_starts_the_next_chunk_as_the_sampler_does(debug_model):
     # every generated chunk keeps the prior it was made from; the next one its generated one
     assert torch.allclose(prior_out[:, :(chunks + 1) * K], made_priors)
     assert torch.equal(prior_out[:, later], prior[:, later])
+
+
+def test_object_weights_cover_the_object_and_the_flag_trains(vae_run, tmp_path):
+    from model.train.dit import object_weights
+
+    objects = torch.tensor([[[44.0, 47.0, 11.0], [100.0, 20.0, 6.0]]])  # (B, F, 3) view px
+    w = object_weights(objects, latent_size=16, downsample=8, weight=5.0)
+    assert w.shape == (1, 2, 1, 16, 16) and set(w.unique().tolist()) == {1.0, 6.0}
+    ys, xs = torch.nonzero(w[0, 0, 0] > 1, as_tuple=True)
+    centres = (torch.stack((xs, ys), 1).float() + 0.5) * 8
+    assert ((centres - objects[0, 0, :2]).norm(dim=1) <= 1.3 * 11).all()  # only near the object
+    assert (w[0, 0, 0, 5, 5] == 6.0) and (w[0, 0, 0, 12, 12] == 1.0)
+    assert torch.equal(object_weights(objects, 16, 8, 0.0), torch.ones(1, 2, 1, 16, 16))  # off: plain mean
+    run = tmp_path / "objects"
+    assert cli(dit_args(run, vae_run, 2) + ["--object-weight", "5"]) == 0
+    with pytest.raises(SystemExit, match="object-weight"):
+        cli(dit_args(tmp_path / "bad", vae_run, 2) + ["--object-weight", "-1"])

@@ -198,3 +198,26 @@ def test_zoom_is_clamped():
 def test_pan_to_px_per_frame():
     assert world.pan_to_px_per_frame(0.5, 128, 16) == pytest.approx(4.0)
     assert world.pan_to_px_per_frame(-1.0, 64, 16) == pytest.approx(-4.0)
+
+
+def test_object_track_says_where_the_object_is():
+    """The clip's object track points at the object: at its centre the picture has the
+    object's colour, two radii away it does not (clear days, where nothing veils it)."""
+    from model.world import OBJECT_RGB, render_clip
+
+    checked = 0
+    for seed in range(200):
+        clip = render_clip(seed, n_frames=4, size=128, switch=False)
+        scene = clip.scenes[0]
+        if scene.time != "day" or scene.weather != "clear" or scene.shape == "star":
+            continue
+        for frame, (x, y, r) in zip(clip.frames, clip.objects):
+            want = np.array(OBJECT_RGB[scene.colour]) * 255
+            at = frame[int(y), int(x)].astype(float)
+            ox, oy = min(max(x + 2.2 * r, 0), 127), y  # beside the object
+            away = frame[int(oy), int(ox)].astype(float)
+            assert np.abs(at - want).sum() < np.abs(away - want).sum(), (seed, scene, at, away, want)
+        checked += 1
+        if checked == 5:
+            break
+    assert checked == 5

@@ -30,18 +30,20 @@ class ClipPool:
         self.path = path
         if path.exists():
             data = np.load(path, allow_pickle=False)
-            if data["frames"].shape[:2] == (n_clips, n_frames) and data["frames"].shape[2] == size:
+            if (data["frames"].shape[:2] == (n_clips, n_frames) and data["frames"].shape[2] == size
+                    and "objects" in data):
                 self._set(data)
                 return
-        frames, camera, velocity, captions = [], [], [], []
+        frames, camera, velocity, captions, objects = [], [], [], [], []
         for i in tqdm(range(n_clips), desc="rendering world clips", unit="clip"):
             clip = render_clip(seed_offset + i, n_frames=n_frames, size=size, fps=fps)
             frames.append(clip.frames)
             camera.append(clip.camera)
             velocity.append(clip.velocity)
             captions.append(json.dumps([clip.prompt_at(f) for f in range(n_frames)]))
+            objects.append(clip.objects)
         data = dict(frames=np.stack(frames), camera=np.stack(camera), velocity=np.stack(velocity),
-                    captions=np.array(captions))
+                    captions=np.array(captions), objects=np.stack(objects))
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path.with_suffix(".tmp.npz"), **data)
         path.with_suffix(".tmp.npz").replace(path)
@@ -51,6 +53,7 @@ class ClipPool:
         self.frames = data["frames"]  # (N, F, H, W, 3) uint8
         self.camera = data["camera"]  # (N, F, 3) world px, log2 zoom
         self.velocity = data["velocity"]
+        self.objects = data["objects"]  # (N, F, 3) the object's centre x, y and radius, view px
         self.captions = [json.loads(c) for c in data["captions"]]  # per clip, per frame
 
     def __len__(self) -> int:
