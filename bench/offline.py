@@ -289,7 +289,7 @@ def concurrency(model: LiveReel, sessions: list[int], rounds: int, sampler: Samp
 
 
 def long_run(checkpoint: str, minutes: float, threads: int, early: int, late: int, window: int,
-             trace_chunks: int, sampler: Sampling = Sampling()) -> dict:
+             trace_chunks: int, sampler: Sampling = Sampling(), compile: bool = False) -> dict:
     """A stream of `minutes` of video (DiT + decode), in a fresh process so that its
     memory is its own: chunk time at `early` and `late` chunks (median over `window`
     chunks), resident memory every video minute; then, after the memory samples, the
@@ -301,6 +301,10 @@ def long_run(checkpoint: str, minutes: float, threads: int, early: int, late: in
 
     torch.set_num_threads(threads)
     model, _ = load_checkpoint(checkpoint)
+    if compile:
+        from model.compile import compile_dit, warm_up
+
+        warm_up(compile_dit(model), sampler, streams=1)
     cfg = model.config
     per_minute = max(1, round(60 * cfg.fps / cfg.frames_per_chunk))
     n = max(late + window, math.ceil(minutes * per_minute))

@@ -75,6 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minutes", type=float,
                         help="video minutes of the long stream (default 20; 0.05 with --smoke)")
     add_sampling_arguments(parser)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the DiT's blocks (as serve --compile)")
     parser.add_argument("--skip-live", action="store_true", help="leave out the WebRTC measurements")
 
 
@@ -103,13 +104,18 @@ def measure_model(name: str, sizes: Sizes, args: argparse.Namespace, threads: in
     from bench import live, offline
 
     model, weights = load_checkpoint(name)
+    if args.compile:
+        from model.compile import compile_dit, warm_up
+
+        warm_up(compile_dit(model), sampling_from_args(args))
     cfg = model.config
     sampler = sampling_from_args(args)
     out: dict = {"name": name, "weights": weights, "preset": cfg.name,
                  "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
                  "config": {"image_size": cfg.image_size, "fps": cfg.fps, "frames_per_chunk": cfg.frames_per_chunk,
                             "tokens_per_chunk": cfg.dit.tokens_per_chunk, "cache_tokens": cfg.dit.cache_tokens,
-                            "dim": cfg.dit.dim, "depth": cfg.dit.depth, **sampler.to_dict()}}
+                            "dim": cfg.dit.dim, "depth": cfg.dit.depth, **sampler.to_dict(),
+                            "compiled": args.compile}}
     offline.new_generator(model, sampler=sampler, warm=2)  # one-off lazy init, as `serve` does
     t = time.perf_counter()
     log.info("%s: per-chunk costs", name)
@@ -132,7 +138,7 @@ def measure_model(name: str, sizes: Sizes, args: argparse.Namespace, threads: in
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(1, mp_context=ctx) as pool:
         out["long_run"] = pool.submit(offline.long_run, name, minutes, threads, sizes.early, sizes.late,
-                                      sizes.window, sizes.trace_chunks, sampler).result()
+                                      sizes.window, sizes.trace_chunks, sampler, args.compile).result()
     out["seconds"] = time.perf_counter() - t
     return out
 

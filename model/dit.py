@@ -161,24 +161,23 @@ class SelfAttention(nn.Module):
         self.q_norm = RMSNorm(cfg.head_dim)
         self.k_norm = RMSNorm(cfg.head_dim)
 
-    def write_kv(self, x: Tensor, ctx) -> Tensor:
-        """Project x (B, N, D), write its K/V to the context; returns q (B, H, N, Dh)."""
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x (B, N, D) -> q, k (normalised, before RoPE), v: each (B, H, N, Dh)."""
         B, N, D = x.shape
         qkv = self.qkv(x).view(B, N, 3, self.heads, -1)
         # q and k normalised in one call: (B, N, 2, H, Dh), each with its own weight
         weight = torch.stack((self.q_norm.weight, self.k_norm.weight))[:, None]
         qk = F.rms_norm(qkv[:, :, :2], (qkv.shape[-1],), None, self.q_norm.eps) * weight
         q, k = qk.permute(2, 0, 3, 1, 4)  # (B, H, N, Dh)
-        ctx.write(self.layer, k, qkv[:, :, 2].transpose(1, 2))
-        return q
+        return q, k, qkv[:, :, 2].transpose(1, 2)
 
-    def forward(self, x: Tensor, ctx) -> Tensor:
-        B, N, D = x.shape
-        q = self.write_kv(x, ctx)
-        cos, sin = ctx.current_rope()
-        keys, values, mask = ctx.read(self.layer)
+    def output(self, q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None, cos: Tensor,
+               sin: Tensor) -> Tensor:
+        """Attention of q (B, H, N, Dh), rotated by (cos, sin), to the context's keys and
+        values; -> (B, N, D)."""
+        B, H, N, Dh = q.shape
         out = attention(apply_rope(q, cos, sin), keys, values, mask)
-        return self.proj(out.transpose(1, 2).reshape(B, N, D))
+        return self.proj(out.transpose(1, 2).reshape(B, N, H * Dh))
 
 
 class CrossAttention(nn.Module):
@@ -230,11 +229,28 @@ class Block(nn.Module):
         self.ada = nn.Linear(cfg.dim, 6 * cfg.dim)
 
     def forward(self, x: Tensor, c: Tensor, ctx, text_kv: Tensor, text_bias: Tensor) -> Tensor:
-        """x (B, F, T, D), c (B, F, D): modulation is per frame, broadcast over its tokens."""
+        """x (B, F, T, D), c (B, F, D): modulation is per frame, broadcast over its tokens.
+        Two pure halves around the context's verbs (`write`, `read`), so that each half can be
+        compiled (model/compile.py) while the cache stays plain Python."""
+        q, k, v, mods = self.project(x, c)
+        ctx.write(self.attn.layer, k, v)
+        keys, values, mask = ctx.read(self.attn.layer)
+        return self.attend(x, mods, q, keys, values, mask, *ctx.current_rope(), text_kv, text_bias)
+
+    def project(self, x: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The first half: q, k, v (B, H, N, Dh) of the modulated x, and the six modulations
+        (6, B, F, 1, D): shift, scale, gate of the attention, then of the MLP."""
         B, Fr, T, D = x.shape
         mods = self.ada(F.silu(c))[:, :, None].chunk(6, dim=-1)  # 6 x (B, F, 1, D)
-        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mods
-        h = self.attn(modulate(self.norm1(x), shift_a, scale_a).view(B, Fr * T, D), ctx)
+        q, k, v = self.attn.project(modulate(self.norm1(x), mods[0], mods[1]).view(B, Fr * T, D))
+        return q, k, v, torch.stack(mods)
+
+    def attend(self, x: Tensor, mods: Tensor, q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None,
+               cos: Tensor, sin: Tensor, text_kv: Tensor, text_bias: Tensor) -> Tensor:
+        """The second half: self-attention to the context, cross-attention to the text, MLP."""
+        B, Fr, T, D = x.shape
+        _, _, gate_a, shift_m, scale_m, gate_m = mods
+        h = self.attn.output(q, keys, values, mask, cos, sin)
         x = torch.addcmul(x, gate_a, h.view(B, Fr, T, D))  # x + gate * h
         x = x + self.cross(self.norm2(x).view(B, Fr * T, D), text_kv, text_bias).view(B, Fr, T, D)
         return torch.addcmul(x, gate_m, self.mlp(modulate(self.norm3(x), shift_m, scale_m)))
@@ -242,9 +258,8 @@ class Block(nn.Module):
     def write_kv(self, x: Tensor, c: Tensor, ctx) -> None:
         """Only the K/V this block writes to the context (what a context pass needs of the
         last block: the rest of its output feeds nothing that is kept)."""
-        B, Fr, T, D = x.shape
-        shift_a, scale_a = self.ada(F.silu(c))[:, :, None].chunk(6, dim=-1)[:2]
-        self.attn.write_kv(modulate(self.norm1(x), shift_a, scale_a).view(B, Fr * T, D), ctx)
+        _, k, v, _ = self.project(x, c)
+        ctx.write(self.attn.layer, k, v)
 
 
 class FinalLayer(nn.Module):

@@ -481,6 +481,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-sessions", type=int, default=2, help="streams served at once; more are refused")
     add_sampling_arguments(parser)
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the DiT's blocks (about 1.1x a chunk on CPU, after ~30 s of "
+                             "compiling at start)")
     parser.add_argument("--record-dir", type=Path, help="write each session's event log here as ID.jsonl")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="prompt of a session whose offer names none")
     parser.add_argument(
@@ -548,10 +551,15 @@ def main(args: argparse.Namespace) -> int:
         log.error("cannot load checkpoint %r: %s", args.checkpoint, e)
         return 1
     # The first Generator and chunk of a process pay one-off costs (lazy init, kernel
-    # selection): pay them now, not in the first viewer's wait, and fail before serving.
+    # selection, compiling): pay them now, not in the first viewer's wait, and fail before serving.
     start = time.perf_counter()
-    sampling.generator(model, seed=0).next_frames()
-    log.info("model %r ready; warm-up chunk took %.2f s", args.checkpoint, time.perf_counter() - start)
+    if args.compile:
+        from model.compile import compile_dit, warm_up
+
+        warm_up(compile_dit(model), sampling, min(args.max_sessions, 2))
+    else:
+        sampling.generator(model, seed=0).next_frames()
+    log.info("model %r ready; warm-up took %.2f s", args.checkpoint, time.perf_counter() - start)
     for noisy in ("websockets", "aioice", "aiortc"):  # a line per HTTP request / ICE check
         logging.getLogger(noisy).setLevel(logging.WARNING)
     info = StreamInfo.of(model.config, sampling)
