@@ -91,14 +91,14 @@ class Client:
         self._reader = asyncio.ensure_future(read())
 
 
-async def _measure(model: LiveReel, sampler: Sampling, ttff_reps: int, control_reps: int, seconds: float) -> dict:
+async def _measure(model: LiveReel, sampling: Sampling, ttff_reps: int, control_reps: int, seconds: float) -> dict:
     from model.generate import next_frames_batch
     from streamer.server import Server
     from streamer.session import StreamInfo
 
     cfg = model.config
-    info = StreamInfo.of(cfg, sampler)
-    server = Server(lambda seed: sampler.generator(model, seed), info, max_sessions=4,
+    info = StreamInfo.of(cfg, sampling)
+    server = Server(lambda seed: sampling.generator(model, seed), info, max_sessions=4,
                     step_many=next_frames_batch)
     port = await server.start(0)
     chunk = cfg.frames_per_chunk / cfg.fps
@@ -164,8 +164,8 @@ async def _stats(client: Client) -> dict:
     return (await client.expect("stats"))[1]
 
 
-def measure(model: LiveReel, sampler: Sampling, ttff_reps: int, control_reps: int, seconds: float) -> dict:
+def measure(model: LiveReel, sampling: Sampling, ttff_reps: int, control_reps: int, seconds: float) -> dict:
     """Run the live measurements on a fresh event loop; see the module docstring."""
     for noisy in ("websockets", "aioice", "aiortc", "streamer"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    return asyncio.run(_measure(model, sampler, ttff_reps, control_reps, seconds))
+    return asyncio.run(_measure(model, sampling, ttff_reps, control_reps, seconds))

@@ -37,8 +37,8 @@ def fill_chunks(model: LiveReel) -> int:
     return d.sink_chunks + d.memory_chunks + d.window_chunks + 1
 
 
-def new_generator(model: LiveReel, seed: int = 0, sampler: Sampling = Sampling(), warm: int = 0) -> Generator:
-    gen = sampler.generator(model, seed)
+def new_generator(model: LiveReel, seed: int = 0, sampling: Sampling = Sampling(), warm: int = 0) -> Generator:
+    gen = sampling.generator(model, seed)
     gen.set_prompt(PROMPTS[0])
     gen.set_camera(pan=(0.25, 0.0))
     for _ in range(warm):
@@ -89,15 +89,17 @@ def _phase_summary(rows: list[dict[str, tuple[float, float]]], steps: int) -> di
     return out
 
 
-def chunk_costs(model: LiveReel, chunks: int, sampler: Sampling = Sampling()) -> dict:
+def chunk_costs(model: LiveReel, chunks: int, sampling: Sampling = Sampling()) -> dict:
     """Per-chunk time at steady state, split into phases; fps and real-time factor, done
     one phase after another (as `Session.step` and the track do today)."""
     cfg = model.config
-    gen, enc = new_generator(model, sampler=sampler, warm=fill_chunks(model) + 1), Encoder(model)
+    gen, enc = new_generator(model, sampling=sampling, warm=fill_chunks(model) + 1), Encoder(model)
     rows = [_chunk(gen, enc) for _ in range(chunks)]
-    phases = _phase_summary(rows, sampler.denoise_evals)
+    evals = gen.steps - gen.warm_start  # a model without a warped prior starts every chunk from noise
+    phases = _phase_summary(rows, evals)
     video = cfg.frames_per_chunk / cfg.fps
-    out = {"chunks": chunks, **sampler.to_dict(), "frames_per_chunk": cfg.frames_per_chunk,
+    out = {"chunks": chunks, **sampling.to_dict(), "denoise_evals": evals, "cfg_batch": gen.cfg_batch,
+           "frames_per_chunk": cfg.frames_per_chunk,
            "video_seconds_per_chunk": video, "phases": phases}
     for clock in ("wall", "cpu"):
         t = phases["total"][f"{clock}_ms"]["median"] / 1e3
@@ -106,11 +108,11 @@ def chunk_costs(model: LiveReel, chunks: int, sampler: Sampling = Sampling()) ->
     return out
 
 
-def pipelined(model: LiveReel, chunks: int, sampler: Sampling = Sampling()) -> dict:
+def pipelined(model: LiveReel, chunks: int, sampling: Sampling = Sampling()) -> dict:
     """Throughput with decode + encode of chunk n on a second thread while the DiT makes
     chunk n+1: the chunk period becomes max(DiT, decode + encode) given two free cores."""
     cfg = model.config
-    gen, enc = new_generator(model, sampler=sampler, warm=fill_chunks(model) + 1), Encoder(model)
+    gen, enc = new_generator(model, sampling=sampling, warm=fill_chunks(model) + 1), Encoder(model)
 
     def finish(x):
         enc.encode(gen.decode(x))
@@ -128,11 +130,11 @@ def pipelined(model: LiveReel, chunks: int, sampler: Sampling = Sampling()) -> d
     return {"chunks": chunks, "fps_wall": fps, "rtf_wall": fps / cfg.fps}
 
 
-def ttff_offline(model: LiveReel, reps: int, sampler: Sampling = Sampling()) -> dict:
+def ttff_offline(model: LiveReel, reps: int, sampling: Sampling = Sampling()) -> dict:
     """Generator construction + its first chunk (DiT, decode), in a warm process."""
     make, first = [], []
     for seed in range(reps):
-        gen, t = timed(lambda: sampler.generator(model, seed))
+        gen, t = timed(lambda: sampling.generator(model, seed))
         gen.set_prompt(PROMPTS[0])
         _, t2 = timed(gen.next_frames)
         make.append(t.wall)
@@ -141,11 +143,11 @@ def ttff_offline(model: LiveReel, reps: int, sampler: Sampling = Sampling()) -> 
             "total_s": summary([a + b for a, b in zip(make, first)])}
 
 
-def control_offline(model: LiveReel, reps: int, sampler: Sampling = Sampling()) -> dict:
+def control_offline(model: LiveReel, reps: int, sampling: Sampling = Sampling()) -> dict:
     """A control staged at a chunk boundary -> its first frame decoded (the chunk made under
     it, with the re-cache of a prompt switch). A control arriving mid-chunk also waits for
     the chunk in progress: on average half a chunk more, at worst a whole one."""
-    gen = new_generator(model, sampler=sampler, warm=fill_chunks(model) + 1)
+    gen = new_generator(model, sampling=sampling, warm=fill_chunks(model) + 1)
     steady = [timed(gen.next_frames)[1].wall for _ in range(max(3, reps // 2))]
     chunk = float(np.median(steady))
     out = {"chunk_s": chunk}
@@ -163,12 +165,13 @@ def control_offline(model: LiveReel, reps: int, sampler: Sampling = Sampling()) 
     return out
 
 
-def efficiency(model: LiveReel, costs: dict, peak: dict, sampler: Sampling = Sampling()) -> dict:
-    """The DiT's achieved FLOP/s (FLOPs counted from the config) over the matmul peak
-    measured in this run, by wall clock and by CPU time."""
+def efficiency(model: LiveReel, costs: dict, peak: dict) -> dict:
+    """The DiT's achieved FLOP/s (FLOPs counted from the config, for the evaluations
+    `chunk_costs` ran) over the matmul peak measured in this run, by wall clock and by
+    CPU time."""
     d = model.config.dit
     text_tokens = model.config.text.max_tokens
-    flops = flops_per_chunk(d, sampler.denoise_evals, text_tokens, batch=2 if sampler.guidance != 1 else 1)
+    flops = flops_per_chunk(d, costs["denoise_evals"], text_tokens, batch=costs["cfg_batch"])
     out = {"flops_per_chunk": flops, "peak": peak}
     for clock in ("wall", "cpu"):
         t = costs["phases"]["dit"][f"{clock}_ms"]["median"] / 1e3
@@ -177,7 +180,7 @@ def efficiency(model: LiveReel, costs: dict, peak: dict, sampler: Sampling = Sam
     return out
 
 
-def baselines(model: LiveReel, lengths: list[int], reps: int, unbounded_max: int, sampler: Sampling = Sampling()) -> dict:
+def baselines(model: LiveReel, lengths: list[int], reps: int, unbounded_max: int, sampling: Sampling = Sampling()) -> dict:
     """DiT time per chunk (denoise + context) at given stream lengths: ours (one stream
     made up to each length), no KV cache and an unbounded cache (histories filled in
     directly), measured at each length one after another, so that all three see the
@@ -185,7 +188,7 @@ def baselines(model: LiveReel, lengths: list[int], reps: int, unbounded_max: int
     fill = fill_chunks(model)
     out: dict = {"lengths": lengths, "ours_ms": [], "no_cache_ms": [], "unbounded_ms": [], "unbounded_cache_mb": [],
                  "unbounded_max": unbounded_max}
-    ours, made = new_generator(model, sampler=sampler), 0
+    ours, made = new_generator(model, sampling=sampling), 0
 
     def dit_ms(g: Generator) -> float:
         return (g.timings["denoise"].wall + g.timings["context"].wall) * 1e3
@@ -200,11 +203,11 @@ def baselines(model: LiveReel, lengths: list[int], reps: int, unbounded_max: int
             ms.append(dit_ms(ours))
         made += reps
         out["ours_ms"].append(float(np.median(ms)))
-        nc = NoCacheStream(new_generator(model, sampler=sampler))
+        nc = NoCacheStream(new_generator(model, sampling=sampling))
         nc.prefill(n)
         out["no_cache_ms"].append(summary([timed(nc.step)[1].wall for _ in range(reps)], 1e3)["median"])
         if n <= unbounded_max:
-            gen = growing_generator(model, 0, sampler)
+            gen = growing_generator(model, 0, sampling)
             gen.set_prompt(PROMPTS[0])
             gen.apply_controls()  # at chunk 0: no re-cache
             gen.cache.prefill(n)
@@ -227,8 +230,8 @@ def baselines(model: LiveReel, lengths: list[int], reps: int, unbounded_max: int
         out["unbounded_ms_per_chunk_of_history"] = float(slope)
         out["unbounded_ms_at_1000_extrapolated"] = float(icpt + slope * 1000)
     # Steady state, ours vs no cache, alternating chunk by chunk.
-    ours = new_generator(model, sampler=sampler, warm=fill + 1)
-    nc = NoCacheStream(new_generator(model, sampler=sampler))
+    ours = new_generator(model, sampling=sampling, warm=fill + 1)
+    nc = NoCacheStream(new_generator(model, sampling=sampling))
     nc.prefill(fill + 1)
     a, b = [], []
     for _ in range(reps * 2):
@@ -242,7 +245,7 @@ def baselines(model: LiveReel, lengths: list[int], reps: int, unbounded_max: int
     return out
 
 
-def concurrency(model: LiveReel, sessions: list[int], rounds: int, sampler: Sampling = Sampling(), warm: int | None = None) -> dict:
+def concurrency(model: LiveReel, sessions: list[int], rounds: int, sampling: Sampling = Sampling(), warm: int | None = None) -> dict:
     """Aggregate and per-session fps with several sessions on this process's threads:
     unbatched (one chunk after another, as the scheduler does today) and batched
     (`step_batch` / `decode_batch`), rounds of the two modes alternating. Each round makes
@@ -251,8 +254,8 @@ def concurrency(model: LiveReel, sessions: list[int], rounds: int, sampler: Samp
     out: dict = {}
     warm = fill_chunks(model) + 1 if warm is None else warm
     for n in sessions:
-        un = [new_generator(model, seed=i, sampler=sampler) for i in range(n)]
-        ba = [new_generator(model, seed=i, sampler=sampler) for i in range(n)]
+        un = [new_generator(model, seed=i, sampling=sampling) for i in range(n)]
+        ba = [new_generator(model, seed=i, sampling=sampling) for i in range(n)]
         encs = {id(g): Encoder(model) for g in un + ba}
 
         def unbatched():
@@ -289,7 +292,7 @@ def concurrency(model: LiveReel, sessions: list[int], rounds: int, sampler: Samp
 
 
 def long_run(checkpoint: str, minutes: float, threads: int, early: int, late: int, window: int,
-             trace_chunks: int, sampler: Sampling = Sampling(), compile: bool = False) -> dict:
+             trace_chunks: int, sampling: Sampling = Sampling(), compile: bool = False) -> dict:
     """A stream of `minutes` of video (DiT + decode), in a fresh process so that its
     memory is its own: chunk time at `early` and `late` chunks (median over `window`
     chunks), resident memory every video minute; then, after the memory samples, the
@@ -304,12 +307,12 @@ def long_run(checkpoint: str, minutes: float, threads: int, early: int, late: in
     if compile:
         from model.compile import compile_dit, warm_up
 
-        warm_up(compile_dit(model), sampler, streams=1)
+        warm_up(compile_dit(model), sampling, streams=1)
     cfg = model.config
     per_minute = max(1, round(60 * cfg.fps / cfg.frames_per_chunk))
     n = max(late + window, math.ceil(minutes * per_minute))
     every = min(per_minute, max(1, n // 20))  # memory samples: every video minute, or 20 in all
-    gen = new_generator(model, sampler=sampler)
+    gen = new_generator(model, sampling=sampling)
     dit_wall, dit_cpu, chunk_wall, mem = [], [], [], []
     start = time.perf_counter()
     for i in range(n):
@@ -331,7 +334,7 @@ def long_run(checkpoint: str, minutes: float, threads: int, early: int, late: in
 
     # The same comparison interleaved: CPU time drifts with the load of other processes
     # over minutes, so a fresh stream at chunk `early` and this one at its end take turns.
-    fresh = new_generator(model, seed=1, sampler=sampler, warm=early)
+    fresh = new_generator(model, seed=1, sampling=sampling, warm=early)
     turns: dict[int, list[float]] = {id(fresh): [], id(gen): []}
     for i in range(window):
         for g in ((fresh, gen) if i % 2 else (gen, fresh)):

@@ -104,41 +104,41 @@ def measure_model(name: str, sizes: Sizes, args: argparse.Namespace, threads: in
     from bench import live, offline
 
     model, weights = load_checkpoint(name)
+    sampling = sampling_from_args(args)
     if args.compile:
         from model.compile import compile_dit, warm_up
 
-        warm_up(compile_dit(model), sampling_from_args(args))
+        warm_up(compile_dit(model), sampling)
     cfg = model.config
-    sampler = sampling_from_args(args)
     out: dict = {"name": name, "weights": weights, "preset": cfg.name,
                  "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
                  "config": {"image_size": cfg.image_size, "fps": cfg.fps, "frames_per_chunk": cfg.frames_per_chunk,
                             "tokens_per_chunk": cfg.dit.tokens_per_chunk, "cache_tokens": cfg.dit.cache_tokens,
-                            "dim": cfg.dit.dim, "depth": cfg.dit.depth, **sampler.to_dict(),
+                            "dim": cfg.dit.dim, "depth": cfg.dit.depth, **sampling.to_dict(),
                             "compiled": args.compile}}
-    offline.new_generator(model, sampler=sampler, warm=2)  # one-off lazy init, as `serve` does
+    offline.new_generator(model, sampling=sampling, warm=2)  # one-off lazy init, as `serve` does
     t = time.perf_counter()
     log.info("%s: per-chunk costs", name)
-    out["chunk"] = offline.chunk_costs(model, sizes.chunks, sampler)
-    out["pipelined"] = offline.pipelined(model, sizes.pipelined_chunks, sampler)
+    out["chunk"] = offline.chunk_costs(model, sizes.chunks, sampling)
+    out["pipelined"] = offline.pipelined(model, sizes.pipelined_chunks, sampling)
     log.info("%s: matmul peak and efficiency", name)
-    out["efficiency"] = offline.efficiency(model, out["chunk"], offline.matmul_peak(sizes.peak_seconds), sampler)
+    out["efficiency"] = offline.efficiency(model, out["chunk"], offline.matmul_peak(sizes.peak_seconds))
     log.info("%s: time to first frame, control latency (offline)", name)
-    out["ttff_offline"] = offline.ttff_offline(model, sizes.ttff_reps, sampler)
-    out["control_offline"] = offline.control_offline(model, sizes.control_reps, sampler)
+    out["ttff_offline"] = offline.ttff_offline(model, sizes.ttff_reps, sampling)
+    out["control_offline"] = offline.control_offline(model, sizes.control_reps, sampling)
     log.info("%s: baselines", name)
-    out["baselines"] = offline.baselines(model, list(sizes.lengths), sizes.baseline_reps, sizes.unbounded_max, sampler)
+    out["baselines"] = offline.baselines(model, list(sizes.lengths), sizes.baseline_reps, sizes.unbounded_max, sampling)
     log.info("%s: sessions", name)
-    out["concurrency"] = offline.concurrency(model, list(sizes.sessions), sizes.rounds, sampler, sizes.session_warm)
+    out["concurrency"] = offline.concurrency(model, list(sizes.sessions), sizes.rounds, sampling, sizes.session_warm)
     if not args.skip_live:
         log.info("%s: live (WebRTC)", name)
-        out["live"] = live.measure(model, sampler, sizes.live_ttff_reps, sizes.live_control_reps, sizes.live_seconds)
+        out["live"] = live.measure(model, sampling, sizes.live_ttff_reps, sizes.live_control_reps, sizes.live_seconds)
     minutes = args.minutes if args.minutes is not None else (0.05 if args.smoke else 20.0)
     log.info("%s: long stream (%.2f video minutes) in a fresh process", name, minutes)
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(1, mp_context=ctx) as pool:
         out["long_run"] = pool.submit(offline.long_run, name, minutes, threads, sizes.early, sizes.late,
-                                      sizes.window, sizes.trace_chunks, sampler, args.compile).result()
+                                      sizes.window, sizes.trace_chunks, sampling, args.compile).result()
     out["seconds"] = time.perf_counter() - t
     return out
 

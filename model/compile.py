@@ -6,8 +6,9 @@ norm, QKV) and `Block.attend` (attention, cross-attention, MLP); the context's v
 between them (`write`, `read`: the KV cache, plain Python with position state) stay eager.
 Measured on the 2-core CPU, default model, 2 threads, A/B interleaved in one process:
 denoise 9.8 -> 8.4 ms and context pass 7.7 -> 6.3 ms a chunk (the DiT 1.19x; a whole chunk
-35.2 -> 32.1 ms, 1.10x, the VAE being eager), after 5-15 s of compiling. Compiling the whole `DiT.forward` instead was slower than eager (1.5x): it
-recompiled on `kv_only` and the cache's mask and broke its graph at the cache writes.
+35.2 -> 32.1 ms, 1.10x, the VAE being eager), after 5-15 s of compiling. Compiling the
+whole `DiT.forward` instead was slower than eager (1.5x): it recompiled on `kv_only` and
+the cache's mask and broke its graph at the cache writes.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from model.checkpoint import LiveReel
 from model.sampling import Sampling
 
 RECOMPILE_LIMIT = 64
-"""Graphs kept per compiled function: one per block (each has its own weights) times the
-shapes it meets (streaming vs training path, batch sizes, a mask or none)."""
+"""Graphs kept per compiled function. The blocks share theirs (weights are graph inputs),
+but each new shape compiles one: streaming vs training path, batch sizes, a mask or none."""
 
 
 def compile_dit(model: LiveReel) -> LiveReel:

@@ -268,8 +268,8 @@ def flops_per_token(cfg: DiTConfig, context_tokens: int, text_tokens: int, kv_on
     `context_tokens` self-attention keys (its own chunk included) and `text_tokens` text
     keys. The per-frame modulation (timestep and camera MLPs, adaLN) is shared by a
     frame's tokens and counted here divided among them (the pooled text's projection, one
-    per chunk, likewise). `kv_only`: a context pass, whose
-    last block stops after its K/V projection and which skips the final layer."""
+    per chunk, likewise). `kv_only`: a context pass, whose last block stops after its K/V
+    projection and which skips the final layer."""
     d, h = cfg.dim, int(cfg.dim * cfg.mlp_ratio)
     per_layer = 2 * (4 * d * d + 2 * d * h + 2 * d * d)  # qkv+out, mlp, cross q+out
     per_layer += 2 * 2 * d * (context_tokens + text_tokens)  # QK^T and AV

@@ -237,15 +237,15 @@ class Block(nn.Module):
         keys, values, mask = ctx.read(self.attn.layer)
         return self.attend(x, mods, q, keys, values, mask, *ctx.current_rope(), text_kv, text_bias)
 
-    def project(self, x: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def project(self, x: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
         """The first half: q, k, v (B, H, N, Dh) of the modulated x, and the six modulations
-        (6, B, F, 1, D): shift, scale, gate of the attention, then of the MLP."""
+        (B, F, 1, D): shift, scale, gate of the attention, then of the MLP."""
         B, Fr, T, D = x.shape
         mods = self.ada(F.silu(c))[:, :, None].chunk(6, dim=-1)  # 6 x (B, F, 1, D)
         q, k, v = self.attn.project(modulate(self.norm1(x), mods[0], mods[1]).view(B, Fr * T, D))
-        return q, k, v, torch.stack(mods)
+        return q, k, v, mods
 
-    def attend(self, x: Tensor, mods: Tensor, q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None,
+    def attend(self, x: Tensor, mods: tuple[Tensor, ...], q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None,
                cos: Tensor, sin: Tensor, text_kv: Tensor, text_bias: Tensor) -> Tensor:
         """The second half: self-attention to the context, cross-attention to the text, MLP."""
         B, Fr, T, D = x.shape

@@ -61,11 +61,6 @@ class Sampling:
         return Generator(model, seed=seed, steps=self.steps, warm_start=self.warm_start,
                          guidance=float(self.guidance), memory=memory)
 
-    @property
-    def denoise_evals(self) -> int:
-        """Denoising evaluations of a chunk started from its prior (the steady state)."""
-        return self.steps - self.warm_start
-
     def to_dict(self) -> dict:
         return {"steps": self.steps, "warm_start": self.warm_start, "guidance": float(self.guidance)}
 

@@ -864,9 +864,9 @@ class Clip:
     velocity: np.ndarray  # (F, 3) float32, camera[f] - camera[f-1]; [0] = command at frame 0
     scenes: list[Scene]
     segments: list[tuple[int, str]]  # (start frame, caption)
+    objects: np.ndarray  # (F, 3) float32: the object's centre x, y and radius, view px
     switch_frames: list[int] = field(default_factory=list)
     fps: int = 16
-    objects: np.ndarray | None = None  # (F, 3) float32: the object's centre x, y and radius, view px
 
     def prompt_at(self, f: int) -> str:
         """The caption in force at frame f."""
@@ -915,7 +915,7 @@ def render_clip(
     vel = np.diff(cams, axis=0, prepend=cams[:1])
     vel[0] = [cmds[0, 0] * 2.0 ** -cams[0, 2], cmds[0, 1] * 2.0 ** -cams[0, 2], cmds[0, 2]]
     return Clip(frames, cams.astype(np.float32), vel.astype(np.float32), scenes, segments,
-                switch_frames, fps, object_track(scenes, np.arange(n_frames), motion, size, fps))
+                object_track(scenes, np.arange(n_frames), motion, size, fps), switch_frames, fps)
 
 
 class WorldStream:
