@@ -21,7 +21,7 @@ from torch import Tensor
 
 from model.camera import CameraCond
 from model.config import DiTConfig
-from model.generate import Generator, extend_covered
+from model.generate import Generator, Span, _Clock, extend_covered
 from model.prior import pixel_prior
 from model.rope import apply_rope
 from model.sampling import Sampling
@@ -36,6 +36,9 @@ class NoCacheStream:
         d = gen.config.dit
         self.context_chunks = d.sink_chunks + d.memory_chunks + d.window_chunks
         self.history: list[tuple[Tensor, CameraCond, Tensor | None]] = []  # clean chunks made, their priors
+        # the last chunk's phases, as Generator.timings: "prepare" (controls, noise, the warped
+        # prior: the same VAE work as ours) and "dit" (the network evaluations)
+        self.timings: dict[str, Span] = {}
 
     def prefill(self, chunks: int) -> None:
         """Pretend `chunks` chunks were made (random latents, a still camera)."""
@@ -59,6 +62,7 @@ class NoCacheStream:
     @torch.no_grad()
     def step(self) -> Tensor:
         gen = self.gen
+        clock = _Clock()
         gen.applied = []
         gen.apply_controls()
         text: TextCond = gen._chunk_text()
@@ -89,6 +93,7 @@ class NoCacheStream:
             s = gen.sigmas[gen.warm_start]
             k, cover = gen.warm_start, mine[:, :, -1:]
             x = (1 - s) * extend_covered(mine[:, :, :-1], cover) + s * x
+        prepare = clock.lap()
         for t, t_next in zip(gen.sigmas[k:-1], gen.sigmas[k + 1:]):
             clip = torch.cat(clean + [x], dim=1).repeat(n, 1, 1, 1, 1)
             tt = torch.cat((torch.zeros(n, n_ctx), torch.full((n, K), t)), dim=1)
@@ -97,6 +102,7 @@ class NoCacheStream:
                 cond, uncond = v.chunk(2)
                 v = uncond + gen.guidance * (cond - uncond)
             x = x + (t_next - t) * v
+        self.timings = {"prepare": prepare, "dit": clock.lap()}
         self.history.append((x, cam, None if prior is None else prior[:, -K:]))
         if len(self.history) > self.context_chunks + 1:  # keep what `_visible` can still pick
             del self.history[gen.config.dit.sink_chunks]
@@ -192,6 +198,7 @@ def growing_generator(model, seed: int, sampling: Sampling) -> Generator:
     """A Generator whose cache keeps everything (and whose kept latents are not stored)."""
     gen = sampling.generator(model, seed=seed)
     gen.cache = GrowingCache(model.config.dit, gen.cfg_batch)
+    gen.fuse = False  # each chunk's context pass on its own, against this cache's read
     gen._kept = _Discard()
     return gen
 

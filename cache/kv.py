@@ -60,6 +60,18 @@ class Region:
         return self.token_start + self.chunks * self.tokens
 
 
+@dataclass(frozen=True)
+class ReadView:
+    """A copy of a cache's read for one chunk: what that chunk's evaluations attend to."""
+
+    k_rot: Tensor  # (depth, B, H, N, Dh) keys rotated for this read
+    v: Tensor  # (depth, B, H, N, Dh)
+    mask: Tensor | None  # (1, 1, 1, N) visibility, None: all
+    cos: Tensor  # (B, 1, tokens_per_chunk, Dh) the chunk's own RoPE tables
+    sin: Tensor
+    prior: Tensor | None  # (B, chunk_frames, C + 1, h, w) its warped prior
+
+
 class KVCache:
     def __init__(self, cfg: DiTConfig, batch: int = 1, device: torch.device | str | None = None,
                  dtype: torch.dtype = torch.float32, memory: bool = True):
@@ -166,6 +178,12 @@ class KVCache:
     def current_rope(self) -> tuple[Tensor, Tensor]:
         """cos, sin (B, 1, tokens_per_chunk, Dh) for the queries of the chunk in flight."""
         return self._cur_rope
+
+    def read_view(self) -> ReadView:
+        """A copy of the current read, which the next `commit` and `begin_chunk` change: what
+        a context pass of the chunk in flight still needs once they ran (`FusedBatch`)."""
+        return ReadView(self.k_rot.clone(), self.v.clone(), self.mask, self._cur_rope[0].clone(),
+                        self._cur_rope[1].clone(), self.prior)
 
     # ------------------------------------------------------------------ writes
     def commit(self, dest: tuple[str, int] | None = None) -> tuple[str, int]:
@@ -293,6 +311,76 @@ class CacheBatch:
 
     def write_frame(self, frame: Tensor, pos: Tensor) -> None:
         for cache, f, p in zip(self.caches, frame.split(self.rows), pos.split(self.rows)):
+            cache.write_frame(f, p)
+
+    def read(self, layer: int) -> tuple[Tensor, Tensor, Tensor | None]:
+        return self.k_rot[layer], self.v[layer], self.mask
+
+    def current_rope(self) -> tuple[Tensor, Tensor]:
+        return self.cos, self.sin
+
+
+class FusedBatch:
+    """One evaluation that is both the context pass of chunks just made and the first
+    denoising evaluation of the chunks after them: twice the rows, half the evaluations.
+
+    Rows: first the deferred context passes, each attending to the read its chunk was
+    made with (`ReadView`, copied before the cache committed the chunk with placeholder
+    K/V, evicting as usual), then the next chunks, attending to their caches' current
+    read. `write` puts a deferred row's K/V where the commit put its chunk (`slots`), in
+    the cache and rotated into the next chunk's read of that slot, before that read is
+    used in the same layer; the next chunks' K/V go where `KVCache.write` puts them. So
+    every row attends to exactly what it would in two separate evaluations.
+    The same verbs as `KVCache`, so the DiT cannot tell them apart.
+    """
+
+    def __init__(self, deferred: list[tuple[KVCache, ReadView, tuple[str, int]]], caches: list[KVCache]):
+        self.caches = caches
+        self.rows = [c.k.shape[1] for c in caches]
+        self.cur = cur = caches[0].current.token_slice(0)
+        views = [view for _, view, _ in deferred]
+        self.n_deferred = sum(view.k_rot.shape[1] for view in views)
+        offsets = [sum(self.rows[:i]) for i in range(len(caches))]
+        # (cache, its rows among the deferred ones, its rows among the next, its slot's tokens)
+        self.targets, row = [], 0
+        for cache, view, (region, index) in deferred:
+            b = view.k_rot.shape[1]
+            new = self.n_deferred + offsets[next(i for i, c in enumerate(caches) if c is cache)]
+            self.targets.append((cache, slice(row, row + b), slice(new, new + b),
+                                 cache.regions[region].token_slice(index)))
+            row += b
+        self.k_rot = torch.cat([v.k_rot for v in views] + [c.k_rot for c in caches], dim=1)
+        self.v = torch.cat([v.v for v in views] + [c.v for c in caches], dim=1)
+        self.cos = torch.cat([v.cos for v in views] + [c.cos[:, None, cur] for c in caches])
+        self.sin = torch.cat([v.sin for v in views] + [c.sin[:, None, cur] for c in caches])
+        priors = [v.prior for v in views] + [c.prior for c in caches]
+        self.prior = None if priors[0] is None else torch.cat(priors)
+        masks = [(v.mask, v.k_rot.shape[1]) for v in views] + [(c.mask, r) for c, r in zip(caches, self.rows)]
+        self.mask: Tensor | None = None
+        if any(m is not None for m, _ in masks):
+            n = caches[0].n_tokens
+            ones = torch.ones(n, dtype=torch.bool, device=self.k_rot.device)
+            self.mask = torch.cat([(ones if m is None else m).view(1, 1, 1, n).expand(r, 1, 1, n)
+                                   for m, r in masks])
+
+    def write(self, layer: int, k: Tensor, v: Tensor) -> None:
+        n, cur = self.n_deferred, self.cur
+        self.v[layer, :, :, cur] = v
+        apply_rope(k, self.cos, self.sin, out=self.k_rot[layer, :, :, cur])
+        for cache, old, new, slot in self.targets:  # the deferred chunks' clean K/V, in place
+            kk, vv = k[old], v[old]
+            cache.k[layer, :, :, slot] = kk
+            cache.v[layer, :, :, slot] = vv
+            self.v[layer, new, :, slot] = vv
+            rot = apply_rope(kk, cache.cos[:, None, slot], cache.sin[:, None, slot],
+                             out=self.k_rot[layer, new, :, slot])
+            cache.k_rot[layer, :, :, slot] = rot  # the cache's own read, for later evaluations
+        for cache, kk, vv in zip(self.caches, k[n:].split(self.rows), v[n:].split(self.rows)):
+            cache.store(layer, kk, vv)  # for the commit (each evaluation writes its own read)
+
+    def write_frame(self, frame: Tensor, pos: Tensor) -> None:
+        n = self.n_deferred
+        for cache, f, p in zip(self.caches, frame[n:].split(self.rows), pos[n:].split(self.rows)):
             cache.write_frame(f, p)
 
     def read(self, layer: int) -> tuple[Tensor, Tensor, Tensor | None]:

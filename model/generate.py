@@ -5,6 +5,12 @@ steps that read the cache, one context pass at t = `context_t` that writes the c
 clean K/V, then `cache.commit()`. Controls are staged by `set_*` and take effect at the
 next chunk boundary; `applied` says what took effect and at which frame.
 
+The context pass of a chunk runs late, fused with the first evaluation of the next
+chunk (`cache.kv.FusedBatch`: one evaluation of twice the rows instead of two, each row
+attending to exactly what it would alone), so a warm-started chunk costs one network
+evaluation. Until then the chunk is `unwritten`; `flush()` writes it at once (a prompt
+switch does, before its re-cache; `fuse=False` does after every chunk).
+
 `step_batch` makes one chunk for each of several streams with one batched network
 evaluation per step (the streams keep their own caches, controls and seeds, and get
 the same chunks as alone); `decode_batch` decodes them together. A chunk's `decode`
@@ -26,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cache.kv import CacheBatch, KVCache
+from cache.kv import CacheBatch, FusedBatch, KVCache, ReadView
 from model.camera import CameraCond, integrate, velocity_per_frame
 from model.checkpoint import LiveReel
 from model.prior import pixel_prior
@@ -49,10 +55,19 @@ def chunk_seed(seed: int, chunk: int) -> int:
     return (seed * 1_000_003 + chunk * 7919 + 17) % (2**63 - 1)
 
 
+class Unwritten(NamedTuple):
+    """A chunk made whose clean K/V are not in the cache yet: its latents (1, K, C, h, w),
+    and the text and camera it was made with (not guidance-batched)."""
+
+    x: Tensor
+    text: TextCond
+    cam: CameraCond
+
+
 class Generator:
     def __init__(self, model: LiveReel, seed: int = 0, steps: int = 4, guidance: float = 1.0,
                  context_t: float = 0.0, shift: float = 5.0, memory: bool = True,
-                 autocast: torch.dtype | None = None, warm_start: int = 0):
+                 autocast: torch.dtype | None = None, warm_start: int = 0, fuse: bool = True):
         if steps < 1:
             raise ValueError(f"steps must be >= 1 (got {steps})")
         if not 0 <= warm_start < steps:
@@ -65,6 +80,7 @@ class Generator:
         # Not after a prompt switch or a reset: the prior shows the old prompt or nothing.
         self.warm_start = warm_start if model.config.dit.warp_prior else 0
         self.autocast = autocast  # e.g. torch.bfloat16 on CUDA: the DiT's matmuls in bf16, the state in fp32
+        self.fuse = fuse  # a chunk's context pass fused with the next chunk's first evaluation
         self.sigmas = flow_schedule(steps, shift)
         self.device = next(model.parameters()).device
         self.cfg_batch = 2 if guidance != 1.0 else 1  # conditional, unconditional
@@ -118,6 +134,7 @@ class Generator:
         self.chunk_index = 0
         self.camera = (0.0, 0.0, 0.0)  # x, y, zoom (world token units, log2)
         self.cache.reset()
+        self.unwritten: Unwritten | None = None  # the last chunk, until its context pass
         # per kept slot: clean latents, camera, and the cache's last frame before it (its prior's source)
         self._kept: dict[tuple[str, int], tuple[Tensor, CameraCond, tuple]] = {}
         self._vae_state = self.model.vae.init_state()
@@ -127,10 +144,22 @@ class Generator:
         text.kv = self.model.dit.text_kv(text)
         return text
 
-    def apply_controls(self) -> None:
-        """Apply the staged controls now (step() does this first; a prompt switch re-caches
-        here). Fills `applied`."""
-        pending, self._pending = self._pending, {}
+    def take_controls(self) -> dict:
+        """The controls staged so far (cleared): what `apply_controls` applies."""
+        staged, self._pending = self._pending, {}
+        return staged
+
+    def _recaches(self, staged: dict) -> bool:
+        """Whether applying `staged` re-caches the kept chunks (a prompt switch without a
+        transition, past the first chunk): the cache must hold every chunk first."""
+        return "prompt" in staged and "reset" not in staged and staged["prompt"][1] == 0 and self.chunk_index > 0
+
+    def apply_controls(self, pending: dict | None = None) -> None:
+        """Apply the staged controls (or `pending`, from `take_controls`) now; step() does
+        this first; a prompt switch re-caches here. Fills `applied`."""
+        pending = self.take_controls() if pending is None else pending
+        if self._recaches(pending):
+            self.flush()
         if "reset" in pending:
             self._start(pending["reset"])
             self.applied.append({"what": "reset", "seed": self.seed, "frame": 0})
@@ -225,6 +254,29 @@ class Generator:
         _evaluate(self.model, x, self.context_t, self._batch_text(text), self._batch_cam(cam), self.cache,
                   self.cfg_batch, kv_only=True, autocast=self.autocast)
 
+    def flush(self) -> None:
+        """Write the last chunk's clean K/V into the cache now, with a context pass of its
+        own (`step` otherwise fuses that pass with the next chunk's first evaluation)."""
+        if self.unwritten is None:
+            return
+        u = self.unwritten
+        _evaluate(self.model, u.x, self.context_t, self._batch_text(u.text), self._batch_cam(u.cam), self.cache,
+                  self.cfg_batch, kv_only=True, autocast=self.autocast)
+        self._commit()
+
+    def _commit(self) -> tuple[str, int]:
+        """Move the unwritten chunk into the cache (its last frame becomes the next prior's
+        source) and keep its latents for re-caching. Its K/V are what the cache's chunk slot
+        holds: the context pass's after `flush`, placeholders that a `FusedBatch` overwrites
+        otherwise."""
+        u, n = self.unwritten, self.cfg_batch
+        self.unwritten = None
+        before = self.cache.frame_state()
+        self.cache.write_frame(u.x[:, -1].repeat_interleave(n, 0), u.cam.pos[:, -1].repeat_interleave(n, 0))
+        slot = self.cache.commit()
+        self._kept[slot] = (u.x, u.cam, before)
+        return slot
+
     def _recache(self) -> None:
         """Recompute the K/V of the kept chunks (sink, window) under the new prompt, in
         stream order, each seeing the context that precedes it (DESIGN §3)."""
@@ -243,26 +295,20 @@ class Generator:
         return torch.randn(shape, generator=g).to(self.device)
 
     # ------------------------------------------------------------------ the rollout
-    def _begin(self) -> tuple[Tensor, TextCond, CameraCond]:
-        """Controls, text and camera of the next chunk; prepares the cache's read.
-        Returns the chunk's noise and its (guidance-batched) text and camera."""
+    def _begin(self, staged: dict) -> tuple[Tensor, TextCond, CameraCond]:
+        """Applies the `staged` controls, then the text and camera of the next chunk;
+        prepares the cache's read. Returns the chunk's noise and its (guidance-batched)
+        text and camera."""
         self.applied = []
-        self.apply_controls()
+        self.apply_controls(staged)
         self._warm = self.chunk_index > 0 and not any(a["what"] in ("prompt", "reset") for a in self.applied)
-        text = self._chunk_text()
+        self._text_now = self._chunk_text()
         cam = self._advance_camera()
         self._cam = cam
         clock = _Clock()
         self._begin_chunk(cam)
         self._prepare = clock.lap()
-        return self._noise(), self._batch_text(text), self._batch_cam(cam)
-
-    def _finish(self, x: Tensor) -> None:
-        """Keep the chunk's clean latents and move its K/V into the cache."""
-        before = self.cache.frame_state()
-        slot = self.cache.commit()
-        self._kept[slot] = (x, self._cam, before)
-        self.chunk_index += 1
+        return self._noise(), self._batch_text(self._text_now), self._batch_cam(cam)
 
     @torch.no_grad()
     def step(self) -> Tensor:
@@ -305,14 +351,18 @@ class _Clock:
         return span
 
 
-def _evaluate(model: LiveReel, x: Tensor, t: float, text: TextCond, cam: CameraCond, cache,
+def _evaluate(model: LiveReel, x: Tensor, t: float | Tensor, text: TextCond, cam: CameraCond, cache,
               cfg_batch: int, kv_only: bool = False, autocast: torch.dtype | None = None) -> Tensor | None:
-    """One network evaluation of a batch of chunks x (S, K, C, h, w) at time t; with
-    guidance each chunk is evaluated twice (conditional, unconditional), side by side.
-    `kv_only` for a context pass: only the cache writes matter. `autocast`: the dtype
-    of the evaluation's matmuls (None: the model's own); returns x's dtype."""
+    """One network evaluation of a batch of chunks x (S, K, C, h, w) at time t (or one
+    per chunk, (S,)); with guidance each chunk is evaluated twice (conditional,
+    unconditional), side by side. `kv_only` for a context pass: only the cache writes
+    matter. `autocast`: the dtype of the evaluation's matmuls (None: the model's own);
+    returns x's dtype."""
     xb = x if cfg_batch == 1 else x.repeat_interleave(cfg_batch, dim=0)
-    tt = torch.full(xb.shape[:2], t, device=x.device)
+    if isinstance(t, Tensor):
+        tt = t.to(x.device, x.dtype).repeat_interleave(cfg_batch)[:, None].expand(xb.shape[:2])
+    else:
+        tt = torch.full(xb.shape[:2], t, device=x.device)
     with torch.autocast(x.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
         v = model.dit(xb, tt, text, cam, cache, kv_only=kv_only)
     return None if v is None else v.to(x.dtype)
@@ -325,6 +375,7 @@ def step_batch(gens: list[Generator]) -> list[Tensor]:
     Each stream applies its own staged controls (a prompt switch re-caches that stream
     alone), keeps its own cache, seed and camera, and gets the chunk it would get alone
     (to float tolerance). The streams must share the model and the sampler settings.
+    The previous chunks' context passes ride along in the first evaluation (`FusedBatch`).
     Returns each stream's clean latents (1, K, C, h, w).
     """
     lead = gens[0]
@@ -333,7 +384,17 @@ def step_batch(gens: list[Generator]) -> list[Tensor]:
             raise ValueError("a batched step needs streams of one model with the same steps, shift, "
                              "guidance, context_t, autocast and warm_start")
     clock = _Clock()
-    begun = [g._begin() for g in gens]
+    staged = [g.take_controls() for g in gens]
+    for g, s in zip(gens, staged):
+        if g._recaches(s):
+            g.flush()
+    flushed = clock.lap()
+    views: dict[int, tuple[ReadView, tuple[str, int]]] = {}
+    for g, s in zip(gens, staged):
+        if g.unwritten is not None and "reset" not in s:  # a reset empties the cache anyway
+            view = g.cache.read_view()
+            views[id(g)] = (view, g.unwritten, g._commit())
+    begun = [g._begin(s) for g, s in zip(gens, staged)]
     lap = clock.lap()
     prepare = Span(sum(g._prepare.wall for g in gens), sum(g._prepare.cpu for g in gens))
     controls = Span(lap.wall - prepare.wall, lap.cpu - prepare.cpu)
@@ -344,15 +405,17 @@ def step_batch(gens: list[Generator]) -> list[Tensor]:
     for k in sorted(set(starts)):
         idx = [i for i, s in enumerate(starts) if s == k]
         group = [gens[i] for i in idx]
-        for i, xi in zip(idx, _denoise(group, [begun[i] for i in idx], k)):
+        for i, xi in zip(idx, _denoise(group, [begun[i] for i in idx], k, views)):
             out[i] = xi
     denoise = clock.lap()
-    cache = lead.cache if len(gens) == 1 else CacheBatch([g.cache for g in gens])
-    _evaluate(lead.model, torch.cat(out), lead.context_t, _cat_text([b[1] for b in begun]),
-              _cat_cam([b[2] for b in begun]), cache, lead.cfg_batch, kv_only=True, autocast=lead.autocast)
-    context = clock.lap()
     for g, xi in zip(gens, out):
-        g._finish(xi)
+        g.unwritten = Unwritten(xi, g._text_now, g._cam)
+        g.chunk_index += 1
+        if not g.fuse:
+            g.flush()
+    context = clock.lap()
+    context = Span(context.wall + flushed.wall, context.cpu + flushed.cpu)
+    for g in gens:
         g.timings = {"controls": controls, "prepare": prepare, "denoise": denoise, "context": context}
     return out
 
@@ -386,19 +449,34 @@ def _cat_cam(cams: list[CameraCond]) -> CameraCond:
     return CameraCond(torch.cat([c.pos for c in cams]), torch.cat([c.motion for c in cams]))
 
 
-def _denoise(gens: list[Generator], begun: list[tuple[Tensor, TextCond, CameraCond]], k: int) -> list[Tensor]:
+def _denoise(gens: list[Generator], begun: list[tuple[Tensor, TextCond, CameraCond]], k: int,
+             views: dict[int, tuple[ReadView, Unwritten, tuple[str, int]]]) -> list[Tensor]:
     """The denoising steps of one group of streams sharing a schedule that starts at step
-    `k` (k > 0: from each stream's warped prior, noised to that level)."""
+    `k` (k > 0: from each stream's warped prior, noised to that level). The first
+    evaluation also makes the context pass of each stream's last chunk (`views`: its read,
+    the chunk, and the slot it was committed to)."""
     lead, n = gens[0], gens[0].cfg_batch
     x = torch.cat([b[0] for b in begun])
     text, cam = _cat_text([b[1] for b in begun]), _cat_cam([b[2] for b in begun])
-    cache = lead.cache if len(gens) == 1 else CacheBatch([g.cache for g in gens])
     if k:
         prior = torch.cat([g.cache.prior[::n] for g in gens])  # (S, K, C + 1, h, w)
         s = lead.sigmas[k]
         x = (1 - s) * extend_covered(prior[:, :, :-1], prior[:, :, -1:]) + s * x
-    for t, t_next in zip(lead.sigmas[k:-1], lead.sigmas[k + 1:]):
-        v = _evaluate(lead.model, x, t, text, cam, cache, n, autocast=lead.autocast)
+    deferred = [(g, *views[id(g)]) for g in gens if id(g) in views]
+    cache = None  # the caches' own read, once the deferred K/V are in it
+    for i, (t, t_next) in enumerate(zip(lead.sigmas[k:-1], lead.sigmas[k + 1:])):
+        if i == 0 and deferred:
+            ctx = FusedBatch([(g.cache, view, slot) for g, view, _, slot in deferred], [g.cache for g in gens])
+            us = [u for _, _, u, _ in deferred]
+            tt = torch.tensor([lead.context_t] * len(us) + [t] * len(gens))
+            v = _evaluate(lead.model, torch.cat([u.x for u in us] + [x]), tt,
+                          _cat_text([g._batch_text(u.text) for (g, _, u, _) in deferred] + [text]),
+                          _cat_cam([g._batch_cam(u.cam) for (g, _, u, _) in deferred] + [cam]), ctx, n,
+                          autocast=lead.autocast)[len(us) * n:]
+        else:
+            if cache is None:
+                cache = lead.cache if len(gens) == 1 else CacheBatch([g.cache for g in gens])
+            v = _evaluate(lead.model, x, t, text, cam, cache, n, autocast=lead.autocast)
         if n > 1:
             cond, uncond = v.view(len(gens), n, *v.shape[1:]).unbind(1)
             v = uncond + lead.guidance * (cond - uncond)

@@ -52,7 +52,7 @@ def test_smoke_reports_every_field(tmp_path, capsys):
     for n in ("1", "2", "4"):
         for mode in ("batched", "unbatched"):
             assert {"aggregate_fps_wall", "per_session_fps_wall"} <= set(res["concurrency"][n][mode])
-    assert {"ours_ms", "no_cache_ms", "speedup"} <= set(res["baselines"]["steady"])
+    assert {"ours_ms", "no_cache_ms", "speedup", "ours_step_ms", "no_cache_step_ms", "step_speedup"} <= set(res["baselines"]["steady"])
     for what in ("prompt", "camera"):
         assert {"boundary_s", "expected_s", "worst_s"} <= set(res["control_offline"][what])
     assert len(res["baselines"]["no_cache_ms"]) == len(res["baselines"]["lengths"])

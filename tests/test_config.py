@@ -69,8 +69,14 @@ def test_flop_count_matches_the_networks_matmuls(monkeypatch):
         return out
 
     monkeypatch.setattr(generate, "_evaluate", counting)
-    gen.step()  # warm-started: one denoising evaluation, then the context pass
     d, text = cfg.dit, cfg.text.max_tokens
-    expected = [d.tokens_per_chunk * flops_per_token(d, d.cache_tokens, text),
-                d.tokens_per_chunk * flops_per_token(d, d.cache_tokens, text, kv_only=True)]
+    full = d.tokens_per_chunk * flops_per_token(d, d.cache_tokens, text)
+    gen.step()  # warm-started, fused: the last chunk's context pass and this chunk's one evaluation
+    assert counted == pytest.approx([2 * full], rel=1e-9)  # the context rows run every layer in full
+    counted.clear()
+    gen.fuse = False
+    gen.step()  # the last chunk's context pass still rides along; this chunk's follows at once
+    gen.step()  # separate: one denoising evaluation, then the context pass
+    context = d.tokens_per_chunk * flops_per_token(d, d.cache_tokens, text, kv_only=True)
+    expected = [2 * full, context, full, context]
     assert counted == pytest.approx(expected, rel=1e-9)

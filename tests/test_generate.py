@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.generate import Generator, flow_schedule
+from model.generate import Generator, flow_schedule, step_batch
 
 
 def run(model, seed, chunks=6, switch_at=3, steps=2):
@@ -146,3 +146,46 @@ def test_follow_path_drives_the_camera_along_a_given_path(debug_model):
     assert gen.camera == tuple(float(v) for v in pos[-1])
     with pytest.raises(ValueError, match="positions and motions"):
         gen.follow_path(pos, motion[:, :2])
+
+
+def _script(gens, chunks=20):
+    """A stream's controls over `chunks` chunks: a pan, a prompt switch (re-cache), a
+    smooth transition, a reset; long enough for the window to evict into the memory."""
+    outs = [[] for _ in gens]
+    for i in range(chunks):
+        for j, g in enumerate(gens):
+            if i == 0:
+                g.set_prompt("a yellow triangle drifting over the ocean")
+                g.set_camera(pan=(0.4 + 0.1 * j, -0.1))
+            if i == 5 + j:
+                g.set_prompt("a white star in a snowy forest")
+            if i == 8:
+                g.set_prompt("a red ball over the desert at night", transition=2)
+            if i == 10 and j == 0:
+                g.reset(7)
+        for j, x in enumerate(step_batch(gens)):
+            outs[j].append(x)
+    return [torch.cat(o, 1) for o in outs]
+
+
+@pytest.mark.parametrize("steps,warm_start,guidance", [(4, 3, 1.0), (2, 0, 1.0), (4, 3, 2.0)])
+@torch.no_grad()
+def test_fused_context_pass_makes_the_same_stream(debug_model, steps, warm_start, guidance):
+    """A chunk's context pass fused with the next chunk's first evaluation (the default)
+    makes the chunks, the cache and the kept latents of separate passes (`fuse=False`):
+    alone and two streams batched, through eviction, switches, a transition and a reset."""
+    def make(fuse, n):
+        return [Generator(debug_model, seed=3 + j, steps=steps, warm_start=warm_start, guidance=guidance,
+                          fuse=fuse) for j in range(n)]
+    for n in (1, 2):
+        fused, plain = make(True, n), make(False, n)
+        for a, b in zip(_script(fused), _script(plain)):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)
+        for f, p in zip(fused, plain):
+            assert f.unwritten is not None and p.unwritten is None
+            f.flush()
+            assert f.cache.frame_ids == p.cache.frame_ids and f.cache.bank.written == p.cache.bank.written > 0
+            for name in ("k", "v", "pos", "frame"):
+                assert torch.allclose(getattr(f.cache, name), getattr(p.cache, name), rtol=1e-4, atol=1e-4), name
+            assert f._kept.keys() == p._kept.keys()
+            assert all(torch.allclose(f._kept[s][0], p._kept[s][0], rtol=1e-4, atol=1e-4) for s in f._kept)

@@ -99,7 +99,8 @@ def test_rollout_context_is_what_streaming_makes(debug_model):
             if i < chunks:
                 assert torch.allclose(latents[b, chunk], gen.step()[0], rtol=1e-4, atol=1e-4)
             else:
-                gen._begin()  # the next chunk's read: its warped prior
+                gen.flush()  # the last chunk in the cache, then the next chunk's read: its warped prior
+                gen._begin(gen.take_controls())
             # the prior each chunk was made from (gen.cache.prior: this chunk's, both guidance rows)
             assert torch.allclose(priors[b, chunk], gen.cache.prior[0], rtol=1e-4, atol=1e-4)
 
