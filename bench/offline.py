@@ -20,7 +20,7 @@ import torch
 from bench.baselines import NoCacheStream, growing_generator
 from bench.timing import matmul_peak, rss_bytes, summary, timed
 from model.checkpoint import LiveReel
-from model.config import flops_per_chunk
+from model.config import flops_per_chunk, flops_per_token
 from model.generate import Generator, decode_batch, step_batch
 from model.sampling import Sampling
 
@@ -177,6 +177,34 @@ def efficiency(model: LiveReel, costs: dict, peak: dict) -> dict:
         t = costs["phases"]["dit"][f"{clock}_ms"]["median"] / 1e3
         out[f"dit_flops_{clock}"] = flops / t
         out[f"fraction_of_peak_{clock}"] = flops / t / peak[f"flops_{clock}"]
+    return out
+
+
+@torch.no_grad()
+def efficiency_by_rows(model: LiveReel, rows: list[int], reps: int, peak: dict,
+                       sampling: Sampling = Sampling()) -> dict:
+    """One DiT evaluation of `rows` chunks side by side at steady state (each row reading
+    the same full cache), as a batched step of several sessions makes it (the fused
+    context pass is 2 rows for one session): median wall ms, GFLOP/s and share of the
+    matmul peak. How much of the shortfall is the size of one evaluation."""
+    from cache.kv import CacheBatch
+    from model.generate import _cat_cam, _cat_text, _evaluate
+
+    d = model.config.dit
+    gen = new_generator(model, sampling=sampling, warm=fill_chunks(model) + 1)
+    gen.flush()
+    gen._begin(gen.take_controls())  # the next chunk's read of the full cache
+    text, cam = gen._batch_text(gen._text_now), gen._batch_cam(gen._cam)
+    flops = d.tokens_per_chunk * flops_per_token(d, d.cache_tokens, model.config.text.max_tokens)
+    out = {}
+    for n in rows:
+        x = torch.randn(n, d.chunk_frames, d.latent_channels, d.latent_size, d.latent_size)
+        ctx = gen.cache if n == 1 else CacheBatch([gen.cache] * n)
+        args = (model, x, 0.5, _cat_text([text] * n), _cat_cam([cam] * n), ctx, gen.cfg_batch)
+        _evaluate(*args)
+        ms = summary([timed(lambda: _evaluate(*args))[1].wall for _ in range(reps)], 1e3)["median"]
+        rate = n * gen.cfg_batch * flops / (ms / 1e3)
+        out[str(n)] = {"ms": ms, "dit_flops_wall": rate, "fraction_of_peak_wall": rate / peak["flops_wall"]}
     return out
 
 

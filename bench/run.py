@@ -55,12 +55,14 @@ class Sizes:
     window: int = 20
     trace_chunks: int = 100
     peak_seconds: float = 2.0
+    eval_rows: tuple[int, ...] = (1, 2, 4, 8)  # chunks in one DiT evaluation, for efficiency_by_rows
+    eval_reps: int = 15
 
 
 SMOKE = Sizes(chunks=3, pipelined_chunks=3, ttff_reps=1, control_reps=2, live_ttff_reps=1, live_control_reps=1,
               live_seconds=1.2, lengths=(1, 2, 8), baseline_reps=1, unbounded_max=8, rounds=1, session_warm=1,
               early=2, late=12,
-              window=2, trace_chunks=4, peak_seconds=0.2)
+              window=2, trace_chunks=4, peak_seconds=0.2, eval_rows=(1, 2), eval_reps=1)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -123,6 +125,8 @@ def measure_model(name: str, sizes: Sizes, args: argparse.Namespace, threads: in
     out["pipelined"] = offline.pipelined(model, sizes.pipelined_chunks, sampling)
     log.info("%s: matmul peak and efficiency", name)
     out["efficiency"] = offline.efficiency(model, out["chunk"], offline.matmul_peak(sizes.peak_seconds))
+    out["efficiency"]["by_rows"] = offline.efficiency_by_rows(model, list(sizes.eval_rows), sizes.eval_reps,
+                                                              out["efficiency"]["peak"], sampling)
     log.info("%s: time to first frame, control latency (offline)", name)
     out["ttff_offline"] = offline.ttff_offline(model, sizes.ttff_reps, sampling)
     out["control_offline"] = offline.control_offline(model, sizes.control_reps, sampling)
@@ -232,6 +236,9 @@ def table(report: dict) -> str:
                                                    f"{r['efficiency']['peak']['flops_cpu'] / 1e9:.1f}")
     row("DiT share of peak wall / cpu", lambda r: f"{r['efficiency']['fraction_of_peak_wall']:.0%} / "
                                                  f"{r['efficiency']['fraction_of_peak_cpu']:.0%}")
+    row("DiT share of peak, one evaluation of 1 / 2 / 4 / 8 chunks (wall)",
+        lambda r: " / ".join(f"{r['efficiency']['by_rows'][n]['fraction_of_peak_wall']:.0%}"
+                             for n in r["efficiency"]["by_rows"]))
     row("steady DiT ms: ours / no cache (x)",
         lambda r: f"{r['baselines']['steady']['ours_ms']:.1f} / {r['baselines']['steady']['no_cache_ms']:.1f} "
                   f"({r['baselines']['steady']['speedup']:.1f}x)")

@@ -37,7 +37,8 @@ def compile_dit(model: LiveReel) -> LiveReel:
 def warm_up(model: LiveReel, sampling: Sampling, streams: int = 2) -> None:
     """Meet the shapes a server meets before viewers do (each compiles once): a stream
     until its cache is full (reads with a mask, then without), a prompt switch (the
-    re-cache) and a batched step of `streams` streams."""
+    re-cache) and batched steps of `streams` streams (fused with their last chunks' context
+    passes, or not yet)."""
     from model.generate import next_frames_batch
 
     d = model.config.dit
@@ -46,5 +47,6 @@ def warm_up(model: LiveReel, sampling: Sampling, streams: int = 2) -> None:
         gens[0].next_frames()
     gens[0].set_prompt("a white star above the city")
     gens[0].next_frames()
-    if streams > 1:
+    if streams > 1:  # the first without an unwritten chunk for the new streams, then with
+        next_frames_batch(gens)
         next_frames_batch(gens)

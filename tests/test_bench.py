@@ -56,6 +56,8 @@ def test_smoke_reports_every_field(tmp_path, capsys):
     for what in ("prompt", "camera"):
         assert {"boundary_s", "expected_s", "worst_s"} <= set(res["control_offline"][what])
     assert len(res["baselines"]["no_cache_ms"]) == len(res["baselines"]["lengths"])
+    for n in ("1", "2"):  # one evaluation of n chunks side by side
+        assert {"ms", "dit_flops_wall", "fraction_of_peak_wall"} <= set(res["efficiency"]["by_rows"][n])
     assert len(res["targets"]) == 10 and all({"name", "target", "value", "met"} <= set(t) for t in res["targets"])
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["sessions_debug.png", "stream_length_debug.png"]
     table = capsys.readouterr().out
