@@ -228,14 +228,21 @@ class Block(nn.Module):
         self.mlp = MLP(cfg.dim, int(cfg.dim * cfg.mlp_ratio))
         self.ada = nn.Linear(cfg.dim, 6 * cfg.dim)
 
-    def forward(self, x: Tensor, c: Tensor, ctx, text_kv: Tensor, text_bias: Tensor) -> Tensor:
+    def forward(self, x: Tensor, c: Tensor, ctx, text_kv: Tensor, text_bias: Tensor, skip: int = 0) -> Tensor:
         """x (B, F, T, D), c (B, F, D): modulation is per frame, broadcast over its tokens.
         Two pure halves around the context's verbs (`write`, `read`), so that each half can be
-        compiled (model/compile.py) while the cache stays plain Python."""
+        compiled (model/compile.py) while the cache stays plain Python. `skip`: the first rows
+        only write their K/V (context passes); the output has the other B - skip rows."""
         q, k, v, mods = self.project(x, c)
         ctx.write(self.attn.layer, k, v)
         keys, values, mask = ctx.read(self.attn.layer)
-        return self.attend(x, mods, q, keys, values, mask, *ctx.current_rope(), text_kv, text_bias)
+        cos, sin = ctx.current_rope()
+        if skip:
+            x, q, keys, values, cos, sin = (t[skip:] for t in (x, q, keys, values, cos, sin))
+            mods = tuple(m[skip:] for m in mods)
+            mask = mask if mask is None or mask.shape[0] == 1 else mask[skip:]
+            text_kv, text_bias = text_kv[:, skip:], text_bias[skip:]
+        return self.attend(x, mods, q, keys, values, mask, cos, sin, text_kv, text_bias)
 
     def project(self, x: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
         """The first half: q, k, v (B, H, N, Dh) of the modulated x, and the six modulations
@@ -358,7 +365,7 @@ class DiT(nn.Module):
     # -- one network evaluation ---------------------------------------------
     def forward(self, x: Tensor, t: Tensor, text: TextCond, camera: CameraCond, cache=None,
                 kv_only: bool = False, prior_source: Tensor | None = None,
-                prior: Tensor | None = None) -> Tensor | None:
+                prior: Tensor | None = None, context_rows: int = 0) -> Tensor | None:
         """x (B, F, C, h, w); t (B, F) in [0, 1] per frame (1 = noise); returns the velocity.
 
         cache=None: training path over the whole clip (F a multiple of chunk_frames);
@@ -366,6 +373,9 @@ class DiT(nn.Module):
         cache=KVCache (after `begin_chunk`): one chunk attending to the cache.
         kv_only: only write every layer's K/V to the context and return None (a context
         pass: the last block stops after its K/V, the final layer is skipped).
+        context_rows: the first rows are context passes in the same evaluation (a
+        `FusedBatch`): their last block stops after its K/V, and the velocity returned is
+        that of the other rows only.
         prior_source: the training path's frames to warp into the priors (default: x); the
         clean clip there, since streaming warps the clean last frame of the chunk before.
         prior: the training path's priors (B, F, C + 1, h, w) made by the caller (pixel space,
@@ -392,5 +402,5 @@ class DiT(nn.Module):
             if kv_only and i == last:
                 block.write_kv(h, c, cache)
                 return None
-            h = block(h, c, cache, kv[i], bias)
-        return self.unpatchify(self.final(h, c))
+            h = block(h, c, cache, kv[i], bias, skip=context_rows if i == last else 0)
+        return self.unpatchify(self.final(h, c[context_rows:]))

@@ -331,6 +331,24 @@ def train_classifier(
 # ---------------------------------------------------------------------------------
 
 
+CEILING_SEEDS = range(1_000_000, 1_000_040)  # world clips no training or eval stream renders
+
+
+@torch.no_grad()
+def vae_ceiling(vae, classifier: AttributeClassifier, seeds: Sequence[int] = CEILING_SEEDS,
+                frames_per_clip: int = 16, size: int = world.REF_SIZE) -> dict[str, float]:
+    """Classifier accuracy per attribute on world clips passed through the VAE (encode,
+    decode): what the DiT could reach at best through this autoencoder. When the model's
+    adherence to an attribute is far below it, the DiT is what misses it, not the VAE."""
+    from model.vae import from_uint8, to_uint8
+
+    frames, labels = _clip_frames(seeds, frames_per_clip, size)
+    clips = from_uint8(torch.from_numpy(frames)).view(len(seeds), frames_per_clip, 3, size, size)
+    recon = np.concatenate([to_uint8(vae.decode(vae.encode(clip[None])))[0].numpy() for clip in clips])
+    pred = classify(recon, classifier)
+    return {a: float(np.mean(pred[a] == np.array(world.VOCAB[a], dtype=object)[labels[a]])) for a in CLASSIFIED}
+
+
 def _gray(frames: np.ndarray) -> np.ndarray:
     """Luma in 0..255, float64 (..., H, W)."""
     f = np.asarray(frames, np.float64)
@@ -1046,6 +1064,9 @@ def table_rows(result: dict) -> list[tuple[str, str]]:
           if (off := result.get("revisit_memory_off")) is not None else []),
         ("flicker (still camera), 0..255", _fmt(result["flicker"])),
     ]
+    if "vae_ceiling" in result:
+        rows.append(("adherence through the VAE alone (ceiling)",
+                     " ".join(f"{a} {_fmt(v, '%')}" for a, v in result["vae_ceiling"].items())))
     dr = result.get("drift", {})
     if dr:
         rows += [
@@ -1251,6 +1272,7 @@ def main(args: argparse.Namespace) -> int:
                   unit="frame") as bar:
             recs = [play(run, make(memory=False), size, fps, bar) for run in revisit]
         results["model"]["revisit_memory_off"] = revisit_of(recs)
+        results["model"]["vae_ceiling"] = vae_ceiling(make().model.vae, classifier, size=size)
 
     print(format_table(results))
     if args.plots is not None:

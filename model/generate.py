@@ -352,11 +352,13 @@ class _Clock:
 
 
 def _evaluate(model: LiveReel, x: Tensor, t: float | Tensor, text: TextCond, cam: CameraCond, cache,
-              cfg_batch: int, kv_only: bool = False, autocast: torch.dtype | None = None) -> Tensor | None:
+              cfg_batch: int, kv_only: bool = False, autocast: torch.dtype | None = None,
+              context: int = 0) -> Tensor | None:
     """One network evaluation of a batch of chunks x (S, K, C, h, w) at time t (or one
     per chunk, (S,)); with guidance each chunk is evaluated twice (conditional,
     unconditional), side by side. `kv_only` for a context pass: only the cache writes
-    matter. `autocast`: the dtype of the evaluation's matmuls (None: the model's own);
+    matter; `context`: the first chunks are context passes (their velocity is not
+    returned). `autocast`: the dtype of the evaluation's matmuls (None: the model's own);
     returns x's dtype."""
     xb = x if cfg_batch == 1 else x.repeat_interleave(cfg_batch, dim=0)
     if isinstance(t, Tensor):
@@ -364,7 +366,7 @@ def _evaluate(model: LiveReel, x: Tensor, t: float | Tensor, text: TextCond, cam
     else:
         tt = torch.full(xb.shape[:2], t, device=x.device)
     with torch.autocast(x.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
-        v = model.dit(xb, tt, text, cam, cache, kv_only=kv_only)
+        v = model.dit(xb, tt, text, cam, cache, kv_only=kv_only, context_rows=context * cfg_batch)
     return None if v is None else v.to(x.dtype)
 
 
@@ -472,7 +474,7 @@ def _denoise(gens: list[Generator], begun: list[tuple[Tensor, TextCond, CameraCo
             v = _evaluate(lead.model, torch.cat([u.x for u in us] + [x]), tt,
                           _cat_text([g._batch_text(u.text) for (g, _, u, _) in deferred] + [text]),
                           _cat_cam([g._batch_cam(u.cam) for (g, _, u, _) in deferred] + [cam]), ctx, n,
-                          autocast=lead.autocast)[len(us) * n:]
+                          autocast=lead.autocast, context=len(us))
         else:
             if cache is None:
                 cache = lead.cache if len(gens) == 1 else CacheBatch([g.cache for g in gens])

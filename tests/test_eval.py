@@ -263,9 +263,32 @@ def test_cli_scores_a_model_with_and_without_memory(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "revisit PSNR / SSIM, memory off" in res.stdout
     model = json.loads(out.read_text())["model"]
-    for key in ("adherence", "switch", "camera", "revisit", "revisit_memory_off", "drift"):
+    for key in ("adherence", "switch", "camera", "revisit", "revisit_memory_off", "drift", "vae_ceiling"):
         assert key in model
     assert set(model["revisit_memory_off"]) == {"psnr", "psnr_trimmed", "ssim"}
+
+
+class _Lossless(torch.nn.Module):
+    """An autoencoder that keeps every pixel, or (`blank`) one that keeps none."""
+
+    def __init__(self, blank: bool = False):
+        super().__init__()
+        self.blank = blank
+
+    def encode(self, x):
+        return torch.zeros_like(x) if self.blank else x
+
+    def decode(self, z):
+        return z
+
+
+def test_vae_ceiling_is_the_classifiers_accuracy_through_the_autoencoder(classifier):
+    seeds = range(1_000_000, 1_000_003)
+    lossless = ev.vae_ceiling(_Lossless(), classifier, seeds, frames_per_clip=4)
+    assert lossless == ev.classifier_accuracy(classifier, seeds, frames_per_clip=4)
+    assert lossless["colour"] >= 0.9
+    blank = ev.vae_ceiling(_Lossless(blank=True), classifier, seeds, frames_per_clip=4)
+    assert blank["colour"] < 0.5 and blank["biome"] < 0.5
 
 
 def test_cli_rejects_bad_input(tmp_path):
