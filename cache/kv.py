@@ -327,10 +327,11 @@ class FusedBatch:
     Rows: first the deferred context passes, each attending to the read its chunk was
     made with (`ReadView`, copied before the cache committed the chunk with placeholder
     K/V, evicting as usual), then the next chunks, attending to their caches' current
-    read. `write` puts a deferred row's K/V where the commit put its chunk (`slots`), in
-    the cache and rotated into the next chunk's read of that slot, before that read is
-    used in the same layer; the next chunks' K/V go where `KVCache.write` puts them. So
-    every row attends to exactly what it would in two separate evaluations.
+    read. `write` puts a deferred row's K/V where the commit put its chunk (the slot
+    given with its view), in the cache and rotated into the next chunk's read of that
+    slot, before that read is used in the same layer; the next chunks' K/V go where
+    `KVCache.write` puts them. So every row attends to exactly what it would in two
+    separate evaluations.
     The same verbs as `KVCache`, so the DiT cannot tell them apart.
     """
 

@@ -391,7 +391,7 @@ def step_batch(gens: list[Generator]) -> list[Tensor]:
         if g._recaches(s):
             g.flush()
     flushed = clock.lap()
-    views: dict[int, tuple[ReadView, tuple[str, int]]] = {}
+    views: dict[int, tuple[ReadView, Unwritten, tuple[str, int]]] = {}  # the read, chunk and slot of each
     for g, s in zip(gens, staged):
         if g.unwritten is not None and "reset" not in s:  # a reset empties the cache anyway
             view = g.cache.read_view()
