@@ -1072,6 +1072,10 @@ def table_rows(result: dict) -> list[tuple[str, str]]:
         rows += [
             (f"drift: adherence first/last {dr['window_s']:.0f} s",
              f"{_fmt(dr['adherence_first'], '%')}/{_fmt(dr['adherence_last'], '%')}"),
+            *([(f"drift: per attribute first/last {dr['window_s']:.0f} s",
+                " ".join(f"{a} {_fmt(v, '%')}/{_fmt(dr['windows'][-1]['per_attribute'].get(a), '%')}"
+                         for a, v in dr["windows"][0]["per_attribute"].items()))]
+              if dr.get("windows") and "per_attribute" in dr["windows"][0] else []),
             ("drift: sharpness last/first", _fmt(dr["sharpness_ratio_last_first"])),
             ("drift: colour mean shift, 0..255", _fmt(dr["colour_mean_shift"])),
         ]
@@ -1140,7 +1144,11 @@ def write_plots(results: dict[str, dict], out_dir: str | Path, fps: int) -> list
         if not w:
             continue
         t = [x["start_s"] / 60 for x in w]
-        axes[0].plot(t, [x["adherence"] for x in w], marker="o", label=name)
+        axes[0].plot(t, [x["adherence"] for x in w], marker="o", label=f"{name}: all named")
+        for a in w[0].get("per_attribute", {}):  # each named attribute on its own
+            ys = [x["per_attribute"].get(a) for x in w]
+            if all(y is not None and np.isfinite(y) for y in ys):
+                axes[0].plot(t, ys, ls=":", marker=".", label=f"{name}: {a}")
         axes[1].plot(t, [x["sharpness"] for x in w], marker="o", label=name)
         for c, col in enumerate("rgb"):
             axes[2].plot(t, [x["colour_mean"][c] for x in w], color=col, ls="-" if name == "ground_truth" else "--",

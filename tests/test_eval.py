@@ -239,6 +239,9 @@ def test_cli_ground_truth_writes_every_field(tmp_path):
                "--plots", str(tmp_path / "plots"), cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "adherence: all attributes" in res.stdout
+    # the drift run's prompt (the first of the chain) renders, every attribute, throughout
+    row = next(line for line in res.stdout.splitlines() if line.startswith("drift: per attribute first/last"))
+    assert "biome 100.0%/100.0%" in row and "colour 100.0%/100.0%" in row, row
     doc = json.loads(out.read_text())
     assert set(doc) == {"scenario", "classifier", "ground_truth"}
     gt = doc["ground_truth"]
