@@ -84,8 +84,7 @@ class NoCacheStream:
             prior = torch.cat([c[2] for c in ctx] + [mine], 1)
         n_ctx = len(ctx) * K
         n = gen.cfg_batch  # with guidance: the clip again under the empty prompt, side by side
-        texts = text if n == 1 else TextCond.cat([text, gen._null])
-        cams_b = CameraCond(cams.pos.repeat(n, 1, 1), cams.motion.repeat(n, 1, 1))
+        texts, cams_b = gen._batch_text(text), gen._batch_cam(cams)
         prior_b = None if prior is None else prior.repeat(n, 1, 1, 1, 1)
         k = 0  # as Generator.warm_start: from the prior, unless first or just switched
         if prior is not None and gen.warm_start and gen.chunk_index > 0 and not any(

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from model.sampling import add_sampling_arguments, sampling_from_args
+from model.sampling import Sampling, add_sampling_arguments, sampling_from_args
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +102,10 @@ def load_checkpoint(name: str):
         return model, "default preset, random init (no trained checkpoint yet; random weights cost the same)"
 
 
-def measure_model(name: str, sizes: Sizes, args: argparse.Namespace, threads: int) -> dict:
+def measure_model(name: str, sizes: Sizes, args: argparse.Namespace, threads: int, sampling: Sampling) -> dict:
     from bench import live, offline
 
     model, weights = load_checkpoint(name)
-    sampling = sampling_from_args(args)
     if args.compile:
         from model.compile import compile_dit, warm_up
 
@@ -286,7 +285,7 @@ def main(args: argparse.Namespace) -> int:
         "models": {},
     }
     for name in names:
-        res = measure_model(name, sizes, args, threads)
+        res = measure_model(name, sizes, args, threads, sampling)
         res["targets"] = targets(res)
         report["models"][name] = res
     report["meta"]["load_avg_end"] = os.getloadavg()

@@ -4,11 +4,12 @@ model file does not import it).
 `compile_dit(model)` compiles each DiT block's two pure halves, `Block.project` (adaLN,
 norm, QKV) and `Block.attend` (attention, cross-attention, MLP); the context's verbs
 between them (`write`, `read`: the KV cache, plain Python with position state) stay eager.
-Measured on the 2-core CPU, default model, 2 threads, A/B interleaved in one process:
-denoise 9.8 -> 8.4 ms and context pass 7.7 -> 6.3 ms a chunk (the DiT 1.19x; a whole chunk
-35.2 -> 32.1 ms, 1.10x, the VAE being eager), after 5-15 s of compiling. Compiling the
-whole `DiT.forward` instead was slower than eager (1.5x): it recompiled on `kv_only` and
-the cache's mask and broke its graph at the cache writes.
+Measured on the 2-core CPU, default model, 2 threads, A/B interleaved in one process, on
+the fused evaluation a chunk makes (`cache.kv.FusedBatch`): the DiT 17.7 -> 15.9 ms (1.11x),
+a chunk without decode 1.06x, after 10-30 s of compiling. Compiling the whole
+`DiT.forward` instead was slower than eager: 0.60x even with its graph breaks removed (the
+cache buffers it writes into are graph inputs); inductor's `freezing` gave 1.00x and
+`cpp_wrapper` 1.06x.
 """
 
 from __future__ import annotations

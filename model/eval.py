@@ -1214,7 +1214,7 @@ def _error(msg: str) -> int:
 
 
 def _model_source(checkpoint: str, seed: int, sampling: Sampling):
-    """(make_generator, size, fps, frames_per_chunk) for a model checkpoint;
+    """(model, make_generator, size, fps, frames_per_chunk) for a model checkpoint;
     make_generator(memory=False) switches the memory bank off."""
     from model import load_model
 
@@ -1224,7 +1224,7 @@ def _model_source(checkpoint: str, seed: int, sampling: Sampling):
     def make(memory: bool = True):
         return sampling.generator(model, seed=seed, memory=memory)
 
-    return make, cfg.image_size, cfg.fps, cfg.frames_per_chunk
+    return model, make, cfg.image_size, cfg.fps, cfg.frames_per_chunk
 
 
 def main(args: argparse.Namespace) -> int:
@@ -1259,7 +1259,7 @@ def main(args: argparse.Namespace) -> int:
     size, fps, chunk = world.REF_SIZE, 16, 16
     if checkpoint is not None:
         try:
-            make, size, fps, chunk = _model_source(checkpoint, args.seed, sampling)
+            model, make, size, fps, chunk = _model_source(checkpoint, args.seed, sampling)
         except (ImportError, OSError, ValueError, KeyError) as e:
             return _error(f"cannot load model {checkpoint!r}: {e}")
     if args.ground_truth:
@@ -1280,7 +1280,7 @@ def main(args: argparse.Namespace) -> int:
                   unit="frame") as bar:
             recs = [play(run, make(memory=False), size, fps, bar) for run in revisit]
         results["model"]["revisit_memory_off"] = revisit_of(recs)
-        results["model"]["vae_ceiling"] = vae_ceiling(make().model.vae, classifier, size=size)
+        results["model"]["vae_ceiling"] = vae_ceiling(model.vae, classifier, size=size)
 
     print(format_table(results))
     if args.plots is not None:
