@@ -7,6 +7,7 @@ a key says otherwise) for the JSON report.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import math
@@ -19,7 +20,7 @@ import torch
 
 from bench.baselines import NoCacheStream, growing_generator
 from bench.timing import matmul_peak, rss_bytes, summary, timed
-from model.checkpoint import LiveReel
+from model.checkpoint import LiveReel, build_model
 from model.config import flops_per_chunk, flops_per_token
 from model.generate import Generator, decode_batch, step_batch
 from model.sampling import Sampling
@@ -219,7 +220,8 @@ def _nc_dit(nc: NoCacheStream) -> float:
     return nc.timings["dit"].wall
 
 
-def baselines(model: LiveReel, lengths: list[int], reps: int, unbounded_max: int, sampling: Sampling = Sampling()) -> dict:
+def baselines(model: LiveReel, lengths: list[int], reps: int, unbounded_max: int, sampling: Sampling = Sampling(),
+              steady_chunks: int = 30) -> dict:
     """DiT time per chunk (denoise + context) at given stream lengths: ours (one stream
     made up to each length), no KV cache and an unbounded cache (histories filled in
     directly), measured at each length one after another, so that all three see the
@@ -268,25 +270,65 @@ def baselines(model: LiveReel, lengths: list[int], reps: int, unbounded_max: int
         slope, icpt = np.polyfit(xs, ys, 1)
         out["unbounded_ms_per_chunk_of_history"] = float(slope)
         out["unbounded_ms_at_1000_extrapolated"] = float(icpt + slope * 1000)
-    # Steady state, ours vs no cache, alternating chunk by chunk.
+    out["steady"] = steady_state(model, steady_chunks, sampling)
+    log.info("baselines: steady state ours %.1f ms, no cache %.1f ms", out["steady"]["ours_ms"],
+             out["steady"]["no_cache_ms"])
+    return out
+
+
+def steady_state(model: LiveReel, chunks: int, sampling: Sampling = Sampling()) -> dict:
+    """Ours vs no cache once the context is full, alternating chunk by chunk: DiT ms each
+    (medians), their ratio, and the spread of the chunk-by-chunk ratio (quartiles: it moves
+    with the host's load, the no-cache evaluation's larger working set more than ours)."""
+    fill = fill_chunks(model)
     ours = new_generator(model, sampling=sampling, warm=fill + 1)
     nc = NoCacheStream(new_generator(model, sampling=sampling))
     nc.prefill(fill + 1)
     a, b, steps = [], [], ([], [])
-    for _ in range(reps * 2):
+    for _ in range(chunks):
         ours.step()
         a.append((ours.timings["denoise"].wall + ours.timings["context"].wall) * 1e3)
         b.append(_nc_dit(nc) * 1e3)
         steps[0].append(sum(span.wall for span in ours.timings.values()) * 1e3)
         steps[1].append(sum(span.wall for span in nc.timings.values()) * 1e3)
-    out["steady"] = {"ours_ms": summary(a)["median"], "no_cache_ms": summary(b)["median"],
-                     "speedup": summary(b)["median"] / summary(a)["median"], "chunks": len(a),
-                     # whole chunks without the VAE decode (controls, warped prior, DiT): the
-                     # prior is the same work in both, so this ratio is the smaller one
-                     "ours_step_ms": summary(steps[0])["median"], "no_cache_step_ms": summary(steps[1])["median"],
-                     "step_speedup": summary(steps[1])["median"] / summary(steps[0])["median"]}
-    log.info("baselines: steady state ours %.1f ms, no cache %.1f ms", out["steady"]["ours_ms"],
-             out["steady"]["no_cache_ms"])
+    ratio = np.array(b) / np.array(a)
+    return {"ours_ms": summary(a)["median"], "no_cache_ms": summary(b)["median"],
+            "speedup": summary(b)["median"] / summary(a)["median"], "chunks": len(a),
+            "speedup_p25": float(np.percentile(ratio, 25)), "speedup_p75": float(np.percentile(ratio, 75)),
+            # whole chunks without the VAE decode (controls, warped prior, DiT): the
+            # prior is the same work in both, so this ratio is the smaller one
+            "ours_step_ms": summary(steps[0])["median"], "no_cache_step_ms": summary(steps[1])["median"],
+            "step_speedup": summary(steps[1])["median"] / summary(steps[0])["median"]}
+
+
+def wider(model: LiveReel, dim: int, heads: int) -> LiveReel:
+    """`model` with its DiT made `dim` wide with `heads` heads, random weights (a chunk costs
+    the same whatever they are), its VAE and text encoder kept."""
+    cfg = dataclasses.replace(model.config, dit=dataclasses.replace(model.config.dit, dim=dim, heads=heads))
+    out = build_model(cfg).eval()
+    out.vae.load_state_dict(model.vae.state_dict())
+    out.text.load_state_dict(model.text.state_dict())
+    return out
+
+
+def widths(model: LiveReel, specs: list[tuple[int, int]], chunks: int, peak: dict,
+           sampling: Sampling = Sampling()) -> dict:
+    """What a wider DiT would cost here: for each (dim, heads), the model's DiT at that
+    width (`wider`): chunk time, real-time factor, share of the matmul peak and the steady
+    speed-up over no cache, measured as for the model itself. Sizes the next model: how
+    wide it can be and stay real time, and what share of the peak each width reaches."""
+    out = {}
+    for dim, heads in specs:
+        log.info("width %d, %d heads", dim, heads)
+        m = wider(model, dim, heads)
+        costs = chunk_costs(m, chunks, sampling)
+        eff = efficiency(m, costs, peak)
+        steady = steady_state(m, chunks, sampling)
+        out[f"{dim}/{heads}"] = {
+            "dim": dim, "heads": heads, "dit_params_m": sum(p.numel() for p in m.dit.parameters()) / 1e6,
+            "dit_ms": costs["phases"]["dit"]["wall_ms"]["median"], "total_ms": costs["phases"]["total"]["wall_ms"]["median"],
+            "rtf_wall": costs["rtf_wall"], "fraction_of_peak_wall": eff["fraction_of_peak_wall"],
+            "fraction_of_peak_cpu": eff["fraction_of_peak_cpu"], "no_cache_speedup": steady["speedup"]}
     return out
 
 

@@ -60,3 +60,32 @@ def sessions(name: str, res: dict, fps: int, path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def widths(name: str, res: dict, path: Path) -> Path:
+    """Share of the matmul peak and real-time factor against the DiT's width: the model
+    itself, then the wider DiTs of `--widths`, with the targets as lines."""
+    rows = [(res["config"]["dim"], res["efficiency"]["fraction_of_peak_wall"], res["chunk"]["rtf_wall"])]
+    rows += sorted((w["dim"], w["fraction_of_peak_wall"], w["rtf_wall"]) for w in res["widths"].values())
+    dims, share, rtf = zip(*rows)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(dims, [100 * s for s in share], "o-", color="C0", label="DiT share of the matmul peak")
+    ax.axhline(40, color="C0", ls="--", lw=1, label="target: 40% of peak")
+    ax.set_xlabel(f"DiT width (dim; {dims[0]} is {name}, the wider ones random weights)")
+    ax.set_ylabel("share of the matmul peak, % (wall)", color="C0")
+    ax.set_ylim(0, max(45, 100 * max(share) + 5))
+    ax.set_xticks(dims)
+    right = ax.twinx()
+    right.plot(dims, rtf, "s-", color="C3", label="real-time factor, one session")
+    right.axhline(2, color="C3", ls=":", lw=1, label="target: real-time factor 2")
+    right.set_ylabel("real-time factor (video s per wall s)", color="C3")
+    right.set_ylim(0, max(rtf) * 1.2)
+    lines = ax.get_legend_handles_labels()
+    more = right.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="lower center")
+    ax.set_title(f"{name}: a wider DiT uses more of the peak and loses real time")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

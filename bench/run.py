@@ -46,6 +46,7 @@ class Sizes:
     live_seconds: float = 5.0
     lengths: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000)
     baseline_reps: int = 3
+    steady_chunks: int = 30  # ours vs no cache, alternating, once the context is full
     unbounded_max: int = 256
     sessions: tuple[int, ...] = (1, 2, 4)
     rounds: int = 8
@@ -57,12 +58,13 @@ class Sizes:
     peak_seconds: float = 2.0
     eval_rows: tuple[int, ...] = (1, 2, 4, 8)  # chunks in one DiT evaluation, for efficiency_by_rows
     eval_reps: int = 15
+    width_chunks: int = 20  # chunks per wider DiT (--widths)
 
 
 SMOKE = Sizes(chunks=3, pipelined_chunks=3, ttff_reps=1, control_reps=2, live_ttff_reps=1, live_control_reps=1,
-              live_seconds=1.2, lengths=(1, 2, 8), baseline_reps=1, unbounded_max=8, rounds=1, session_warm=1,
+              live_seconds=1.2, lengths=(1, 2, 8), baseline_reps=1, steady_chunks=2, unbounded_max=8, rounds=1, session_warm=1,
               early=2, late=12,
-              window=2, trace_chunks=4, peak_seconds=0.2, eval_rows=(1, 2), eval_reps=1)
+              window=2, trace_chunks=4, peak_seconds=0.2, eval_rows=(1, 2), eval_reps=1, width_chunks=2)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,6 +81,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_sampling_arguments(parser)
     parser.add_argument("--compile", action="store_true", help="torch.compile the DiT's blocks (as serve --compile)")
     parser.add_argument("--skip-live", action="store_true", help="leave out the WebRTC measurements")
+    parser.add_argument("--widths", type=width_specs, default=[], metavar="DIM/HEADS,...",
+                        help="also time the checkpoint's DiT made wider, random weights (e.g. 256/4,384/6): "
+                             "chunk time, real-time factor, share of the matmul peak, speed-up over no cache")
+
+
+def width_specs(text: str) -> list[tuple[int, int]]:
+    """'256/4,384/6' -> [(256, 4), (384, 6)], each a valid DiT width (dim divisible by heads,
+    head dims that the RoPE split accepts), checked against the default preset."""
+    import dataclasses
+
+    from model.config import get_config
+
+    specs = []
+    for item in text.split(","):
+        try:
+            dim, heads = (int(v) for v in item.strip().split("/"))
+            dataclasses.replace(get_config("default").dit, dim=dim, heads=heads)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"{item.strip()!r}: want DIM/HEADS of a valid DiT ({e})") from None
+        specs.append((dim, heads))
+    return specs
 
 
 # ---------------------------------------------------------------- models
@@ -130,7 +153,11 @@ def measure_model(name: str, sizes: Sizes, args: argparse.Namespace, threads: in
     out["ttff_offline"] = offline.ttff_offline(model, sizes.ttff_reps, sampling)
     out["control_offline"] = offline.control_offline(model, sizes.control_reps, sampling)
     log.info("%s: baselines", name)
-    out["baselines"] = offline.baselines(model, list(sizes.lengths), sizes.baseline_reps, sizes.unbounded_max, sampling)
+    out["baselines"] = offline.baselines(model, list(sizes.lengths), sizes.baseline_reps, sizes.unbounded_max, sampling,
+                                         sizes.steady_chunks)
+    if args.widths and name == args.checkpoint:
+        log.info("%s: wider DiTs %s", name, args.widths)
+        out["widths"] = offline.widths(model, args.widths, sizes.width_chunks, out["efficiency"]["peak"], sampling)
     log.info("%s: sessions", name)
     out["concurrency"] = offline.concurrency(model, list(sizes.sessions), sizes.rounds, sampling, sizes.session_warm)
     if not args.skip_live:
@@ -240,7 +267,8 @@ def table(report: dict) -> str:
                              for n in r["efficiency"]["by_rows"]))
     row("steady DiT ms: ours / no cache (x)",
         lambda r: f"{r['baselines']['steady']['ours_ms']:.1f} / {r['baselines']['steady']['no_cache_ms']:.1f} "
-                  f"({r['baselines']['steady']['speedup']:.1f}x)")
+                  f"({r['baselines']['steady']['speedup']:.1f}x, chunk by chunk {r['baselines']['steady']['speedup_p25']:.1f}"
+                  f"-{r['baselines']['steady']['speedup_p75']:.1f})")
     row("steady chunk ms without decode: ours / no cache (x)",
         lambda r: f"{r['baselines']['steady']['ours_step_ms']:.1f} / {r['baselines']['steady']['no_cache_step_ms']:.1f} "
                   f"({r['baselines']['steady']['step_speedup']:.1f}x)")
@@ -255,6 +283,11 @@ def table(report: dict) -> str:
     col = max(22, *(len(c) for _, cells in rows for c in cells))
     lines = [f"{'':{width}}  " + "  ".join(f"{n:>{col}}" for n in names)]
     lines += [f"{label:{width}}  " + "  ".join(f"{c:>{col}}" for c in cells) for label, cells in rows]
+    for n in names:
+        for spec, w in report["models"][n].get("widths", {}).items():
+            lines.append(f"{n}, DiT width {spec} (random weights, {w['dit_params_m']:.1f}M): DiT {w['dit_ms']:.1f} ms, "
+                         f"chunk {w['total_ms']:.1f} ms, RTF {w['rtf_wall']:.2f}, share of peak {w['fraction_of_peak_wall']:.0%}"
+                         f" wall / {w['fraction_of_peak_cpu']:.0%} cpu, {w['no_cache_speedup']:.1f}x over no cache")
     for n in names:
         for t in report["models"][n]["targets"]:
             lines.append(f"[{'met' if t['met'] else 'MISSED'}] {n}: {t['name']} {t['target']}: {t['value']:.3g}")
@@ -302,6 +335,8 @@ def main(args: argparse.Namespace) -> int:
         for name, res in report["models"].items():
             files.append(str(plots.stream_length(name, res, args.plots / f"stream_length_{name}.png")))
             files.append(str(plots.sessions(name, res, res["config"]["fps"], args.plots / f"sessions_{name}.png")))
+            if res.get("widths"):
+                files.append(str(plots.widths(name, res, args.plots / f"widths_{name}.png")))
         report["meta"]["plots"] = files
     print(table(report))
     print(report["meta"]["note"])

@@ -37,7 +37,7 @@ def bench_args(*argv: str) -> argparse.Namespace:
 def test_smoke_reports_every_field(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert run.main(bench_args("--checkpoint", "debug", "--smoke", "--json", str(out),
-                               "--plots", str(tmp_path / "plots"), "--threads", "1")) == 0
+                               "--plots", str(tmp_path / "plots"), "--threads", "1", "--widths", "64/2")) == 0
     report = json.loads(out.read_text())
     assert report["meta"]["threads"] == 1 and "thread_policy" in report["meta"]
     assert list(report["models"]) == ["debug"]
@@ -52,16 +52,46 @@ def test_smoke_reports_every_field(tmp_path, capsys):
     for n in ("1", "2", "4"):
         for mode in ("batched", "unbatched"):
             assert {"aggregate_fps_wall", "per_session_fps_wall"} <= set(res["concurrency"][n][mode])
-    assert {"ours_ms", "no_cache_ms", "speedup", "ours_step_ms", "no_cache_step_ms", "step_speedup"} <= set(res["baselines"]["steady"])
+    assert {"ours_ms", "no_cache_ms", "speedup", "speedup_p25", "speedup_p75", "ours_step_ms", "no_cache_step_ms",
+            "step_speedup"} <= set(res["baselines"]["steady"])
     for what in ("prompt", "camera"):
         assert {"boundary_s", "expected_s", "worst_s"} <= set(res["control_offline"][what])
     assert len(res["baselines"]["no_cache_ms"]) == len(res["baselines"]["lengths"])
     for n in ("1", "2"):  # one evaluation of n chunks side by side
         assert {"ms", "dit_flops_wall", "fraction_of_peak_wall"} <= set(res["efficiency"]["by_rows"][n])
     assert len(res["targets"]) == 10 and all({"name", "target", "value", "met"} <= set(t) for t in res["targets"])
-    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["sessions_debug.png", "stream_length_debug.png"]
+    assert set(res["widths"]) == {"64/2"} and res["widths"]["64/2"]["dim"] == 64
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["sessions_debug.png", "stream_length_debug.png",
+                                                                      "widths_debug.png"]
     table = capsys.readouterr().out
-    assert "real-time factor" in table and "no cache" in table
+    assert "real-time factor" in table and "no cache" in table and "DiT width 64/2" in table
+
+
+def test_wider_dits_are_built_and_timed_as_asked(debug_model):
+    """--widths: each spec gets a DiT of that width (the VAE and text encoder kept) and the
+    model's own figures; a spec that is not a valid DiT is refused at the flag."""
+    from bench import offline
+
+    d = debug_model.config.dit
+    wide = offline.wider(debug_model, 2 * d.dim, 2 * d.heads)
+    assert (wide.config.dit.dim, wide.config.dit.heads) == (2 * d.dim, 2 * d.heads)
+    assert wide.dit.blocks[0].attn.qkv.weight.shape == (6 * d.dim, 2 * d.dim)
+    assert all(torch.equal(a, b) for a, b in zip(wide.vae.state_dict().values(), debug_model.vae.state_dict().values()))
+    peak = {"flops_wall": 1e11, "flops_cpu": 1e11}
+    out = offline.widths(debug_model, [(2 * d.dim, 2 * d.heads)], 2, peak)
+    row = out[f"{2 * d.dim}/{2 * d.heads}"]
+    params = sum(p.numel() for p in debug_model.dit.parameters()) / 1e6
+    assert row["dit_params_m"] > 2 * params
+    for key in ("dit_ms", "total_ms", "rtf_wall", "fraction_of_peak_wall", "fraction_of_peak_cpu", "no_cache_speedup"):
+        assert row[key] > 0, key
+    assert run.width_specs("256/4, 384/6") == [(256, 4), (384, 6)]
+    for bad in ("256", "256/5", "a/b"):
+        try:
+            run.width_specs(bad)
+        except argparse.ArgumentTypeError as e:
+            assert bad in str(e)
+        else:
+            raise AssertionError(f"{bad!r} accepted")
 
 
 @torch.no_grad()
