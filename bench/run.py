@@ -15,6 +15,7 @@ against a baseline run in the same process.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from model.config import get_config
 from model.sampling import Sampling, add_sampling_arguments, sampling_from_args
 
 log = logging.getLogger(__name__)
@@ -89,10 +91,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def width_specs(text: str) -> list[tuple[int, int]]:
     """'256/4,384/6' -> [(256, 4), (384, 6)], each a valid DiT width (dim divisible by heads,
     head dims that the RoPE split accepts), checked against the default preset."""
-    import dataclasses
-
-    from model.config import get_config
-
     specs = []
     for item in text.split(","):
         try:
