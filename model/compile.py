@@ -8,8 +8,10 @@ Measured on the 2-core CPU, default model, 2 threads, A/B interleaved in one pro
 the fused evaluation a chunk makes (`cache.kv.FusedBatch`): the DiT 17.7 -> 15.9 ms (1.11x),
 a chunk without decode 1.06x, after 10-30 s of compiling. Compiling the whole
 `DiT.forward` instead was slower than eager: 0.60x even with its graph breaks removed (the
-cache buffers it writes into are graph inputs); inductor's `freezing` gave 1.00x and
-`cpp_wrapper` 1.06x.
+cache buffers it writes into are graph inputs); inductor's `freezing` gave 1.00x,
+`cpp_wrapper` 1.06x, max-autotune 1.07x. A prototype whose forward reads the cache as
+inputs and writes it after returning compiled whole to 1.27x, but only after two minutes
+of compiling a graph per cache slot and mask (README, "Performance on 2 CPU cores").
 """
 
 from __future__ import annotations

@@ -248,9 +248,12 @@ class Generator:
                                 cam.pos, d.grid).repeat_interleave(n, 0)
         self.model.dit.begin_chunk(self.cache, self._batch_cam(cam), first_frame, prior=prior)
 
-    def _context_pass(self, x: Tensor, text: TextCond, cam: CameraCond, first_frame: int | None) -> None:
-        """One evaluation at t = context_t over the clean chunk: writes its K/V."""
-        self._begin_chunk(cam, first_frame)
+    def _context_pass(self, x: Tensor, text: TextCond, cam: CameraCond, first_frame: int | None = None,
+                      begin: bool = True) -> None:
+        """One evaluation at t = context_t over the clean chunk: writes its K/V. `begin`:
+        prepare the cache's read for it first (False: the read it was made with is current)."""
+        if begin:
+            self._begin_chunk(cam, first_frame)
         _evaluate(self.model, x, self.context_t, self._batch_text(text), self._batch_cam(cam), self.cache,
                   self.cfg_batch, kv_only=True, autocast=self.autocast)
 
@@ -260,8 +263,7 @@ class Generator:
         if self.unwritten is None:
             return
         u = self.unwritten
-        _evaluate(self.model, u.x, self.context_t, self._batch_text(u.text), self._batch_cam(u.cam), self.cache,
-                  self.cfg_batch, kv_only=True, autocast=self.autocast)
+        self._context_pass(u.x, u.text, u.cam, begin=False)
         self._commit()
 
     def _commit(self) -> tuple[str, int]:
