@@ -20,9 +20,10 @@ import torch
 
 from bench.baselines import NoCacheStream, growing_generator
 from bench.timing import matmul_peak, rss_bytes, summary, timed
+from cache.kv import CacheBatch
 from model.checkpoint import LiveReel, build_model
 from model.config import flops_per_chunk, flops_per_token
-from model.generate import Generator, decode_batch, step_batch
+from model.generate import Generator, _cat_cam, _cat_text, _evaluate, decode_batch, step_batch
 from model.sampling import Sampling
 
 log = logging.getLogger(__name__)
@@ -118,10 +119,9 @@ def pipelined(model: LiveReel, chunks: int, sampling: Sampling = Sampling(), dec
     gen, enc = new_generator(model, sampling=sampling, warm=fill_chunks(model) + 1), Encoder(model)
 
     def finish(x):
-        torch.set_num_threads(decode_threads)
         enc.encode(gen.decode(x))
 
-    with ThreadPoolExecutor(1) as pool:
+    with ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(decode_threads,)) as pool:
         pending = pool.submit(finish, gen.step())
         start = time.perf_counter()
         for _ in range(chunks):
@@ -192,9 +192,6 @@ def efficiency_by_rows(model: LiveReel, rows: list[int], reps: int, peak: dict,
     the same full cache), as a batched step of several sessions makes it (the fused
     context pass is 2 rows for one session): median wall ms, GFLOP/s and share of the
     matmul peak. How much of the shortfall is the size of one evaluation."""
-    from cache.kv import CacheBatch
-    from model.generate import _cat_cam, _cat_text, _evaluate
-
     d = model.config.dit
     gen = new_generator(model, sampling=sampling, warm=fill_chunks(model) + 1)
     gen.flush()
