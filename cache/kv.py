@@ -4,10 +4,16 @@ Token slots, the same for every layer:
 
     [ sink | memory (pooled) | window ring | current chunk ]
 
+- The layout (depth, heads, head dim, tokens per frame, the regions' sizes, the position
+  mode) is a `CacheLayout`, which each model family derives from its own config: the
+  cache knows no network.
 - Keys are stored before RoPE (`k`) and rotated once per chunk for the current read
-  (`k_rot`), with temporal positions given by the rank of each frame among the visible
-  ones (so they never exceed `DiTConfig.max_frames - 1`, however long the stream) and
-  spatial positions re-centred on the current camera.
+  (`k_rot`) by the family's `rope_tables`, with spatial positions re-centred on the
+  current camera and temporal positions by the layout's mode: "slot", the rank of each
+  frame among the visible ones (so they never exceed `max_frames - 1`, however long the
+  stream), or "absolute", the frame's index in the stream (what models trained with
+  keys cached after RoPE saw; past `max_positions` a read is refused with
+  `PositionLimitError`).
 - The chunk in flight writes its K/V into the last region at every network
   evaluation; `commit()` then moves its clean K/V (from the context pass) into the sink
   or the window ring, pooling the window's oldest chunk into the memory bank first.
@@ -30,10 +36,75 @@ import torch
 from torch import Tensor
 
 from cache.memory import MemoryBank, compress_chunk
-from model.config import DiTConfig
-from model.rope import apply_rope
+from model.ops import apply_rope
 
 RopeTables = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+class PositionLimitError(ValueError):
+    """A stream in "absolute" position mode reached the end of its model's trained
+    positions."""
+
+
+@dataclass(frozen=True)
+class CacheLayout:
+    """What a KV cache holds, in frames (latent frames) and tokens.
+
+    Regions in token order: `sink_frames` (the stream's first frames, kept), the memory
+    bank (`memory_frames` evicted frames pooled `memory_pool` x `memory_pool`, on a token
+    grid of `grid` = (rows, cols) per frame), the window ring (`window_frames`), and the
+    chunk in flight (`chunk_frames`). `latent` (C, h, w) is a latent frame's shape (the
+    cache keeps the last one committed: the warped prior's source)."""
+
+    depth: int
+    heads: int
+    head_dim: int
+    chunk_frames: int
+    grid: tuple[int, int]
+    sink_frames: int
+    window_frames: int
+    latent: tuple[int, int, int]
+    memory_frames: int = 0
+    memory_pool: int = 1
+    positions: str = "slot"
+    max_positions: int | None = None  # "absolute": temporal positions 0 .. max_positions - 1
+
+    def __post_init__(self) -> None:
+        def check(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ValueError(f"CacheLayout: {msg} ({self})")
+
+        check(min(self.depth, self.heads, self.head_dim, self.chunk_frames, self.window_frames) > 0,
+              "depth, heads, head_dim, chunk_frames and window_frames must be positive")
+        check(self.head_dim % 2 == 0, "head_dim must be even")
+        check(min(self.sink_frames, self.memory_frames) >= 0, "sink and memory frames must be >= 0")
+        for n in (self.sink_frames, self.window_frames, self.memory_frames):
+            check(n % self.chunk_frames == 0, "regions must hold whole chunks")
+        check(self.positions in ("slot", "absolute"), "positions must be 'slot' or 'absolute'")
+        check(self.memory_frames == 0 or all(g % self.memory_pool == 0 for g in self.grid),
+              "memory_pool must divide the token grid")
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def tokens_per_chunk(self) -> int:
+        return self.chunk_frames * self.tokens_per_frame
+
+    @property
+    def memory_tokens_per_frame(self) -> int:
+        return (self.grid[0] // self.memory_pool) * (self.grid[1] // self.memory_pool)
+
+    @property
+    def max_frames(self) -> int:
+        """Frame slots: sink, memory, window and the chunk in flight."""
+        return self.sink_frames + self.memory_frames + self.window_frames + self.chunk_frames
+
+    @property
+    def cache_tokens(self) -> int:
+        return ((self.sink_frames + self.window_frames + self.chunk_frames) * self.tokens_per_frame
+                + self.memory_frames * self.memory_tokens_per_frame)
 
 
 @dataclass(frozen=True)
@@ -73,17 +144,19 @@ class ReadView:
 
 
 class KVCache:
-    def __init__(self, cfg: DiTConfig, batch: int = 1, device: torch.device | str | None = None,
+    def __init__(self, layout: CacheLayout, batch: int = 1, device: torch.device | str | None = None,
                  dtype: torch.dtype = torch.float32, memory: bool = True):
-        """`memory=False` switches the memory bank off (evicted chunks are dropped, the
+        """`layout`: a `CacheLayout`, or a family's config that makes one (`cache_layout()`).
+        `memory=False` switches the memory bank off (evicted chunks are dropped, the
         memory slots stay invisible): the ablation the revisit eval compares against."""
-        self.cfg = cfg
+        cfg = layout if isinstance(layout, CacheLayout) else layout.cache_layout()
+        self.layout = cfg
         self.use_memory = memory
         K, T = cfg.chunk_frames, cfg.tokens_per_frame
         regions, tok, fr = [], 0, 0
-        for name, chunks, tokens in (("sink", cfg.sink_chunks, K * T),
-                                     ("memory", cfg.memory_chunks, K * cfg.memory_tokens_per_frame),
-                                     ("window", cfg.window_chunks, K * T),
+        for name, chunks, tokens in (("sink", cfg.sink_frames // K, K * T),
+                                     ("memory", cfg.memory_frames // K, K * cfg.memory_tokens_per_frame),
+                                     ("window", cfg.window_frames // K, K * T),
                                      ("current", 1, K * T)):
             regions.append(Region(name, tok, fr, chunks, K, tokens))
             tok, fr = tok + chunks * tokens, fr + chunks * K
@@ -106,14 +179,14 @@ class KVCache:
             for r in regions])
         self.token_frame = token_frame.to(device)  # (N,) frame slot of every token slot
 
-        latent = (batch, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
+        latent = (batch, *cfg.latent)
         self.frame = torch.zeros(latent, device=device, dtype=dtype)  # last committed frame
         self.frame_pos = torch.zeros(batch, 3, device=device, dtype=dtype)  # its camera
         self.frame_valid = torch.zeros(batch, device=device, dtype=dtype)  # 0 before the first
         self._pending = (torch.zeros_like(self.frame), torch.zeros_like(self.frame_pos))
         self.prior: Tensor | None = None  # (B, chunk_frames, C + 1, h, w), per chunk
 
-        self.bank = MemoryBank(cfg.memory_chunks)
+        self.bank = MemoryBank(cfg.memory_frames // K)
         self.frame_ids: list[int] = [-1] * fr  # stream frame index held by each frame slot
         self.chunks_written = 0
         self.max_time_position = 0  # the largest temporal position any read has used
@@ -127,17 +200,25 @@ class KVCache:
         cur_pos: (B, tokens_per_chunk, 2) world positions of its tokens; center: (B, 2)
         the camera to re-centre on; first_frame: the chunk's stream frame index (default:
         the next one). Rotates the visible context keys for all layers at once.
+        Raises PositionLimitError (changing nothing) when an "absolute" layout's positions
+        would pass `max_positions`.
         """
-        K = self.cfg.chunk_frames
+        layout, K = self.layout, self.layout.chunk_frames
         first = self.chunks_written * K if first_frame is None else first_frame
+        absolute = layout.positions == "absolute"
+        if absolute and layout.max_positions is not None and first + K > layout.max_positions:
+            raise PositionLimitError(
+                f"this model was trained with absolute frame positions up to {layout.max_positions} "
+                f"latent frames; the stream has reached frame {first}. Use slot positions "
+                "(--positions slot, e.g. the longlive-infinity recipe) for streams without an end")
         cur = self.current
         for j, f in enumerate(cur.frame_range(0)):
             self.frame_ids[f] = first + j
         visible = [0 <= i < first or f in cur.frame_range(0) for f, i in enumerate(self.frame_ids)]
         order = sorted(i for i, vis in zip(self.frame_ids, visible) if vis)
-        rank = {i: r for r, i in enumerate(order)}
+        rank = {i: (i if absolute else r) for r, i in enumerate(order)}
         frame_time = [float(rank.get(i, 0)) for i in self.frame_ids]
-        self.max_time_position = max(self.max_time_position, len(order) - 1)
+        self.max_time_position = max(self.max_time_position, max(rank.values()))
 
         time = torch.tensor(frame_time, device=self.pos.device, dtype=self.pos.dtype)
         time = time[self.token_frame].expand(self.pos.shape[0], -1)
@@ -223,7 +304,7 @@ class KVCache:
         slot = self.bank.next_slot() if self.use_memory else None
         src = self.window.token_slice(w)
         if slot is not None:
-            cfg = self.cfg
+            cfg = self.layout
             k, v, pos = compress_chunk(self.k[:, :, :, src], self.v[:, :, :, src], self.pos[:, src],
                                        cfg.chunk_frames, cfg.grid, cfg.memory_pool)
             d = self.memory.token_slice(slot)

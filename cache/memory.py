@@ -15,13 +15,14 @@ from torch import Tensor
 import torch.nn.functional as F
 
 
-def pool_tokens(x: Tensor, frames: int, grid: int, pool: int) -> Tensor:
-    """Average-pool tokens laid out frame-major on a grid.
+def pool_tokens(x: Tensor, frames: int, grid: int | tuple[int, int], pool: int) -> Tensor:
+    """Average-pool tokens laid out frame-major on a grid of (rows, cols) (an int: square).
 
-    x: (..., frames * grid * grid, D) -> (..., frames * (grid // pool) ** 2, D)
+    x: (..., frames * rows * cols, D) -> (..., frames * (rows // pool) * (cols // pool), D)
     """
+    rows, cols = (grid, grid) if isinstance(grid, int) else grid
     lead = x.shape[:-2]
-    x = x.reshape(-1, frames, grid, grid, x.shape[-1])
+    x = x.reshape(-1, frames, rows, cols, x.shape[-1])
     x = rearrange(x, "n f h w d -> (n f) d h w")
     x = F.avg_pool2d(x, pool)
     x = rearrange(x, "(n f) d h w -> n (f h w) d", f=frames)
@@ -53,7 +54,7 @@ class MemoryBank:
 
 
 @torch.no_grad()
-def compress_chunk(k: Tensor, v: Tensor, pos: Tensor, frames: int, grid: int, pool: int
+def compress_chunk(k: Tensor, v: Tensor, pos: Tensor, frames: int, grid: int | tuple[int, int], pool: int
                    ) -> tuple[Tensor, Tensor, Tensor]:
     """Pool one chunk's K/V (L, B, H, T, Dh) and world positions (B, T, 2)."""
     return (pool_tokens(k, frames, grid, pool), pool_tokens(v, frames, grid, pool),

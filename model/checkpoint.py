@@ -17,8 +17,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from cache.kv import CacheLayout
+from model.camera import CameraCond
+from model.conditioning import TextCond
 from model.config import ModelConfig, get_config
 from model.dit import DiT
+from model.prior import pixel_prior
 from model.text import TextEncoder
 from model.vae import VAE
 
@@ -33,12 +37,55 @@ class CheckpointError(ValueError):
 
 
 class LiveReel(nn.Module):
+    """livereel's own model family, behind the model protocol the Generator, the KV cache
+    and the server use (model/generate.py `StreamModel`): the built-in text encoder, the
+    camera-conditioned DiT with its warped prior, and the causal VAE."""
+
+    camera = True  # camera motion and world positions condition the DiT
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
         self.text = TextEncoder(config.text)
         self.dit = DiT(config.dit)
         self.vae = VAE(config.vae)
+
+    @property
+    def warp_prior(self) -> bool:
+        return self.config.dit.warp_prior
+
+    def cache_layout(self) -> CacheLayout:
+        return self.config.dit.cache_layout()
+
+    def encode_prompt(self, prompts: list[str]) -> TextCond:
+        text = self.text.encode(prompts)
+        text.kv = self.dit.text_kv(text)
+        return text
+
+    def text_kv(self, text: TextCond) -> torch.Tensor:
+        return self.dit.text_kv(text)
+
+    def begin_chunk(self, cache, camera: CameraCond, first_frame: int | None = None, rows: int = 1) -> None:
+        """The cache's read and the chunk's warped prior (model/prior.py) for `camera`;
+        `rows` per stream (2 with guidance) hold the same frame: it is warped once."""
+        d = self.config.dit
+        prior = None
+        if d.warp_prior and d.prior_space == "pixel":
+            prior = pixel_prior(self.vae, cache.frame[::rows], cache.frame_pos[::rows],
+                                cache.frame_valid[::rows], camera.pos[::rows], d.grid).repeat_interleave(rows, 0)
+        self.dit.begin_chunk(cache, camera, first_frame, prior=prior)
+
+    def evaluate(self, x: torch.Tensor, t: torch.Tensor, text: TextCond, camera: CameraCond, ctx,
+                 kv_only: bool = False, context_rows: int = 0) -> torch.Tensor | None:
+        return self.dit(x, t, text, camera, ctx, kv_only=kv_only, context_rows=context_rows)
+
+    def init_decode_state(self):
+        return self.vae.init_state()
+
+    def decode(self, latents: torch.Tensor, state):
+        """Latents in DiT scale (B, K, C, h, w) -> RGB in [-1, 1] (B, K, 3, H, W) and the
+        VAE's next streaming state."""
+        return self.vae.decode_step(self.vae.from_dit(latents), state)
 
 
 def build_model(config: ModelConfig, seed: int = 0) -> LiveReel:

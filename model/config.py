@@ -9,6 +9,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cache.kv import CacheLayout
 
 
 def _check(cond: bool, cls: str, name: str, msg: str, value: object) -> None:
@@ -172,6 +176,17 @@ class DiTConfig:
     def max_frames(self) -> int:
         """Temporal positions run 0..max_frames-1, however long the stream."""
         return self.context_frames + self.chunk_frames
+
+    def cache_layout(self) -> "CacheLayout":
+        """The KV cache's layout for this DiT (cache/kv.py): positions by slot, no cap."""
+        from cache.kv import CacheLayout
+
+        return CacheLayout(depth=self.depth, heads=self.heads, head_dim=self.head_dim,
+                           chunk_frames=self.chunk_frames, grid=(self.grid, self.grid),
+                           sink_frames=self.sink_frames, window_frames=self.window_frames,
+                           latent=(self.latent_channels, self.latent_size, self.latent_size),
+                           memory_frames=self.memory_frames, memory_pool=self.memory_pool,
+                           positions="slot")
 
     @property
     def cache_tokens(self) -> int:

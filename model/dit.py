@@ -23,48 +23,9 @@ from torch import Tensor, nn
 from cache.memory import pool_tokens
 from model.camera import CameraCond, token_positions, warp_frame
 from model.config import DiTConfig
-from model.rope import RoPE3D, apply_rope
+from model.ops import apply_rope, attention, attention_backend  # noqa: F401 (re-exported)
+from model.rope import RoPE3D
 from model.text import TextCond
-
-try:
-    from flash_attn import flash_attn_func
-
-    HAS_FLASH_ATTN = True
-except ImportError:
-    flash_attn_func = None
-    HAS_FLASH_ATTN = False
-
-
-# --------------------------------------------------------------------------- attention backend
-
-
-def attention_backend(q: Tensor, k: Tensor, mask: Tensor | None) -> str:
-    """flash-attn where it is installed and the tensors suit it (CUDA, fp16/bf16, no mask);
-    on CPU for long contexts without gradients, two batched matmuls around a softmax
-    ("bmm": MKL's GEMMs beat SDPA's CPU flash kernel 1.6x on a streamed chunk's
-    128 x 592 x 64 heads; 3% of a default chunk, A/B in one process on 2 cores);
-    PyTorch's scaled_dot_product_attention otherwise."""
-    if HAS_FLASH_ATTN and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and mask is None:
-        return "flash"
-    if q.device.type == "cpu" and k.shape[-2] >= 128 and not torch.is_grad_enabled():
-        return "bmm"
-    return "sdpa"
-
-
-def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
-    """q (B, H, Nq, Dh), k/v (B, H, Nk, Dh), mask broadcastable to (B, H, Nq, Nk): True =
-    attend, or an additive float bias."""
-    backend = attention_backend(q, k, mask)
-    if backend == "flash":
-        out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-        return out.transpose(1, 2)
-    if backend == "bmm":
-        scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))  # (B, H, Nq, Nk)
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
-        return torch.matmul(scores.softmax(-1), v)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-
 
 # --------------------------------------------------------------------------- helpers
 

@@ -17,6 +17,13 @@ the same chunks as alone); `decode_batch` decodes them together. A chunk's `deco
 touches only the VAE state, so it may run on another thread while the next `step`
 runs (decode of chunk n overlapped with the DiT on chunk n+1).
 
+The Generator knows a model only through a small protocol (`StreamModel`), which each
+family implements in its own files (livereel's `model.checkpoint.LiveReel`, Wan's
+`model.wan.model.WanModel`); the KV cache takes its layout from the model
+(`cache_layout()`). The sampler is flow matching over `sigmas`: Euler steps on the
+velocity (livereel's), or, with `renoise`, the x0 prediction re-noised with fresh
+noise to the next level (the Self-Forcing family's).
+
 Every step records `timings`: wall and thread-CPU seconds of its phases (controls, with
 any re-cache; prepare: the warped prior and the cache's read; denoise; context; decode),
 for the benchmarks and the server's stats.
@@ -26,22 +33,58 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from cache.kv import CacheBatch, FusedBatch, KVCache, ReadView
+from cache.kv import CacheBatch, CacheLayout, FusedBatch, KVCache, ReadView
 from model.camera import CameraCond, integrate, velocity_per_frame
-from model.checkpoint import LiveReel
-from model.prior import pixel_prior
-from model.text import TextCond
-from model.vae import to_uint8
+from model.conditioning import TextCond
+from model.ops import to_uint8
 
 log = logging.getLogger(__name__)
 
 REBASE_AT = 1e4  # world units; positions are re-based past this to keep float32 exact
+
+
+class StreamModel(Protocol):
+    """What the Generator, the KV cache and the server know of a model family.
+
+    `config` has `fps` and `frames_per_chunk` (video frames a chunk decodes to);
+    `warp_prior`: chunks may start from the last frame warped to the new camera
+    (`warm_start`); `camera`: camera motion conditions the model. Latents are
+    (B, K, C, h, w) in the model's own scale; text is a `TextCond`."""
+
+    config: Any
+    warp_prior: bool
+    camera: bool
+
+    def cache_layout(self) -> CacheLayout: ...
+
+    def encode_prompt(self, prompts: list[str]) -> TextCond:
+        """Prompts -> text conditioning with its cross-attention K/V (`kv`) computed."""
+
+    def text_kv(self, text: TextCond) -> Tensor:
+        """The cross-attention K/V of a (blended) text, (depth, 2, B, H, L, Dh)."""
+
+    def begin_chunk(self, cache, camera: CameraCond, first_frame: int | None = None, rows: int = 1) -> None:
+        """Prepare the cache's read (positions, RoPE) for the next chunk, once per chunk;
+        `rows` cache rows per stream (2 with guidance)."""
+
+    def evaluate(self, x: Tensor, t: Tensor, text: TextCond, camera: CameraCond, ctx, kv_only: bool = False,
+                 context_rows: int = 0) -> Tensor | None:
+        """One network evaluation of chunks x at per-frame noise levels t (B, K) against
+        `ctx` (a KVCache after `begin_chunk`, a CacheBatch or a FusedBatch): the velocity,
+        or None with `kv_only` (a context pass); the first `context_rows` rows are context
+        passes whose velocity is not returned."""
+
+    def init_decode_state(self) -> Any: ...
+
+    def decode(self, latents: Tensor, state: Any) -> tuple[Tensor, Any]:
+        """Latents of a chunk -> RGB in [-1, 1] (B, n, 3, H, W) and the next streaming state."""
 
 
 def flow_schedule(steps: int, shift: float = 5.0) -> list[float]:
@@ -65,26 +108,41 @@ class Unwritten(NamedTuple):
 
 
 class Generator:
-    def __init__(self, model: LiveReel, seed: int = 0, steps: int = 4, guidance: float = 1.0,
+    def __init__(self, model: StreamModel, seed: int = 0, steps: int = 4, guidance: float = 1.0,
                  context_t: float = 0.0, shift: float = 5.0, memory: bool = True,
-                 autocast: torch.dtype | None = None, warm_start: int = 0, fuse: bool = True):
-        if steps < 1:
+                 autocast: torch.dtype | None = None, warm_start: int = 0, fuse: bool = True,
+                 sigmas: Sequence[float] | None = None, renoise: bool = False, switch: str = "recache",
+                 keep_sink: bool = False):
+        """`sigmas`: the noise levels from 1 down to 0 (default: `steps` levels of
+        `flow_schedule` at `shift`); `renoise`: the Self-Forcing family's sampler (see the
+        module docstring). `switch`: what a prompt change without a transition does:
+        "recache" (the kept chunks' K/V recomputed under the new prompt; `keep_sink`
+        keeps the sink's, as LongLive) or "cut" (only the text changes)."""
+        if sigmas is None and steps < 1:
             raise ValueError(f"steps must be >= 1 (got {steps})")
+        sigmas = list(flow_schedule(steps, shift) if sigmas is None else sigmas)
+        steps = len(sigmas) - 1
+        if steps < 1 or sigmas[-1] != 0 or any(a <= b for a, b in zip(sigmas, sigmas[1:])):
+            raise ValueError(f"need >= 1 step and noise levels falling to 0 (got steps {steps}, sigmas {sigmas})")
         if not 0 <= warm_start < steps:
             raise ValueError(f"warm_start must be in [0, steps) (got {warm_start} with {steps} steps)")
+        if switch not in ("recache", "cut"):
+            raise ValueError(f"switch must be 'recache' or 'cut' (got {switch!r})")
         self.model = model
         self.config = model.config
+        self.layout = model.cache_layout()
         self.steps, self.guidance, self.context_t = steps, guidance, context_t
         # Steps skipped by starting from the warped prior, noised to the level where the
         # schedule then starts (where the prior covers the view; noise where it does not).
         # Not after a prompt switch or a reset: the prior shows the old prompt or nothing.
-        self.warm_start = warm_start if model.config.dit.warp_prior else 0
+        self.warm_start = warm_start if model.warp_prior else 0
         self.autocast = autocast  # e.g. torch.bfloat16 on CUDA: the DiT's matmuls in bf16, the state in fp32
         self.fuse = fuse  # a chunk's context pass fused with the next chunk's first evaluation
-        self.sigmas = flow_schedule(steps, shift)
+        self.sigmas, self.renoise = sigmas, renoise
+        self.switch, self.keep_sink = switch, keep_sink
         self.device = next(model.parameters()).device
         self.cfg_batch = 2 if guidance != 1.0 else 1  # conditional, unconditional
-        self.cache = KVCache(self.config.dit, self.cfg_batch, self.device, memory=memory)
+        self.cache = KVCache(self.layout, self.cfg_batch, self.device, memory=memory)
         self._null = self._encode("")
         self.prompt = ""
         self._text = self._null
@@ -137,12 +195,10 @@ class Generator:
         self.unwritten: Unwritten | None = None  # the last chunk, until its context pass
         # per kept slot: clean latents, camera, and the cache's last frame before it (its prior's source)
         self._kept: dict[tuple[str, int], tuple[Tensor, CameraCond, tuple]] = {}
-        self._vae_state = self.model.vae.init_state()
+        self._vae_state = self.model.init_decode_state()
 
     def _encode(self, prompt: str) -> TextCond:
-        text = self.model.text.encode([prompt])
-        text.kv = self.model.dit.text_kv(text)
-        return text
+        return self.model.encode_prompt([prompt])
 
     def take_controls(self) -> dict:
         """The controls staged so far (cleared): what `apply_controls` applies."""
@@ -152,7 +208,8 @@ class Generator:
     def _recaches(self, staged: dict) -> bool:
         """Whether applying `staged` re-caches the kept chunks (a prompt switch without a
         transition, past the first chunk): the cache must hold every chunk first."""
-        return "prompt" in staged and "reset" not in staged and staged["prompt"][1] == 0 and self.chunk_index > 0
+        return ("prompt" in staged and "reset" not in staged and staged["prompt"][1] == 0
+                and self.chunk_index > 0 and self.switch == "recache")
 
     def apply_controls(self, pending: dict | None = None) -> None:
         """Apply the staged controls (or `pending`, from `take_controls`) now; step() does
@@ -175,7 +232,7 @@ class Generator:
             else:
                 self._transition = None
                 self._text = new
-                if self.chunk_index > 0:
+                if self.chunk_index > 0 and self.switch == "recache":
                     self._recache()
             self.prompt = text
             self.applied.append({"what": "prompt", "text": text, "transition": transition,
@@ -187,17 +244,16 @@ class Generator:
             return self._text
         old, new, n, i = self._transition
         text = old.lerp(new, (i + 1) / n)
-        text.kv = self.model.dit.text_kv(text)
+        text.kv = self.model.text_kv(text)
         self._transition = None if i + 1 >= n else (old, new, n, i + 1)
         self._text = new if self._transition is None else text
         return text
 
     def _advance_camera(self) -> CameraCond:
-        cfg = self.config
         if self._path is not None:
             return self._path_camera()
-        step = velocity_per_frame(self.pan, self.zoom, self.camera[2], cfg.dit.grid, cfg.fps)
-        pos, motion = integrate(self.camera, step, cfg.dit.chunk_frames)
+        step = velocity_per_frame(self.pan, self.zoom, self.camera[2], self.layout.grid[1], self.config.fps)
+        pos, motion = integrate(self.camera, step, self.layout.chunk_frames)
         self.camera = pos[-1]
         if max(abs(self.camera[0]), abs(self.camera[1])) > REBASE_AT:
             self._rebase()
@@ -206,7 +262,7 @@ class Generator:
 
     def _path_camera(self) -> CameraCond:
         """This chunk's frames of the `follow_path` path (held still past its end)."""
-        K = self.config.dit.chunk_frames
+        K = self.layout.chunk_frames
         path_pos, path_motion = self._path
         frames = torch.arange(self.chunk_index * K, (self.chunk_index + 1) * K, device=self.device)
         idx = frames.clamp(max=len(path_pos) - 1)
@@ -239,14 +295,8 @@ class Generator:
         return text if self.cfg_batch == 1 else TextCond.cat([text, self._null])
 
     def _begin_chunk(self, cam: CameraCond, first_frame: int | None = None) -> None:
-        """The cache's read and the chunk's warped prior (model/prior.py) for camera `cam`."""
-        d = self.config.dit
-        prior = None
-        if d.warp_prior and d.prior_space == "pixel":
-            n, c = self.cfg_batch, self.cache  # guidance rows hold the same frame: warp it once
-            prior = pixel_prior(self.model.vae, c.frame[::n], c.frame_pos[::n], c.frame_valid[::n],
-                                cam.pos, d.grid).repeat_interleave(n, 0)
-        self.model.dit.begin_chunk(self.cache, self._batch_cam(cam), first_frame, prior=prior)
+        """The cache's read (and the model's warped prior, where it has one) for camera `cam`."""
+        self.model.begin_chunk(self.cache, self._batch_cam(cam), first_frame, rows=self.cfg_batch)
 
     def _context_pass(self, x: Tensor, text: TextCond, cam: CameraCond, first_frame: int | None = None,
                       begin: bool = True) -> None:
@@ -284,16 +334,19 @@ class Generator:
         stream order, each seeing the context that precedes it (DESIGN §3)."""
         latest = self.cache.frame_state()
         for slot in self.cache.kept_chunks():
+            if self.keep_sink and slot[0] == "sink":
+                continue
             x, cam, before = self._kept[slot]
             self.cache.load_frame_state(before)  # the prior it was made with
             self._context_pass(x, self._text, cam, self.cache.first_frame(*slot))
             self.cache.commit(slot)
         self.cache.load_frame_state(latest)
 
-    def _noise(self) -> Tensor:
-        d = self.config.dit
-        g = torch.Generator().manual_seed(chunk_seed(self.seed, self.chunk_index))
-        shape = (1, d.chunk_frames, d.latent_channels, d.latent_size, d.latent_size)
+    def _noise(self, step: int = 0) -> Tensor:
+        """The chunk's starting noise (step 0), or the fresh noise `renoise` adds after step
+        `step`; seeded by the stream's seed, the chunk and the step."""
+        g = torch.Generator().manual_seed(chunk_seed(self.seed, self.chunk_index) + step)
+        shape = (1, self.layout.chunk_frames, *self.layout.latent)
         return torch.randn(shape, generator=g).to(self.device)
 
     # ------------------------------------------------------------------ the rollout
@@ -328,7 +381,7 @@ class Generator:
     def batch_key(self) -> tuple:
         """Streams with equal keys can share one batched step (`next_frames_batch`)."""
         return (id(self.model), tuple(self.sigmas), self.guidance, self.context_t, self.autocast,
-                self.warm_start)
+                self.warm_start, self.renoise)
 
 
 # ---------------------------------------------------------------------- several streams
@@ -353,7 +406,7 @@ class _Clock:
         return span
 
 
-def _evaluate(model: LiveReel, x: Tensor, t: float | Tensor, text: TextCond, cam: CameraCond, cache,
+def _evaluate(model: StreamModel, x: Tensor, t: float | Tensor, text: TextCond, cam: CameraCond, cache,
               cfg_batch: int, kv_only: bool = False, autocast: torch.dtype | None = None,
               context: int = 0) -> Tensor | None:
     """One network evaluation of a batch of chunks x (S, K, C, h, w) at time t (or one
@@ -368,7 +421,7 @@ def _evaluate(model: LiveReel, x: Tensor, t: float | Tensor, text: TextCond, cam
     else:
         tt = torch.full(xb.shape[:2], t, device=x.device)
     with torch.autocast(x.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
-        v = model.dit(xb, tt, text, cam, cache, kv_only=kv_only, context_rows=context * cfg_batch)
+        v = model.evaluate(xb, tt, text, cam, cache, kv_only=kv_only, context_rows=context * cfg_batch)
     return None if v is None else v.to(x.dtype)
 
 
@@ -484,7 +537,11 @@ def _denoise(gens: list[Generator], begun: list[tuple[Tensor, TextCond, CameraCo
         if n > 1:
             cond, uncond = v.view(len(gens), n, *v.shape[1:]).unbind(1)
             v = uncond + lead.guidance * (cond - uncond)
-        x = x + (t_next - t) * v
+        if lead.renoise and t_next > 0:  # x0, re-noised to the next level with fresh noise
+            noise = torch.cat([g._noise(i + 1) for g in gens])
+            x = (1 - t_next) * (x - t * v) + t_next * noise
+        else:
+            x = x + (t_next - t) * v
     return list(x.split(1))
 
 
@@ -493,7 +550,7 @@ def decode_batch(gens: list[Generator], latents: list[Tensor]) -> list[np.ndarra
     """Decode one chunk of each stream in one VAE call, streaming each one's VAE state;
     returns uint8 frames (K, H, W, 3) per stream."""
     clock = _Clock()
-    vae = gens[0].model.vae
+    model = gens[0].model
     if len(gens) == 1:
         state = gens[0]._vae_state
     else:  # a stream at its first chunk has no state yet: zeros, as the decoder assumes
@@ -502,7 +559,7 @@ def decode_batch(gens: list[Generator], latents: list[Tensor]) -> list[np.ndarra
             like = next((p for p in parts if p is not None), None)
             state.append(None if like is None else
                          torch.cat([torch.zeros_like(like) if p is None else p for p in parts]))
-    frames, state = vae.decode_step(vae.from_dit(torch.cat(latents)), state)
+    frames, state = model.decode(torch.cat(latents), state)
     frames = to_uint8(frames).cpu().numpy()
     span = clock.lap()
     for i, g in enumerate(gens):

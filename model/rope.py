@@ -12,20 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from model.config import DiTConfig
-
-
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor, out: Tensor | None = None) -> Tensor:
-    """x * cos + (-x2, x1) * sin for x = (x1, x2) (..., N, Dh) split in halves; cos/sin
-    broadcastable to x and, as `RoPE3D.tables` makes them, the same in both halves of the
-    last dim. Three ops
-    instead of six (no rotated copy of x); `out` (x's shape) receives the result in place,
-    e.g. a slot of the KV cache."""
-    h = x.shape[-1] // 2
-    out = torch.mul(x, cos, out=out) if out is not None else x * cos
-    s = sin[..., :h]
-    out[..., :h].addcmul_(x[..., h:], s, value=-1)
-    out[..., h:].addcmul_(x[..., :h], s)
-    return out
+from model.ops import apply_rope  # noqa: F401 (re-exported)
 
 
 class RoPE3D(nn.Module):

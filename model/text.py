@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import re
 import zlib
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from model.conditioning import TextCond
 from model.config import TextConfig
 
 _WORD = re.compile(r"[a-z0-9]+")
@@ -30,33 +30,6 @@ def tokenize(prompts: list[str], cfg: TextConfig) -> tuple[Tensor, Tensor]:
             [1 + zlib.crc32(w.encode()) % (cfg.vocab_size - 1) for w in words], dtype=torch.long)
         mask[b, : len(words) + 1] = True
     return ids, mask
-
-
-@dataclass
-class TextCond:
-    """What the DiT reads of a prompt. `kv` holds per-layer cross-attention K/V
-    (depth, 2, B, heads, tokens, head_dim) once computed, so a prompt costs one projection."""
-
-    tokens: Tensor  # (B, L, text_dim)
-    mask: Tensor  # (B, L) bool
-    pooled: Tensor  # (B, text_dim)
-    kv: Tensor | None = None
-
-    def lerp(self, other: "TextCond", w: float) -> "TextCond":
-        """(1 - w) * self + w * other, for smooth prompt transitions."""
-        return TextCond(torch.lerp(self.tokens, other.tokens, w), self.mask | other.mask,
-                        torch.lerp(self.pooled, other.pooled, w))
-
-    def repeat(self, n: int) -> "TextCond":
-        kv = None if self.kv is None else self.kv.repeat_interleave(n, dim=2)
-        return TextCond(self.tokens.repeat_interleave(n, 0), self.mask.repeat_interleave(n, 0),
-                        self.pooled.repeat_interleave(n, 0), kv)
-
-    @staticmethod
-    def cat(conds: list["TextCond"]) -> "TextCond":
-        kv = None if any(c.kv is None for c in conds) else torch.cat([c.kv for c in conds], dim=2)
-        return TextCond(torch.cat([c.tokens for c in conds]), torch.cat([c.mask for c in conds]),
-                        torch.cat([c.pooled for c in conds]), kv)
 
 
 class TextEncoder(nn.Module):

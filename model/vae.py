@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.config import VAEConfig
+from model.ops import from_uint8, to_uint8  # noqa: F401 (re-exported)
 
 State = list[Tensor | None]
 
@@ -198,14 +199,3 @@ class VAE(nn.Module):
 
     def from_dit(self, z: Tensor) -> Tensor:
         return z / self.cfg.latent_scale + self.cfg.latent_shift
-
-
-def to_uint8(x: Tensor) -> Tensor:
-    """[-1, 1] frames (..., 3, H, W) -> uint8 (..., H, W, 3)."""
-    x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.movedim(-3, -1)
-
-
-def from_uint8(x: Tensor) -> Tensor:
-    """uint8 (..., H, W, 3) -> float [-1, 1] (..., 3, H, W)."""
-    return x.movedim(-1, -3).float() / 127.5 - 1.0

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("model.train.cli", "train the VAE or the causal DiT"),
     "eval": ("model.eval", "control-fidelity metrics on the world or a checkpoint"),
     "bench": ("bench.run", "latency, throughput and efficiency benchmarks"),
+    "inspect": ("model.inspect", "what a checkpoint holds and what else it needs to run"),
 }
 
 

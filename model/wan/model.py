@@ -1,0 +1,127 @@
+"""A Wan2.1 causal model behind livereel's engine: the DiT, a recipe, a resolution, and
+the text encoder and decoder it streams with.
+
+`WanModel` implements the model protocol the Generator, the KV cache and the server
+use (model/generate.py, `StreamModel`): a cache layout, `encode_prompt` / `text_kv`,
+`begin_chunk`, `evaluate`, and a streaming `decode`. The text encoder (umT5-XXL) and the
+decoders (the Wan VAE, a tiny decoder) are given to it: until they are (issue 16), a
+Wan model generates latents, and `decode` says what it is missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from cache.kv import CacheLayout
+from model.conditioning import TextCond
+from model.wan.config import Recipe, WanConfig, get_recipe, DEFAULT_RECIPE
+from model.wan.dit import WanDiT
+
+VAE_STRIDE = (4, 8, 8)  # Wan2.1 VAE: time, height, width
+TextEncoder = Callable[[list[str]], Tensor]  # prompts -> (B, L <= text_len, text_dim)
+
+
+@dataclass
+class WanStreamConfig:
+    """What a streamed Wan model is: its DiT, its recipe and the picture size in pixels."""
+
+    dit: WanConfig = field(default_factory=WanConfig)
+    recipe: Recipe = field(default_factory=lambda: get_recipe(DEFAULT_RECIPE))
+    height: int = 480
+    width: int = 832
+    name: str = "wan"
+
+    def __post_init__(self) -> None:
+        _, sh, sw = VAE_STRIDE
+        _, ph, pw = self.dit.patch
+        if self.height % (sh * ph) or self.width % (sw * pw) or self.height <= 0 or self.width <= 0:
+            raise ValueError(f"height and width must be positive multiples of {sh * ph} "
+                             f"(got {self.height}x{self.width})")
+
+    @property
+    def fps(self) -> int:
+        return self.recipe.fps
+
+    @property
+    def latent(self) -> tuple[int, int, int]:
+        """A latent frame: (channels, rows, columns)."""
+        return self.dit.in_channels, self.height // VAE_STRIDE[1], self.width // VAE_STRIDE[2]
+
+    @property
+    def frames_per_chunk(self) -> int:
+        """Video frames a chunk decodes to once the stream is running (the Wan VAE's first
+        latent frame decodes to one frame, each later one to four)."""
+        return VAE_STRIDE[0] * self.recipe.chunk_frames
+
+    def cache_layout(self) -> CacheLayout:
+        d, r = self.dit, self.recipe
+        _, rows, cols = self.latent
+        return CacheLayout(depth=d.depth, heads=d.heads, head_dim=d.head_dim, chunk_frames=r.chunk_frames,
+                           grid=(rows // d.patch[1], cols // d.patch[2]), sink_frames=r.sink_frames,
+                           window_frames=r.window_frames, latent=self.latent, positions=r.positions,
+                           max_positions=d.rope_max_frames if r.positions == "absolute" else None)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "family": "wan", "dit": self.dit.to_dict(), "recipe": self.recipe.to_dict(),
+                "height": self.height, "width": self.width}
+
+
+class WanModel(nn.Module):
+    """The Wan family's implementation of the model protocol (see the module docstring)."""
+
+    warp_prior = False  # no warped-prior input: every chunk starts from noise
+    camera = False  # text-to-video: no camera conditioning
+
+    def __init__(self, config: WanStreamConfig, text_encoder: TextEncoder | None = None, decoder=None):
+        super().__init__()
+        self.config = config
+        self.dit = WanDiT(config.dit)
+        self.text_encoder = text_encoder
+        self.decoder = decoder
+
+    def cache_layout(self) -> CacheLayout:
+        return self.config.cache_layout()
+
+    # -- text ----------------------------------------------------------------
+    def encode_prompt(self, prompts: list[str]) -> TextCond:
+        if self.text_encoder is None:
+            raise RuntimeError("this Wan model has no text encoder: umT5-XXL support comes with issue 16")
+        d = self.config.dit
+        feats = self.text_encoder(prompts)
+        if feats.dim() != 3 or feats.shape[0] != len(prompts) or feats.shape[2] != d.text_dim:
+            raise ValueError(f"the text encoder returned {tuple(feats.shape)}; the DiT reads "
+                             f"({len(prompts)}, <= {d.text_len}, {d.text_dim})")
+        device, dtype = self.dit.head.modulation.device, self.dit.head.modulation.dtype
+        tokens = torch.zeros(len(prompts), d.text_len, d.text_dim, device=device, dtype=dtype)
+        n = min(feats.shape[1], d.text_len)
+        tokens[:, :n] = feats[:, :n].to(device, dtype)  # zero padding, as upstream
+        text = TextCond(tokens, torch.ones(len(prompts), d.text_len, dtype=torch.bool, device=device),
+                        tokens.new_zeros(len(prompts), 0))
+        text.kv = self.text_kv(text)
+        return text
+
+    def text_kv(self, text: TextCond) -> Tensor:
+        return self.dit.text_kv(text.tokens)
+
+    # -- one chunk -----------------------------------------------------------
+    def begin_chunk(self, cache, camera, first_frame: int | None = None, rows: int = 1) -> None:
+        """The cache's read for the next chunk (the camera is not an input of Wan models)."""
+        _, h, w = self.config.latent
+        self.dit.begin_chunk(cache, self.config.recipe.chunk_frames, h, w, first_frame)
+
+    def evaluate(self, x: Tensor, t: Tensor, text: TextCond, camera, ctx, kv_only: bool = False,
+                 context_rows: int = 0) -> Tensor | None:
+        return self.dit(x, t, text.kv, ctx, kv_only=kv_only, context_rows=context_rows)
+
+    # -- decoding ------------------------------------------------------------
+    def init_decode_state(self):
+        return None if self.decoder is None else self.decoder.init_state()
+
+    def decode(self, latents: Tensor, state):
+        if self.decoder is None:
+            raise RuntimeError("this Wan model has no decoder: the Wan VAE and the tiny decoder come with issue 16")
+        return self.decoder.decode_step(latents, state)
