@@ -112,12 +112,13 @@ class Generator:
                  context_t: float = 0.0, shift: float = 5.0, memory: bool = True,
                  autocast: torch.dtype | None = None, warm_start: int = 0, fuse: bool = True,
                  sigmas: Sequence[float] | None = None, renoise: bool = False, switch: str = "recache",
-                 keep_sink: bool = False):
+                 keep_sink: bool = False, blend_chunks: int = 4):
         """`sigmas`: the noise levels from 1 down to 0 (default: `steps` levels of
         `flow_schedule` at `shift`); `renoise`: the Self-Forcing family's sampler (see the
         module docstring). `switch`: what a prompt change without a transition does:
         "recache" (the kept chunks' K/V recomputed under the new prompt; `keep_sink`
-        keeps the sink's, as LongLive) or "cut" (only the text changes)."""
+        keeps the sink's, as LongLive), "cut" (only the text changes) or "blend" (the
+        text blended over `blend_chunks` chunks, as Krea)."""
         if sigmas is None and steps < 1:
             raise ValueError(f"steps must be >= 1 (got {steps})")
         sigmas = list(flow_schedule(steps, shift) if sigmas is None else sigmas)
@@ -126,8 +127,9 @@ class Generator:
             raise ValueError(f"need >= 1 step and noise levels falling to 0 (got steps {steps}, sigmas {sigmas})")
         if not 0 <= warm_start < steps:
             raise ValueError(f"warm_start must be in [0, steps) (got {warm_start} with {steps} steps)")
-        if switch not in ("recache", "cut"):
-            raise ValueError(f"switch must be 'recache' or 'cut' (got {switch!r})")
+        if switch not in ("recache", "cut", "blend") or blend_chunks < 1:
+            raise ValueError(f"switch must be 'recache', 'cut' or 'blend' and blend_chunks >= 1 "
+                             f"(got {switch!r}, {blend_chunks})")
         self.model = model
         self.config = model.config
         self.layout = model.cache_layout()
@@ -139,7 +141,7 @@ class Generator:
         self.autocast = autocast  # e.g. torch.bfloat16 on CUDA: the DiT's matmuls in bf16, the state in fp32
         self.fuse = fuse  # a chunk's context pass fused with the next chunk's first evaluation
         self.sigmas, self.renoise = sigmas, renoise
-        self.switch, self.keep_sink = switch, keep_sink
+        self.switch, self.keep_sink, self.blend_chunks = switch, keep_sink, blend_chunks
         self.device = next(model.parameters()).device
         self.cfg_batch = 2 if guidance != 1.0 else 1  # conditional, unconditional
         self.cache = KVCache(self.layout, self.cfg_batch, self.device, memory=memory)
@@ -226,6 +228,8 @@ class Generator:
                                  "frame": self.frame_index})
         if "prompt" in pending:
             text, transition = pending["prompt"]
+            if transition == 0 and self.switch == "blend":
+                transition = self.blend_chunks
             new = self._encode(text)
             if transition > 0 and self.chunk_index > 0:
                 self._transition = (self._text, new, transition, 0)

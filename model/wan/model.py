@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from cache.kv import CacheLayout
 from model.conditioning import TextCond
+from model.generate import Generator
 from model.wan.config import Recipe, WanConfig, get_recipe, DEFAULT_RECIPE
 from model.wan.dit import WanDiT
 
@@ -125,3 +126,14 @@ class WanModel(nn.Module):
         if self.decoder is None:
             raise RuntimeError("this Wan model has no decoder: the Wan VAE and the tiny decoder come with issue 16")
         return self.decoder.decode_step(latents, state)
+
+
+def wan_generator(model: WanModel, seed: int = 0, guidance: float = 1.0, autocast: torch.dtype | None = None,
+                  fuse: bool = True) -> Generator:
+    """A Generator that samples `model` as its recipe says: the recipe's noise levels with
+    the x0 re-noising sampler, its context noise, and its prompt-switch policy (LongLive's
+    re-cache keeps the sink)."""
+    r = model.config.recipe
+    return Generator(model, seed=seed, guidance=guidance, context_t=r.context_t, autocast=autocast, fuse=fuse, sigmas=r.sigmas, renoise=True, switch=r.switch,
+                     keep_sink=r.sink_frames > 0, blend_chunks=r.blend_chunks)
+
