@@ -1,7 +1,9 @@
 """The whole model (text encoder + DiT + VAE) and its checkpoints.
 
-A checkpoint is a folder: `config.json` (ModelConfig) and `model.safetensors`. Loading
-checks every tensor's name and shape against the config and never unpickles anything.
+A livereel checkpoint is a folder: `config.json` (ModelConfig) and `model.safetensors`.
+Loading checks every tensor's name and shape against the config and never unpickles
+anything. Any other path is recognised by its keys and shapes: a Wan2.1 DiT in one of
+its upstream layouts (model/wan/loader.py) is named, with what it needs to stream.
 Names: "debug" is the tiny random-init preset; "default" (or any other name) is the
 folder of that name under checkpoints/; anything else is a path.
 """
@@ -131,15 +133,11 @@ def load_model(name_or_path: str | Path = "default", device: str | torch.device 
         hint = (" Train it with `livereel train` (see README), or use `--checkpoint debug`."
                 if str(name_or_path) == "default" else "")
         raise CheckpointError(f"no checkpoint at {path}.{hint}")
-    if path.is_file():
-        if path.suffix in PICKLE_SUFFIXES:
-            raise CheckpointError(f"{path}: pickled checkpoints are never loaded; use safetensors")
-        path = path.parent
+    folder = path.parent if path.is_file() and path.name in ("model.safetensors", "config.json") else path
+    if not (folder / "model.safetensors").is_file():
+        _other_family(path)
+    path = folder
     cfg_file, weights = path / "config.json", path / "model.safetensors"
-    if not weights.exists():
-        pickled = [f.name for f in path.iterdir() if f.suffix in PICKLE_SUFFIXES]
-        extra = f" (found {pickled}: pickled checkpoints are never loaded)" if pickled else ""
-        raise CheckpointError(f"{path}: missing model.safetensors{extra}")
     try:
         config = ModelConfig.from_dict(json.loads(cfg_file.read_text()))
     except FileNotFoundError:
@@ -155,6 +153,25 @@ def load_model(name_or_path: str | Path = "default", device: str | torch.device 
     model.load_state_dict(state, strict=True)
     log.info("loaded %s (%s, %.1fM parameters)", path, config.name, n_params(model) / 1e6)
     return model.to(device).eval()
+
+
+def _other_family(path: Path) -> None:
+    """Raise a CheckpointError that says what a checkpoint of another family is, and what
+    it needs: a Wan2.1 DiT (any upstream layout) is recognised from its keys and shapes."""
+    from model.wan.loader import describe, recognise
+
+    if recognise(path) == "wan":
+        info = describe(path)
+        raise CheckpointError(
+            f"{path}: a Wan2.1 DiT ({info.layout}, {info.size}, {info.params / 1e9:.2f}B parameters). "
+            "Streaming it needs the Wan VAE and the umT5-XXL text encoder, which livereel cannot load "
+            "yet (issue 16); `livereel inspect` shows what it holds")
+    files = [path] if path.is_file() else list(path.iterdir())
+    pickled = [f.name for f in files if f.suffix in PICKLE_SUFFIXES]
+    extra = (f"; {pickled} are pickled: livereel's own checkpoints never are, and a pickle is read only as "
+             "Wan2.1 weights (weights_only: nothing in it runs)") if pickled else ""
+    raise CheckpointError(f"{path}: not a checkpoint of a known family (a livereel folder with config.json "
+                          f"and model.safetensors, or a Wan2.1 DiT in one of its upstream layouts){extra}")
 
 
 def check_state(model: nn.Module, state: dict[str, torch.Tensor], where: Path | str) -> None:

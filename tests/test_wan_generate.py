@@ -35,13 +35,13 @@ def wan(ours, **recipe):
     return model
 
 
-def padded(prompt):
-    t = torch.zeros(1, L, TEXT_DIM)
+def padded(prompt, length=L):
+    t = torch.zeros(1, length, TEXT_DIM)
     t[:, : L - 3] = encoder([prompt])
     return t
 
 
-def reference_rollout(ref, recipe, prompts, seed=0):
+def reference_rollout(ref, recipe, prompts, seed=0, text_len=L):
     """Chunk i under prompts[i]: Self-Forcing's sampler (x0 predicted, re-noised with fresh
     noise to the next level, the Generator's seeds) with each evaluation a diffusers
     forward over [clean history at t = 0 | the chunk], the whole history under the
@@ -56,7 +56,7 @@ def reference_rollout(ref, recipe, prompts, seed=0):
         mask = streaming_mask(F_, K, recipe.sink_frames, recipe.window_frames)
         for s, (t, t_next) in enumerate(zip(sig[:-1], sig[1:])):
             tt = torch.cat((torch.zeros(1, hist.shape[1]), torch.full((1, K), t)), 1)
-            v = reference(ref, torch.cat((hist, x), 1), tt, padded(prompt), mask)[:, -K:]
+            v = reference(ref, torch.cat((hist, x), 1), tt, padded(prompt, text_len), mask)[:, -K:]
             x0 = x - t * v
             if t_next > 0:
                 noise = torch.randn(1, K, C, H, W, generator=torch.Generator().manual_seed(base + s + 1))
@@ -150,3 +150,30 @@ def test_a_wan_model_without_its_decoder_says_what_is_missing(pair):
         latents = gen.step()
     with pytest.raises(RuntimeError, match="no decoder"):
         gen.decode(latents)
+
+
+@torch.no_grad()
+def test_checkpoints_load_into_the_engine(pair, tmp_path):
+    """A diffusers folder and a Self-Forcing .pt of the same weights load (the loader's
+    naming and q/k permutation) into a WanModel whose chunks equal diffusers'."""
+    from model.checkpoint import CheckpointError, load_model
+    from model.wan.loader import ROPE_PERMUTED
+    from model.wan.model import load_wan_model
+    from model.wan.rope import from_half_split
+
+    ref, ours = pair
+    ref.save_pretrained(tmp_path / "diffusers")
+    wan_named = {k: from_half_split(v, ours.cfg.heads) if k.split(".", 2)[-1] in ROPE_PERMUTED else v
+                 for k, v in ours.state_dict().items()}
+    torch.save({"generator_ema": {f"model.{k}": v for k, v in wan_named.items()}}, tmp_path / "sf.pt")
+    recipe = Recipe("test", chunk_frames=3, window_frames=6)
+    want = reference_rollout(ref, recipe, ["a cat"] * 2, text_len=512)  # Wan's padding: inferred configs keep it
+    for path, heads in ((tmp_path / "diffusers", None), (tmp_path / "sf.pt", 2)):  # the .pt has no config.json
+        model = load_wan_model(path, recipe, heads=heads, height=H * 8, width=W * 8, text_encoder=encoder)
+        assert model.config.dit.heads == 2
+        gen = wan_generator(model, seed=0)
+        gen.set_prompt("a cat")
+        for i in range(2):
+            assert rel_err(gen.step(), want[i]) <= TOL, f"{path.name} chunk {i}"
+    with pytest.raises(CheckpointError, match="Wan2.1 DiT .* needs the Wan VAE"):
+        load_model(tmp_path / "diffusers")  # the serving path: says what else it needs

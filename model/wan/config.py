@@ -193,3 +193,35 @@ def get_recipe(name: str) -> Recipe:
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; choose one of {sorted(RECIPES)}")
     return RECIPES[name]
+
+
+# --------------------------------------------------------------------------- flags
+
+
+def add_recipe_arguments(parser) -> None:
+    """--recipe and the flags that override one of its fields, as every command that runs a
+    Wan model takes them."""
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default=None,
+                        help=f"the sampling recipe of a Wan checkpoint (default {DEFAULT_RECIPE})")
+    parser.add_argument("--positions", choices=("absolute", "slot"), default=None,
+                        help="temporal positions: absolute (as trained, capped at the RoPE table) or slot "
+                             "(by cache slot, no cap; default: the recipe's)")
+    parser.add_argument("--window", type=int, default=None, metavar="FRAMES",
+                        help="latent frames of the attention window before a chunk (default: the recipe's)")
+    parser.add_argument("--sink", type=int, default=None, metavar="FRAMES",
+                        help="latent frames kept from the stream's start (default: the recipe's)")
+    parser.add_argument("--switch", choices=("recache", "cut", "blend"), default=None,
+                        help="what a prompt change does (default: the recipe's)")
+
+
+def recipe_from_args(args) -> Recipe:
+    """The recipe named by --recipe with the override flags applied; ValueError names the
+    bad flag."""
+    recipe = get_recipe(args.recipe or DEFAULT_RECIPE)
+    changes = {field: value for field, value in (("positions", args.positions), ("window_frames", args.window),
+                                                  ("sink_frames", args.sink), ("switch", args.switch))
+               if value is not None}
+    try:
+        return recipe.replace(**changes) if changes else recipe
+    except ValueError as e:
+        raise ValueError(f"--recipe {recipe.name} with {changes}: {e}") from None

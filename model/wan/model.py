@@ -128,6 +128,24 @@ class WanModel(nn.Module):
         return self.decoder.decode_step(latents, state)
 
 
+def load_wan_model(path, recipe: Recipe | None = None, lora=None, heads: int | None = None,
+                   height: int = 480, width: int = 832,
+                   text_encoder: TextEncoder | None = None, decoder=None, dtype: torch.dtype = torch.float32,
+                   device: str | torch.device = "cpu") -> WanModel:
+    """A Wan checkpoint in any upstream layout (model/wan/loader.py) as a WanModel sampled
+    by `recipe` (default: Self-Forcing's) at `height` x `width` pixels; `heads` where
+    neither a config.json nor head dim 128 gives them. Built on the meta device and given
+    the loaded tensors, so the weights are in memory once."""
+    from model.wan.loader import load_wan
+
+    cfg, state = load_wan(path, lora=lora, heads=heads)
+    config = WanStreamConfig(cfg, recipe or get_recipe(DEFAULT_RECIPE), height, width)
+    with torch.device("meta"):
+        model = WanModel(config, text_encoder, decoder)
+    model.dit.load_state_dict({k: v.to(device, dtype) for k, v in state.items()}, strict=True, assign=True)
+    return model.eval()
+
+
 def wan_generator(model: WanModel, seed: int = 0, guidance: float = 1.0, autocast: torch.dtype | None = None,
                   fuse: bool = True) -> Generator:
     """A Generator that samples `model` as its recipe says: the recipe's noise levels with
