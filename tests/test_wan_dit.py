@@ -316,3 +316,13 @@ def test_rope_equals_a_float64_complex_reference():
     k = torch.randn(1, 2, 60, 128, generator=g)
     perm = lambda x: to_half_split(x.permute(3, 0, 1, 2), 1).permute(1, 2, 3, 0)  # noqa: E731
     assert torch.allclose(q.float() @ k.transpose(-1, -2), perm(q.float()) @ perm(k).transpose(-1, -2), atol=1e-4)
+
+
+def test_module_names_and_shapes_are_what_the_loader_expects():
+    from model.wan.loader import expected_shapes
+
+    for cfg in (WanConfig(dim=24, heads=2, depth=2, ffn_dim=32, in_channels=4, out_channels=4, text_dim=16,
+                          freq_dim=16), WanConfig(dim=24, heads=2, depth=1, ffn_dim=8, cross_attn_norm=False)):
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in WanDiT(cfg).state_dict().items()}
+        assert shapes == {k: tuple(v) for k, v in expected_shapes(cfg).items()}
