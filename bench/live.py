@@ -97,7 +97,7 @@ async def _measure(model: LiveReel, sampling: Sampling, ttff_reps: int, control_
     from streamer.session import StreamInfo
 
     cfg = model.config
-    info = StreamInfo.of(cfg, sampling)
+    info = StreamInfo.of(model, sampling)
     server = Server(lambda seed: sampling.generator(model, seed), info, max_sessions=4,
                     step_many=next_frames_batch)
     port = await server.start(0)

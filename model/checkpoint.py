@@ -19,6 +19,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from typing import TYPE_CHECKING
+
 from cache.kv import CacheLayout
 from model.camera import CameraCond
 from model.conditioning import TextCond
@@ -27,6 +29,10 @@ from model.dit import DiT
 from model.prior import pixel_prior
 from model.text import TextEncoder
 from model.vae import VAE
+
+if TYPE_CHECKING:
+    from model.generate import Generator
+    from model.sampling import Sampling
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +87,17 @@ class LiveReel(nn.Module):
                  kv_only: bool = False, context_rows: int = 0) -> torch.Tensor | None:
         return self.dit(x, t, text, camera, ctx, kv_only=kv_only, context_rows=context_rows)
 
+    def generator(self, sampling: Sampling, seed: int = 0, memory: bool = True) -> Generator:
+        """A Generator sampling this model as `sampling` says (steps, warm start, guidance)."""
+        from model.generate import Generator
+
+        return Generator(self, seed=seed, steps=sampling.steps, warm_start=sampling.warm_start,
+                         guidance=float(sampling.guidance), memory=memory)
+
+    def sampling_record(self, sampling: Sampling) -> dict:
+        """How its streams are sampled, as session logs record it (replay reads it back)."""
+        return sampling.to_dict()
+
     def init_decode_state(self):
         return self.vae.init_state()
 
@@ -125,7 +142,10 @@ def resolve(name_or_path: str | Path) -> Path:
     return p
 
 
-def load_model(name_or_path: str | Path = "default", device: str | torch.device = "cpu") -> LiveReel:
+def load_model(name_or_path: str | Path = "default", device: str | torch.device = "cpu", wan=None):
+    """livereel's own model (a preset name, a named folder under checkpoints/, a path), or
+    a Wan checkpoint folder (model/wan/folder.py) loaded with `wan` (WanOptions: recipe,
+    decoder, resolution; None: the folder's own settings)."""
     if str(name_or_path) == "debug":
         return build_model(get_config("debug")).to(device).eval()
     path = resolve(name_or_path)
@@ -135,6 +155,10 @@ def load_model(name_or_path: str | Path = "default", device: str | torch.device 
         raise CheckpointError(f"no checkpoint at {path}.{hint}")
     folder = path.parent if path.is_file() and path.name in ("model.safetensors", "config.json") else path
     if not (folder / "model.safetensors").is_file():
+        from model.wan.folder import WanOptions, is_wan_folder, load_wan_folder
+
+        if is_wan_folder(path):
+            return load_wan_folder(path, wan or WanOptions(), device=device)
         _other_family(path)
     path = folder
     cfg_file, weights = path / "config.json", path / "model.safetensors"
@@ -164,8 +188,9 @@ def _other_family(path: Path) -> None:
         info = describe(path)
         raise CheckpointError(
             f"{path}: a Wan2.1 DiT ({info.layout}, {info.size}, {info.params / 1e9:.2f}B parameters). "
-            "Streaming it needs the Wan VAE and the umT5-XXL text encoder, which livereel cannot load "
-            "yet (issue 16); `livereel inspect` shows what it holds")
+            "Streaming it needs the Wan VAE and the umT5-XXL text encoder beside it: put them in one "
+            "folder and give the folder (README: Wan checkpoint folders; `livereel inspect` says what "
+            "a folder lacks)")
     files = [path] if path.is_file() else list(path.iterdir())
     pickled = [f.name for f in files if f.suffix in PICKLE_SUFFIXES]
     extra = (f"; {pickled} are pickled: livereel's own checkpoints never are, and a pickle is read only as "

@@ -44,7 +44,7 @@ def warm_up(model: LiveReel, sampling: Sampling, streams: int = 2) -> None:
     passes, or not yet)."""
     from model.generate import next_frames_batch
 
-    d = model.config.dit
+    d = model.cache_layout()
     gens = [sampling.generator(model, seed=i) for i in range(streams)]
     for _ in range(d.max_frames // d.chunk_frames + 1):
         gens[0].next_frames()

@@ -236,6 +236,11 @@ class ModelConfig:
         return self.dit.chunk_frames
 
     @property
+    def frame_size(self) -> tuple[int, int]:
+        """A video frame's (height, width) in pixels."""
+        return self.image_size, self.image_size
+
+    @property
     def pixels_per_token(self) -> int:
         """Width in view pixels of one DiT token at zoom 0: the unit of world positions."""
         return self.vae.downsample * self.dit.patch

@@ -53,7 +53,8 @@ REBASE_AT = 1e4  # world units; positions are re-based past this to keep float32
 class StreamModel(Protocol):
     """What the Generator, the KV cache and the server know of a model family.
 
-    `config` has `fps` and `frames_per_chunk` (video frames a chunk decodes to);
+    `config` has `name`, `fps`, `frame_size` (height, width) and `frames_per_chunk`
+    (video frames a chunk decodes to);
     `warp_prior`: chunks may start from the last frame warped to the new camera
     (`warm_start`); `camera`: camera motion conditions the model. Latents are
     (B, K, C, h, w) in the model's own scale; text is a `TextCond`."""
@@ -80,6 +81,13 @@ class StreamModel(Protocol):
         `ctx` (a KVCache after `begin_chunk`, a CacheBatch or a FusedBatch): the velocity,
         or None with `kv_only` (a context pass); the first `context_rows` rows are context
         passes whose velocity is not returned."""
+
+    def generator(self, sampling: Any, seed: int = 0, memory: bool = True) -> "Generator":
+        """A Generator sampling this model under `model.sampling.Sampling` settings."""
+
+    def sampling_record(self, sampling: Any) -> dict:
+        """How its streams are sampled (steps, warm_start, guidance, and any recipe), as
+        session logs record it so that replay makes the same frames."""
 
     def init_decode_state(self) -> Any: ...
 
@@ -142,9 +150,11 @@ class Generator:
         self.fuse = fuse  # a chunk's context pass fused with the next chunk's first evaluation
         self.sigmas, self.renoise = sigmas, renoise
         self.switch, self.keep_sink, self.blend_chunks = switch, keep_sink, blend_chunks
-        self.device = next(model.parameters()).device
+        weight = next(model.parameters())
+        self.device = weight.device
         self.cfg_batch = 2 if guidance != 1.0 else 1  # conditional, unconditional
-        self.cache = KVCache(self.layout, self.cfg_batch, self.device, memory=memory)
+        # the cache in the network's dtype (bf16 on GPU); the sampler's latents stay fp32
+        self.cache = KVCache(self.layout, self.cfg_batch, self.device, dtype=weight.dtype, memory=memory)
         self._null = self._encode("")
         self.prompt = ""
         self._text = self._null

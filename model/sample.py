@@ -14,6 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from model.sampling import add_sampling_arguments, sampling_from_args
+from model.wan.config import add_wan_arguments, wan_options_from_args
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zoom", type=float, default=0.0, help="zoom velocity in log2 per second, [-1, 1]")
     p.add_argument("--checkpoint", default="default", help="checkpoint name or path ('debug' for a random model)")
     add_sampling_arguments(p)
+    add_wan_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="noise seed")
     p.add_argument("--then", default=None, metavar="PROMPT", help="switch to this prompt mid-clip")
     p.add_argument("--switch-at", type=float, default=None, metavar="SECONDS",
@@ -88,10 +90,11 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit("--pan and --zoom must be within [-1, 1]")
     try:
         sampling = sampling_from_args(args)
+        wan = wan_options_from_args(args)
     except ValueError as e:
         raise SystemExit(f"livereel sample: {e}") from None
     try:
-        model = load_model(args.checkpoint)
+        model = load_model(args.checkpoint, wan=wan)
     except CheckpointError as e:
         raise SystemExit(f"livereel sample: {e}") from None
     gen = sampling.generator(model, seed=args.seed)

@@ -58,10 +58,9 @@ class Sampling:
             raise SamplingError("guidance", f"must be a number in [1, 20] (got {self.guidance!r})")
 
     def generator(self, model: LiveReel, seed: int = 0, memory: bool = True) -> Generator:
-        from model.generate import Generator
-
-        return Generator(model, seed=seed, steps=self.steps, warm_start=self.warm_start,
-                         guidance=float(self.guidance), memory=memory)
+        """A Generator for `model` under these settings; a model family whose recipe fixes
+        the steps (Wan) takes only the guidance from them (`model.generator`)."""
+        return model.generator(self, seed=seed, memory=memory)
 
     def to_dict(self) -> dict:
         return {"steps": self.steps, "warm_start": self.warm_start, "guidance": float(self.guidance)}

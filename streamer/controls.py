@@ -130,10 +130,15 @@ class Hello(Message):
     model: str
     fps: int
     size: int
+    width: int | None = None
+    """Frames are `size` high and `width` wide (square when None)."""
     frames_per_chunk: int
     steps: int
     prompt: str
     seed: int
+    camera: bool = True
+    camera_note: str | None = None
+    """Why the model does not follow the camera, when it does not."""
 
 
 class Applied(Message):

@@ -39,6 +39,7 @@ import gradio as gr
 import numpy as np
 
 from model.sampling import Sampling, add_sampling_arguments, sampling_from_args
+from model.wan.config import add_wan_arguments, wan_options_from_args
 from streamer.controls import MAX_PROMPT_CHARS, MAX_SEED, MAX_TRANSITION_CHUNKS
 from streamer.session import LOG_VERSION, EventLog
 
@@ -475,6 +476,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default="default",
                    help="checkpoint name or path ('debug' for a random model)")
     add_sampling_arguments(p)
+    add_wan_arguments(p)
     p.add_argument("--max-sessions", type=int, default=2,
                    help="streams generated at once; later visitors wait in a queue")
 
@@ -487,6 +489,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         sampling = sampling_from_args(args)
+        wan = wan_options_from_args(args)
     except ValueError as e:
         print(f"livereel demo: {e}", file=sys.stderr)
         return 2
@@ -496,7 +499,7 @@ def main(args: argparse.Namespace) -> int:
               "(Debian: apt-get install ffmpeg)", file=sys.stderr)
         return 1
     try:
-        model = load_model(args.checkpoint)
+        model = load_model(args.checkpoint, wan=wan)
     except CheckpointError as e:
         print(f"livereel demo: {e}", file=sys.stderr)
         return 1

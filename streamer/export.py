@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tqdm import tqdm
 
 from model.sampling import add_sampling_arguments, sampling_from_args
+from model.wan.config import add_wan_arguments, wan_options_from_args
 
 MAX_SECONDS = 24 * 3600
 
@@ -161,6 +162,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="MP4 to write")
     p.add_argument("--checkpoint", default="default", help="checkpoint name or path ('debug' for a random model)")
     add_sampling_arguments(p)
+    add_wan_arguments(p)
     p.add_argument("--seed", type=int, default=None, help="override the timeline's seed")
 
 
@@ -168,6 +170,7 @@ def main(args: argparse.Namespace) -> int:
     # Everything the user gave is checked before the model (and torch) is loaded.
     try:
         sampling = sampling_from_args(args)
+        wan = wan_options_from_args(args)
     except ValueError as e:
         raise SystemExit(f"livereel export: {e}") from None
     if args.seed is not None and not 0 <= args.seed < 2**63:
@@ -181,7 +184,7 @@ def main(args: argparse.Namespace) -> int:
     from model.sample import write_mp4
 
     try:
-        model = load_model(args.checkpoint)
+        model = load_model(args.checkpoint, wan=wan)
     except CheckpointError as e:
         raise SystemExit(f"livereel export: {e}") from None
     fps = model.config.fps

@@ -118,9 +118,14 @@ def main(args: argparse.Namespace) -> int:
 
     from model import CheckpointError, load_model
     from model.sample import write_mp4
+    from model.wan.config import Recipe, WanOptions
 
     try:
-        model = load_model(args.checkpoint or header["model"])
+        recipe = Recipe(**header["recipe"]) if isinstance(header.get("recipe"), dict) else None
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"livereel replay: {args.log}:1: header 'recipe': {e}") from None
+    try:  # a recipe-sampled model (Wan) streams as the log says
+        model = load_model(args.checkpoint or header["model"], wan=WanOptions(recipe=recipe) if recipe else None)
     except CheckpointError as e:
         raise SystemExit(f"livereel replay: {e}") from None
     fps = model.config.fps

@@ -57,6 +57,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from model.sampling import add_sampling_arguments, sampling_from_args
+from model.wan.config import add_wan_arguments, wan_options_from_args
 from streamer.controls import (
     CONTROL_RATE,
     MAX_SIGNAL_BYTES,
@@ -477,10 +478,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--port", type=int, default=8080, help="port for HTTP and the signaling WebSocket")
     parser.add_argument(
-        "--checkpoint", default="default", help='"default" (shipped model), "debug" (tiny, random) or a path'
+        "--checkpoint", default="default",
+        help='"default" (shipped model), "debug" (tiny, random), a path, or a Wan checkpoint folder'
     )
     parser.add_argument("--max-sessions", type=int, default=2, help="streams served at once; more are refused")
     add_sampling_arguments(parser)
+    add_wan_arguments(parser)
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the DiT's blocks (about 1.1x a chunk on CPU, after ~30 s of "
                              "compiling at start)")
@@ -520,6 +523,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         sampling = sampling_from_args(args)
+        wan = wan_options_from_args(args)
     except ValueError as e:
         log.error("%s", e)
         return 2
@@ -546,7 +550,7 @@ def main(args: argparse.Namespace) -> int:
     from model.generate import next_frames_batch
 
     try:
-        model = load_model(args.checkpoint)
+        model = load_model(args.checkpoint, wan=wan)
     except CheckpointError as e:
         log.error("cannot load checkpoint %r: %s", args.checkpoint, e)
         return 1
@@ -562,7 +566,7 @@ def main(args: argparse.Namespace) -> int:
     log.info("model %r ready; warm-up took %.2f s", args.checkpoint, time.perf_counter() - start)
     for noisy in ("websockets", "aioice", "aiortc"):  # a line per HTTP request / ICE check
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    info = StreamInfo.of(model.config, sampling)
+    info = StreamInfo.of(model, sampling)
     server = Server(
         lambda seed: sampling.generator(model, seed=seed),
         info,

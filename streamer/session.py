@@ -50,8 +50,7 @@ import numpy as np
 from streamer.controls import Applied, Camera, Pause, Prompt, Reset, Resume, Stats
 
 if TYPE_CHECKING:
-    from model.config import ModelConfig
-    from model.generate import Generator
+    from model.generate import Generator, StreamModel
     from model.sampling import Sampling
 
 log = logging.getLogger(__name__)
@@ -69,16 +68,34 @@ class StreamInfo:
     model: str
     fps: int
     size: int
+    """The frames' height in pixels (their width too, unless `width` says otherwise)."""
     frames_per_chunk: int
     steps: int
     warm_start: int = 0
     guidance: float = 1.0
+    width: int | None = None
+    camera: bool = True
+    """Whether the model follows camera controls."""
+    camera_note: str | None = None
+    """Why it does not, for the page."""
+    recipe: dict | None = None
+    """A recipe-sampled model's recipe (model/wan/config.py), for the log and replay."""
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """(height, width) of a frame."""
+        return self.size, self.size if self.width is None else self.width
 
     @classmethod
-    def of(cls, config: ModelConfig, sampling: Sampling) -> StreamInfo:
-        """The stream of a model (its `ModelConfig`) sampled with `sampling`."""
-        return cls(model=config.name, fps=config.fps, size=config.image_size,
-                   frames_per_chunk=config.frames_per_chunk, **sampling.to_dict())
+    def of(cls, model: StreamModel, sampling: Sampling) -> StreamInfo:
+        """The stream of a model (anything with the Generator's model protocol) sampled
+        with `sampling`."""
+        cfg = model.config
+        height, width = cfg.frame_size
+        return cls(model=cfg.name, fps=cfg.fps, size=height, width=None if width == height else width,
+                   frames_per_chunk=cfg.frames_per_chunk, camera=model.camera,
+                   camera_note=None if model.camera else model.camera_note,
+                   **model.sampling_record(sampling))
 
 
 @dataclass(frozen=True)
@@ -191,10 +208,12 @@ class Session:
                 "seed": generator.seed,
                 "fps": info.fps,
                 "size": info.size,
+                **({} if info.width is None else {"width": info.width}),
                 "frames_per_chunk": info.frames_per_chunk,
                 "steps": info.steps,
                 "warm_start": info.warm_start,
                 "guidance": info.guidance,
+                **({} if info.recipe is None else {"recipe": info.recipe}),
                 "prompt": prompt,
                 "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             },

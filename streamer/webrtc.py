@@ -64,9 +64,10 @@ MAX_BUFFERED_BYTES = 256 * 1024
 """Server messages for a peer that does not take them are dropped past this."""
 
 
-def video_bitrate(size: int, fps: int) -> int:
-    """Target bits per second for square `size` frames at `fps`."""
-    return int(min(max(BITS_PER_PIXEL * size * size * fps, 100_000), 2_000_000))
+def video_bitrate(size: int | tuple[int, int], fps: int) -> int:
+    """Target bits per second for frames of `size` (height, width; an int: square) at `fps`."""
+    h, w = (size, size) if isinstance(size, int) else size
+    return int(min(max(BITS_PER_PIXEL * h * w * fps, 100_000), 2_000_000))
 
 
 # ---------------------------------------------------------------- media
@@ -75,10 +76,11 @@ def video_bitrate(size: int, fps: int) -> int:
 class Vp8Encoder:
     """RGB frames -> VP8 packets with the given 90 kHz pts, constant bitrate, real time."""
 
-    def __init__(self, size: int, fps: int) -> None:
+    def __init__(self, size: int | tuple[int, int], fps: int) -> None:
+        """`size`: (height, width), or an int for square frames."""
         bitrate = video_bitrate(size, fps)
         codec = av.CodecContext.create("libvpx", "w")
-        codec.width = codec.height = size
+        codec.height, codec.width = (size, size) if isinstance(size, int) else size
         codec.pix_fmt = "yuv420p"
         codec.time_base = TIME_BASE
         codec.framerate = Fraction(fps)
@@ -120,7 +122,7 @@ class SessionTrack(VideoStreamTrack):
         self.session = session
         self._on_played = on_played
         self._fps = session.info.fps
-        self._encoder = Vp8Encoder(session.info.size, self._fps)
+        self._encoder = Vp8Encoder(session.info.frame_size, self._fps)
         self._start: float | None = None
         self._tick = 0
 
@@ -237,10 +239,13 @@ class Peer:
                 model=info.model,
                 fps=info.fps,
                 size=info.size,
+                width=info.width,
                 frames_per_chunk=info.frames_per_chunk,
                 steps=info.steps,
                 prompt=self.session.prompt,
                 seed=self.session.generator.seed,
+                camera=info.camera,
+                camera_note=info.camera_note,
             )
         )
 

@@ -86,7 +86,8 @@ stream.addEventListener("message", (e) => {
       state.session = msg.session;
       state.prompt = msg.prompt;
       $("seed").value = msg.seed;
-      $("model").textContent = `${msg.model} · ${msg.size}px · ${msg.fps} fps`;
+      $("model").textContent = `${msg.model} · ${msg.width ? `${msg.width}×${msg.size}` : msg.size}px · ${msg.fps} fps`;
+      setCameraEnabled(msg.camera !== false, msg.camera_note);
       $("caption").textContent = msg.prompt;
       const link = $("download");
       link.href = withToken(`sessions/${encodeURIComponent(msg.session)}/log.jsonl`);
@@ -192,7 +193,17 @@ $("speed").addEventListener("input", () => {
 
 $("smooth").addEventListener("change", () => $("screen").classList.toggle("smooth", $("smooth").checked));
 
+// A model without camera input (a Wan text-to-video model) greys the pad, with the reason.
+function setCameraEnabled(on, note) {
+  state.camera = on;
+  for (const b of document.querySelectorAll(".hold")) b.disabled = !on;
+  $("speed").disabled = !on;
+  $("camera-card").classList.toggle("disabled", !on);
+  $("camera-now").textContent = on ? "still" : note || "this model takes no camera input";
+}
+
 function sendCamera() {
+  if (state.camera === false) return;
   const v = Number($("speed").value);
   const x = (held.has("right") - held.has("left")) * v;
   const y = (held.has("down") - held.has("up")) * v;

@@ -14,7 +14,7 @@ Torch-free, like model/sampling.py, so that flags can be checked before torch lo
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 
 def _check(cond: bool, cls: str, name: str, msg: str, value: object) -> None:
@@ -187,6 +187,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
            window_frames=3, sink_frames=3, positions="absolute"),
 )}
 DEFAULT_RECIPE = "self-forcing"
+RECIPE_FILE = "livereel.json"  # a Wan folder's own settings (model/wan/folder.py)
 
 
 def get_recipe(name: str) -> Recipe:
@@ -225,3 +226,65 @@ def recipe_from_args(args) -> Recipe:
         return recipe.replace(**changes) if changes else recipe
     except ValueError as e:
         raise ValueError(f"--recipe {recipe.name} with {changes}: {e}") from None
+
+
+# --------------------------------------------------------------------------- loading options
+
+
+@dataclass
+class WanOptions:
+    """How to load a Wan folder: the command's flags (None: the folder's livereel.json,
+    then the defaults)."""
+
+    recipe: str | Recipe | None = None  # a name, or a whole recipe (a session log's)
+    overrides: dict = field(default_factory=dict)  # recipe fields from flags
+    decoder: str = "wan"  # "wan" (the Wan VAE) or "tae" (the tiny decoder)
+    height: int | None = None
+    width: int | None = None
+    text_device: str = "cpu"
+    offload: bool = False
+
+    def resolve_recipe(self, settings: dict) -> Recipe:
+        """The recipe: --recipe, else livereel.json's, else Self-Forcing's; then the file's
+        field overrides, then the flags'."""
+        if isinstance(self.recipe, Recipe):
+            return self.recipe.replace(**self.overrides)
+        name = self.recipe or settings.get("recipe") or DEFAULT_RECIPE
+        if name not in RECIPES:
+            raise ValueError(f"{RECIPE_FILE}: unknown recipe {name!r}; choose one of {sorted(RECIPES)}")
+        known = {f.name for f in fields(Recipe)} - {"name"}
+        from_file = {k: (tuple(v) if isinstance(v, list) else v) for k, v in settings.items() if k in known}
+        try:
+            return get_recipe(name).replace(**from_file, **self.overrides)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"recipe {name} with {from_file | self.overrides}: {e}") from None
+
+
+def add_wan_arguments(parser) -> None:
+    """The flags of a Wan checkpoint folder, for every command that loads a model."""
+    group = parser.add_argument_group("Wan checkpoints (a folder: see README)")
+    add_recipe_arguments(group)
+    group.add_argument("--decoder", choices=("wan", "tae"), default="wan",
+                       help="decode with the Wan VAE or the tiny decoder taew2_1 (faster, softer)")
+    group.add_argument("--resolution", default=None, metavar="HxW",
+                       help="frame size in pixels, multiples of 16 (default: livereel.json's, else 480x832)")
+    group.add_argument("--text-device", choices=("cpu", "cuda"), default="cpu",
+                       help="where umT5 encodes prompts (each prompt once; cached)")
+    group.add_argument("--offload", action="store_true",
+                       help="keep umT5 in CPU memory and move it to the GPU only to encode")
+
+
+def wan_options_from_args(args) -> WanOptions:
+    """WanOptions from `add_wan_arguments`' flags; ValueError names a bad flag."""
+    height = width = None
+    if args.resolution is not None:
+        try:
+            height, width = (int(v) for v in args.resolution.lower().split("x"))
+        except ValueError:
+            raise ValueError(f"--resolution must be HxW, e.g. 480x832 (got {args.resolution!r})") from None
+        if height <= 0 or width <= 0 or height % 16 or width % 16:
+            raise ValueError(f"--resolution must be positive multiples of 16 (got {args.resolution!r})")
+    overrides = {k: v for k, v in (("positions", args.positions), ("window_frames", args.window),
+                                   ("sink_frames", args.sink), ("switch", args.switch)) if v is not None}
+    return WanOptions(recipe=args.recipe, overrides=overrides, decoder=args.decoder, height=height,
+                      width=width, text_device=args.text_device, offload=args.offload)

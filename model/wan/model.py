@@ -48,14 +48,19 @@ class WanStreamConfig:
         return self.recipe.fps
 
     @property
+    def frame_size(self) -> tuple[int, int]:
+        return self.height, self.width
+
+    @property
     def latent(self) -> tuple[int, int, int]:
         """A latent frame: (channels, rows, columns)."""
         return self.dit.in_channels, self.height // VAE_STRIDE[1], self.width // VAE_STRIDE[2]
 
     @property
     def frames_per_chunk(self) -> int:
-        """Video frames a chunk decodes to once the stream is running (the Wan VAE's first
-        latent frame decodes to one frame, each later one to four)."""
+        """Video frames a chunk decodes to: four per latent frame. (The Wan VAE decodes a
+        stream's first latent frame to one frame; `WanModel.decode` shows it four times,
+        so that every chunk is as long and the stream's clock stays even.)"""
         return VAE_STRIDE[0] * self.recipe.chunk_frames
 
     def cache_layout(self) -> CacheLayout:
@@ -76,6 +81,7 @@ class WanModel(nn.Module):
 
     warp_prior = False  # no warped-prior input: every chunk starts from noise
     camera = False  # text-to-video: no camera conditioning
+    camera_note = "Wan2.1 text-to-video models take no camera input"
 
     def __init__(self, config: WanStreamConfig, text_encoder: TextEncoder | None = None, decoder=None):
         super().__init__()
@@ -116,16 +122,37 @@ class WanModel(nn.Module):
 
     def evaluate(self, x: Tensor, t: Tensor, text: TextCond, camera, ctx, kv_only: bool = False,
                  context_rows: int = 0) -> Tensor | None:
-        return self.dit(x, t, text.kv, ctx, kv_only=kv_only, context_rows=context_rows)
+        """The network in its own dtype (bf16 on GPU) on the sampler's fp32 latents."""
+        dtype = self.dit.head.modulation.dtype
+        return self.dit(x.to(dtype), t, text.kv, ctx, kv_only=kv_only, context_rows=context_rows)
+
+    # -- sampling ------------------------------------------------------------
+    def generator(self, sampling, seed: int = 0, memory: bool = True) -> Generator:
+        """Its recipe fixes the steps; `sampling` gives the guidance."""
+        return wan_generator(self, seed=seed, guidance=float(sampling.guidance))
+
+    def sampling_record(self, sampling) -> dict:
+        r = self.config.recipe
+        return {"steps": len(r.steps), "warm_start": 0, "guidance": float(sampling.guidance),
+                "recipe": r.to_dict()}
 
     # -- decoding ------------------------------------------------------------
     def init_decode_state(self):
         return None if self.decoder is None else self.decoder.init_state()
 
     def decode(self, latents: Tensor, state):
+        """Latents (B, K, C, h, w) -> RGB in [-1, 1] (B, 4K, 3, H, W) and the decoder's
+        next state; a stream's first chunk decodes to 4K - 3 frames, its first frame shown
+        four times (see `WanStreamConfig.frames_per_chunk`)."""
         if self.decoder is None:
-            raise RuntimeError("this Wan model has no decoder: the Wan VAE and the tiny decoder come with issue 16")
-        return self.decoder.decode_step(latents, state)
+            raise RuntimeError("this Wan model has no decoder: give it the Wan VAE or the tiny decoder")
+        dtype = next(self.decoder.parameters()).dtype
+        frames, state = self.decoder.decode_step(latents.to(dtype), state)
+        frames = frames.float()
+        short = self.config.frames_per_chunk - frames.shape[1]
+        if short > 0:
+            frames = torch.cat((frames[:, :1].expand(-1, short, -1, -1, -1), frames), dim=1)
+        return frames, state
 
 
 def load_wan_model(path, recipe: Recipe | None = None, lora=None, heads: int | None = None,
