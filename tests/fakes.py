@@ -240,7 +240,7 @@ def real_server(model, sampling: Sampling = Sampling(steps=2, warm_start=0), **k
     `sampling`, sessions batched as `livereel serve` batches them."""
     from model.generate import next_frames_batch
 
-    return Server(lambda seed: sampling.generator(model, seed=seed), StreamInfo.of(model.config, sampling),
+    return Server(lambda seed: sampling.generator(model, seed=seed), StreamInfo.of(model, sampling),
                   step_many=next_frames_batch, **kwargs)
 
 
