@@ -106,6 +106,11 @@ class CacheLayout:
         return ((self.sink_frames + self.window_frames + self.chunk_frames) * self.tokens_per_frame
                 + self.memory_frames * self.memory_tokens_per_frame)
 
+    def nbytes(self, rows: int = 1, element_size: int = 4) -> int:
+        """Bytes a KVCache of `rows` rows holds (keys, values, rotated keys; its small
+        position and RoPE tables aside): fixed at construction, however long the stream."""
+        return 3 * self.depth * rows * self.heads * self.cache_tokens * self.head_dim * element_size
+
 
 @dataclass(frozen=True)
 class Region:

@@ -98,6 +98,12 @@ class LiveReel(nn.Module):
         """How its streams are sampled, as session logs record it (replay reads it back)."""
         return sampling.to_dict()
 
+    def memory_plan(self) -> dict[str, int]:
+        size = lambda m: sum(p.numel() * p.element_size() for p in m.parameters())  # noqa: E731
+        element = next(self.parameters()).element_size()
+        return {"text encoder": size(self.text), "DiT": size(self.dit), "VAE": size(self.vae),
+                "KV cache per stream": self.cache_layout().nbytes(1, element)}
+
     def init_decode_state(self):
         return self.vae.init_state()
 

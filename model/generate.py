@@ -89,6 +89,10 @@ class StreamModel(Protocol):
         """How its streams are sampled (steps, warm_start, guidance, and any recipe), as
         session logs record it so that replay makes the same frames."""
 
+    def memory_plan(self) -> dict[str, int]:
+        """Bytes of what a server holds: weights per part, and per stream the KV cache (and
+        any decoder state), for the log at start."""
+
     def init_decode_state(self) -> Any: ...
 
     def decode(self, latents: Tensor, state: Any) -> tuple[Tensor, Any]:
@@ -562,9 +566,17 @@ def _denoise(gens: list[Generator], begun: list[tuple[Tensor, TextCond, CameraCo
 @torch.no_grad()
 def decode_batch(gens: list[Generator], latents: list[Tensor]) -> list[np.ndarray]:
     """Decode one chunk of each stream in one VAE call, streaming each one's VAE state;
-    returns uint8 frames (K, H, W, 3) per stream."""
+    returns uint8 frames (K, H, W, 3) per stream. A decoder whose state is not a list of
+    per-layer tensors (the Wan decoders', whose first chunk decodes differently) decodes
+    each stream in its own call."""
     clock = _Clock()
     model = gens[0].model
+    if len(gens) > 1 and not all(isinstance(g._vae_state, list) for g in gens):
+        out = [decode_batch([g], [x])[0] for g, x in zip(gens, latents)]
+        span = clock.lap()
+        for g in gens:
+            g.timings = {**g.timings, "decode": span}
+        return out
     if len(gens) == 1:
         state = gens[0]._vae_state
     else:  # a stream at its first chunk has no state yet: zeros, as the decoder assumes

@@ -20,6 +20,7 @@ from safetensors import SafetensorError, safe_open
 from model.checkpoint import CheckpointError, resolve
 from model.config import ModelConfig
 from model.wan.config import DEFAULT_RECIPE, RECIPES
+from model.wan.folder import WanParts, find_parts, is_wan_folder
 from model.wan.loader import describe, load_wan, lora_summary, read_tensors, recognise
 
 PARTS = ("text", "dit", "vae")  # livereel's top-level modules
@@ -30,9 +31,8 @@ RECIPE_HINTS = (("longlive", "longlive"), ("krea", "krea"), ("causvid", "causvid
                 ("self-forcing", "self-forcing"))
 
 WAN_NEEDS = (
-    "the Wan2.1 VAE (Wan2.1_VAE.pth): not loadable by livereel yet, it comes with a later issue",
-    "the umT5-XXL text encoder (models_t5_umt5-xxl-enc-bf16.pth) and its tokenizer (google/umt5-xxl): "
-    "not loadable by livereel yet, they come with a later issue",
+    "to stream it, a folder with it and the other parts (README: Wan checkpoint folders): "
+    + "; ".join(WanParts(Path(".")).missing()[1:]),
 )
 
 
@@ -93,6 +93,23 @@ def wan_report(path: Path, heads: int | None = None, lora: Path | None = None) -
             "recipes": recipe_table(), "lora": lora_info, "needs": needs}
 
 
+def wan_folder_report(folder: Path, heads: int | None = None, lora: Path | None = None) -> dict:
+    """A Wan checkpoint folder: its DiT described, each part found or missing."""
+    parts = find_parts(folder)
+    found = {name: str(getattr(parts, name)) if getattr(parts, name) else None
+             for name in ("dit", "lora", "vae", "tae", "text", "tokenizer")}
+    if parts.dit is None:
+        report = {"path": str(folder), "family": "wan", "layout": "Wan checkpoint folder, no DiT"}
+    else:
+        report = wan_report(parts.dit, heads or parts.settings.get("heads"), lora or parts.lora)
+        report["layout"] = f"Wan checkpoint folder; DiT: {report['layout']}"
+        if "recipe" in parts.settings:
+            report.update(recipe=parts.settings["recipe"], recipe_from="livereel.json")
+    report.update(path=str(folder), parts=found, settings=parts.settings,
+                  needs=parts.missing("wan" if parts.vae or not parts.tae else "tae"))
+    return report
+
+
 def inspect(name_or_path: str | Path, heads: int | None = None, lora: Path | None = None) -> dict:
     """The report on one checkpoint; CheckpointError when it cannot be described."""
     path = resolve(name_or_path)
@@ -103,6 +120,8 @@ def inspect(name_or_path: str | Path, heads: int | None = None, lora: Path | Non
     folder = _livereel_folder(path)
     if folder is not None:
         return livereel_report(folder)
+    if is_wan_folder(path):
+        return wan_folder_report(path, heads, lora)
     if recognise(path) == "wan":
         return wan_report(path, heads, lora)
     raise CheckpointError(f"{path}: unknown checkpoint family: neither a livereel folder (config.json + "
@@ -115,6 +134,10 @@ def _count(n: int) -> str:
 
 def format_report(r: dict) -> str:
     lines = [f"path      {r['path']}", f"family    {r['family']}", f"layout    {r['layout']}"]
+    if "parts" in r:
+        lines += [f"parts     {name:<10} {where or '-'}" for name, where in r["parts"].items()]
+        if r["settings"]:
+            lines.append(f"settings  {json.dumps(r['settings'])} (livereel.json)")
     if r["family"] == "livereel":
         parts = ", ".join(f"{p} {_count(n)}" for p, n in r["params_by_part"].items())
         lines += [f"config    {r['config_name']} ({r['image_size']} px, {r['fps']} fps)",
@@ -134,13 +157,13 @@ def format_report(r: dict) -> str:
         lines.append(f"ignored   {', '.join(r['ignored'])} (other entries of the training file)")
     if r["lora"]:
         lines.append(f"lora      {r['lora']['path']}: rank {r['lora']['rank']}, {r['lora']['targets']} targets")
-    lines.append(f"recipe    {r['recipe']} (suggested from the file name; the weights do not say)")
+    lines.append(f"recipe    {r['recipe']} ({r.get('recipe_from', 'suggested from the file name; the weights do not say')})")
     lines.append("recipes   name               steps                      chunk window sink positions switch   fps")
     for name, t in r["recipes"].items():
         steps = ",".join(f"{s:g}" for s in t["steps"]) + (" warped" if t["warp"] else "")
         lines.append(f"          {name:<18} {steps:<26} {t['chunk']:>5} {t['window']:>6} {t['sink']:>4} "
                      f"{t['positions']:<9} {t['switch']:<8} {t['fps']:>3}")
-    lines.append("needs     " + "\n          ".join(f"- {n}" for n in r["needs"]))
+    lines.append("needs     " + ("\n          ".join(f"- {n}" for n in r["needs"]) or "nothing more: it streams"))
     return "\n".join(lines)
 
 

@@ -554,6 +554,8 @@ def main(args: argparse.Namespace) -> int:
     except CheckpointError as e:
         log.error("cannot load checkpoint %r: %s", args.checkpoint, e)
         return 1
+    plan = model.memory_plan()
+    log.info("memory: %s", ", ".join(f"{part} {n / 2**20:.1f} MiB" for part, n in plan.items()))
     # The first Generator and chunk of a process pay one-off costs (lazy init, kernel
     # selection, compiling): pay them now, not in the first viewer's wait, and fail before serving.
     start = time.perf_counter()

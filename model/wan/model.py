@@ -136,6 +136,18 @@ class WanModel(nn.Module):
         return {"steps": len(r.steps), "warm_start": 0, "guidance": float(sampling.guidance),
                 "recipe": r.to_dict()}
 
+    def memory_plan(self) -> dict[str, int]:
+        size = lambda m: sum(p.numel() * p.element_size() for p in m.parameters())  # noqa: E731
+        plan = {"DiT": size(self.dit),
+                "KV cache per stream": self.cache_layout().nbytes(1, self.dit.head.modulation.element_size())}
+        if self.decoder is not None:
+            plan["decoder"] = size(self.decoder)
+        if self.text_encoder is not None and hasattr(self.text_encoder, "memory_bytes"):
+            text = self.text_encoder.memory_bytes()
+            plan["text encoder (host)"] = text["host"]
+            plan["text encoder (device)"] = text["device"]
+        return plan
+
     # -- decoding ------------------------------------------------------------
     def init_decode_state(self):
         return None if self.decoder is None else self.decoder.init_state()
