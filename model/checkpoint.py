@@ -163,8 +163,8 @@ def load_model(name_or_path: str | Path = "default", device: str | torch.device 
     if not (folder / "model.safetensors").is_file():
         from model.wan.folder import WanOptions, is_wan_folder, load_wan_folder
 
-        if is_wan_folder(path):
-            return load_wan_folder(path, wan or WanOptions(), device=device)
+        if is_wan_folder(path):  # where it runs: WanOptions.device (CUDA when there is one)
+            return load_wan_folder(path, wan or WanOptions())
         _other_family(path)
     path = folder
     cfg_file, weights = path / "config.json", path / "model.safetensors"

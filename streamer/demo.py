@@ -145,9 +145,10 @@ class DemoStream:
             "model": cfg.name,
             "seed": seed,
             "fps": cfg.fps,
-            "size": cfg.image_size,
+            "size": cfg.frame_size[0],
+            **({} if cfg.frame_size[0] == cfg.frame_size[1] else {"width": cfg.frame_size[1]}),
             "frames_per_chunk": cfg.frames_per_chunk,
-            **sampling.to_dict(),
+            **model.sampling_record(sampling),
             "prompt": prompt,
             "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         })
@@ -411,11 +412,14 @@ def build_app(model, sampling: Sampling = Sampling(), max_sessions: int = 2, *,
         streams.drop(_session(request))
 
     # -- layout --------------------------------------------------------------------------
+    height, width = cfg.frame_size
+    size = str(height) if height == width else f"{width}x{height}"
+    steps = model.sampling_record(sampling)["steps"]
     with gr.Blocks(title="livereel demo") as app:
         gr.Markdown(
             f"## livereel\nEndless video from a prompt, steered while it plays. Model `{cfg.name}`, "
-            f"{cfg.image_size} px, {cfg.fps} fps, {sampling.steps} steps, guidance {sampling.guidance:g}; controls apply at the next chunk "
-            f"({cfg.frames_per_chunk} frames)."
+            f"{size} px, {cfg.fps} fps, {steps} steps, guidance {sampling.guidance:g}; controls apply at the next chunk "
+            f"({cfg.frames_per_chunk} frames)." + ("" if model.camera else f" {model.camera_note}: no camera controls.")
         )
         with gr.Row():
             with gr.Column(scale=3):
@@ -429,13 +433,14 @@ def build_app(model, sampling: Sampling = Sampling(), max_sessions: int = 2, *,
                     blend_btn = gr.Button("Blend")
                 blend_s = gr.Slider(0, MAX_TRANSITION_CHUNKS * chunk_s, value=4 * chunk_s, step=chunk_s,
                                     label="blend over (seconds)")
-                speed = gr.Slider(0, 1, value=0.5, step=0.05, label="camera speed")
+                speed = gr.Slider(0, 1, value=0.5, step=0.05, label="camera speed", interactive=model.camera)
                 with gr.Row():
-                    moves = {m: gr.Button(m, size="sm") for m in ("pan left", "pan right")}
+                    moves = {m: gr.Button(m, size="sm", interactive=model.camera) for m in ("pan left", "pan right")}
                 with gr.Row():
-                    moves |= {m: gr.Button(m, size="sm") for m in ("pan up", "pan down")}
+                    moves |= {m: gr.Button(m, size="sm", interactive=model.camera) for m in ("pan up", "pan down")}
                 with gr.Row():
-                    moves |= {m: gr.Button(m, size="sm") for m in ("zoom in", "zoom out", "stop camera")}
+                    moves |= {m: gr.Button(m, size="sm", interactive=model.camera)
+                              for m in ("zoom in", "zoom out", "stop camera")}
                 with gr.Row():
                     seed = gr.Number(0, label="seed", precision=0, info=f"0 to {MAX_SEED}")
                     reset_btn = gr.Button("Restart with seed")

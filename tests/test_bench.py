@@ -158,3 +158,20 @@ def test_thread_policy_respects_the_flag_and_times_the_step(monkeypatch):
         n, why = timing.choose_threads(None, step)
         assert n == want and why["reason"], why
         assert set(threads) == {1, 2}
+
+
+def test_wan_bench_runs_tiny_on_a_cpu(tmp_path):
+    """`python -m bench.wan` (the GPU script) at a tiny size: every figure, and the memory
+    at the last chunk equal to chunk 10's (the cache is preallocated)."""
+    import json
+
+    from bench.wan import main
+
+    out = tmp_path / "wan.json"
+    assert main(["--size", "tiny", "--resolution", "48x80", "--chunks", "3", "--decoders", "wan,tae",
+                 "--device", "cpu", "--json", str(out)]) == 0
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["decoder"] for r in runs] == ["wan", "tae"]
+    for r in runs:
+        assert r["dit_ms"] > 0 and r["decode_ms"] > 0 and r["fps"] > 0 and r["switch_s"] > 0
+        assert r["memory_bytes"]["chunk_10"] == r["memory_bytes"]["last_chunk"]

@@ -243,6 +243,7 @@ class WanOptions:
     width: int | None = None
     text_device: str = "cpu"
     offload: bool = False
+    device: str = "auto"  # "auto": CUDA in bf16 where there is a GPU, else the CPU in fp32
 
     def resolve_recipe(self, settings: dict) -> Recipe:
         """The recipe: --recipe, else livereel.json's, else Self-Forcing's; then the file's
@@ -272,6 +273,8 @@ def add_wan_arguments(parser) -> None:
                        help="where umT5 encodes prompts (each prompt once; cached)")
     group.add_argument("--offload", action="store_true",
                        help="keep umT5 in CPU memory and move it to the GPU only to encode")
+    group.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                       help="where the DiT and decoder run: auto = CUDA in bf16 when there is a GPU, else CPU fp32")
 
 
 def wan_options_from_args(args) -> WanOptions:
@@ -287,4 +290,4 @@ def wan_options_from_args(args) -> WanOptions:
     overrides = {k: v for k, v in (("positions", args.positions), ("window_frames", args.window),
                                    ("sink_frames", args.sink), ("switch", args.switch)) if v is not None}
     return WanOptions(recipe=args.recipe, overrides=overrides, decoder=args.decoder, height=height,
-                      width=width, text_device=args.text_device, offload=args.offload)
+                      width=width, text_device=args.text_device, offload=args.offload, device=args.device)

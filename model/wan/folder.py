@@ -106,14 +106,20 @@ def is_wan_folder(path: str | Path) -> bool:
 # --------------------------------------------------------------------------- loading
 
 
-def load_wan_folder(folder: str | Path, options: WanOptions = WanOptions(), device: str | torch.device = "cpu",
-                    dtype: torch.dtype = torch.float32):
-    """The WanModel of a checkpoint folder, with its text encoder and decoder."""
+def load_wan_folder(folder: str | Path, options: WanOptions = WanOptions(), device: str | torch.device | None = None,
+                    dtype: torch.dtype | None = None):
+    """The WanModel of a checkpoint folder, with its text encoder and decoder; on
+    `device` (default: the options', where "auto" is CUDA when there is a GPU) in `dtype`
+    (default: bf16 on CUDA, fp32 on the CPU)."""
     from model.wan.model import load_wan_model
     from model.wan.tae import load_tae
     from model.wan.text import load_umt5
     from model.wan.vae import load_wan_vae
 
+    if device is None:
+        device = options.device if options.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype is None:
+        dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
     parts = find_parts(folder)
     missing = parts.missing(options.decoder)
     if missing:
