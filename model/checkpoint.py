@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from cache.kv import CacheLayout
 from model.camera import CameraCond
 from model.conditioning import TextCond
+from model.errors import CheckpointError
 from model.config import ModelConfig, get_config
 from model.dit import DiT
 from model.prior import pixel_prior
@@ -38,10 +39,6 @@ log = logging.getLogger(__name__)
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded; the message names the problem."""
 
 
 class LiveReel(nn.Module):
@@ -159,14 +156,20 @@ def load_model(name_or_path: str | Path = "default", device: str | torch.device 
         hint = (" Train it with `livereel train` (see README), or use `--checkpoint debug`."
                 if str(name_or_path) == "default" else "")
         raise CheckpointError(f"no checkpoint at {path}.{hint}")
-    folder = path.parent if path.is_file() and path.name in ("model.safetensors", "config.json") else path
-    if not (folder / "model.safetensors").is_file():
-        from model.wan.folder import WanOptions, is_wan_folder, load_wan_folder
+    for recognises, load in FAMILIES.values():
+        if recognises(path):
+            return load(path, device, wan)
+    _other_family(path)
 
-        if is_wan_folder(path):  # where it runs: WanOptions.device (CUDA when there is one)
-            return load_wan_folder(path, wan or WanOptions())
-        _other_family(path)
-    path = folder
+
+def _livereel_folder(path: Path) -> Path | None:
+    """The folder of a livereel checkpoint (`path` itself, or its model.safetensors or config.json)."""
+    folder = path.parent if path.is_file() and path.name in ("model.safetensors", "config.json") else path
+    return folder if (folder / "model.safetensors").is_file() else None
+
+
+def _load_livereel(path: Path, device: str | torch.device, wan=None) -> LiveReel:
+    path = _livereel_folder(path)
     cfg_file, weights = path / "config.json", path / "model.safetensors"
     try:
         config = ModelConfig.from_dict(json.loads(cfg_file.read_text()))
@@ -183,6 +186,27 @@ def load_model(name_or_path: str | Path = "default", device: str | torch.device 
     model.load_state_dict(state, strict=True)
     log.info("loaded %s (%s, %.1fM parameters)", path, config.name, n_params(model) / 1e6)
     return model.to(device).eval()
+
+
+def _wan_folder(path: Path) -> bool:
+    from model.wan.folder import is_wan_folder
+
+    return is_wan_folder(path)
+
+
+def _load_wan(path: Path, device: str | torch.device, wan=None):
+    """A Wan checkpoint folder; where it runs is WanOptions.device (CUDA where there is one)."""
+    from model.wan.folder import WanOptions, load_wan_folder
+
+    return load_wan_folder(path, wan or WanOptions())
+
+
+# family -> (is this path one of its checkpoints?, load it (path, device, Wan options));
+# each family's code is imported only when its checkpoint is loaded
+FAMILIES = {
+    "livereel": (lambda path: _livereel_folder(path) is not None, _load_livereel),
+    "wan": (_wan_folder, _load_wan),
+}
 
 
 def _other_family(path: Path) -> None:

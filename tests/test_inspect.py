@@ -58,7 +58,8 @@ def test_wan_layouts(layout, capsys, tmp_path, model, original):
     rc, out, err = run(capsys, path, *heads_flag)
     assert rc == 0, err
     assert "family    wan" in out and word in out and "size      custom" in out
-    assert "Wan2.1 VAE" in out and "umT5-XXL" in out and "not loadable by livereel yet" in out
+    # a DiT alone: what else a folder needs to stream it
+    assert "to stream it, a folder" in out and "Wan2.1_VAE.pth" in out and "models_t5_umt5-xxl-enc-bf16.pth" in out
     assert all(name in out for name in RECIPES)
     rc, out, _ = run(capsys, path, "--json", *heads_flag)
     report = json.loads(out)

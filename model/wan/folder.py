@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from model.checkpoint import CheckpointError
+from model.errors import CheckpointError
 from model.wan.config import RECIPE_FILE, WanOptions
 
 VAE_NAMES = ("Wan2.1_VAE.pth", "Wan2.1_VAE.safetensors", "vae")

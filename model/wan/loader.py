@@ -61,7 +61,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
-from model.checkpoint import CheckpointError
+from model.errors import CheckpointError
 from model.wan.config import SIZES, WanConfig
 from model.wan.rope import to_half_split
 

@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.checkpoint import CheckpointError
+from model.errors import CheckpointError
 from model.wan.vae import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD
 
 log = logging.getLogger(__name__)

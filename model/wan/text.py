@@ -54,7 +54,7 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
 
-from model.checkpoint import CheckpointError
+from model.errors import CheckpointError
 from model.wan.loader import PICKLES, read_tensors
 
 try:

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.checkpoint import CheckpointError
+from model.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
