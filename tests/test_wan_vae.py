@@ -156,19 +156,21 @@ def test_streaming_equals_diffusers_real_layout(tmp_path):
 
 
 def test_state_size_is_fixed(tiny_pth):
+    """A stream's state holds the same bytes at chunk 10 and at chunk 1,000 (chunks of 3
+    latent frames, as the recipes stream), every slot the shape the first chunk gave it."""
     dec = load_wan_vae(tiny_pth)
     state = dec.init_state()
     with torch.no_grad():
-        for i in range(200):
-            frames, state = dec.decode_step(normalised(1, 1, 2, 2, seed=i), state)
-            assert frames.shape == (1, 1 if i == 0 else 4, 3, 16, 16)
+        for i in range(1000):
+            frames, state = dec.decode_step(normalised(1, 3, 2, 2, seed=i), state)
+            assert frames.shape == (1, 9 if i == 0 else 12, 3, 16, 16)
             if i == 0:
                 shapes = [tuple(t.shape) for t in state.past]  # every slot filled by the first chunk
             assert [tuple(t.shape) for t in state.past] == shapes
             if i == 9:
                 at_10 = state.nbytes()
     # conv_in, 2 x 2 in the middle, 4 stages x 2 resnets x 2, 2 time convs, the head
-    assert state.frames == 200 and len(state.past) == 1 + 4 + 16 + 2 + 1
+    assert state.frames == 3 * 1000 and len(state.past) == 1 + 4 + 16 + 2 + 1
     assert state.nbytes() == at_10 > 0
 
 
