@@ -11,13 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from model.errors import check_field as _check
+
 if TYPE_CHECKING:
     from cache.kv import CacheLayout
-
-
-def _check(cond: bool, cls: str, name: str, msg: str, value: object) -> None:
-    if not cond:
-        raise ValueError(f"{cls}.{name} {msg} (got {value!r})")
 
 
 # --------------------------------------------------------------------------- VAE

@@ -49,12 +49,12 @@ def test_flop_count_matches_the_networks_matmuls(monkeypatch):
     weights), every attention as two counted matmuls."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    import model.dit
     import model.generate as generate
+    import model.ops
     from model.checkpoint import build_model
     from model.config import flops_per_token, get_config
 
-    monkeypatch.setattr(model.dit, "attention_backend", lambda q, k, mask: "bmm")
+    monkeypatch.setattr(model.ops, "attention_backend", lambda q, k, mask: "bmm")
     cfg = get_config("default")
     gen = generate.Generator(build_model(cfg), seed=0, steps=4, warm_start=3)
     gen.set_prompt("a red ball bouncing over the desert")

@@ -19,6 +19,7 @@ from model.checkpoint import CheckpointError
 from model.wan.config import SIZES, WanConfig
 from model.wan.loader import (WanCheckpointError, describe, infer_config, load_wan, merge_lora, n_params,
                               normalise, recognise)
+from payload import Payload  # noqa: E402
 
 TINY = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4,
             out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2, cross_attn_norm=True,
@@ -332,15 +333,6 @@ def test_unknown_keys_family_i2v_and_nan(tmp_path, original):
     with pytest.raises(WanCheckpointError, match="without data"):
         load_wan(tmp_path / "shapes_only.pt", heads=2)
 
-
-class Payload:
-    """Unpickling this would create `marker`: a stand-in for arbitrary code."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return open, (self.marker, "w")
 
 
 def test_pickle_with_code_is_refused_and_never_run(tmp_path, original):

@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 from model.checkpoint import CheckpointError
 from model.wan.tae import PRESETS, TAEConfig, TAEDecoder, load_tae
+from payload import Payload  # noqa: E402
 
 WIDE = dict(widths=(256, 128, 64), last=64)  # taew2_1
 SMALL = dict(widths=(16, 8, 8), last=8)
@@ -170,15 +171,6 @@ def test_lighttae_decodes_wan_vae_latents(small, tmp_path):
     raw = z * torch.tensor(WAN21_LATENTS_STD).view(-1, 1, 1) + torch.tensor(WAN21_LATENTS_MEAN).view(-1, 1, 1)
     assert (light.decode(z) - plain.decode(raw)).abs().max() < 1e-5
 
-
-class Payload:
-    """Unpickling this would call open(marker, "w"), creating the marker file."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
 
 
 def test_bad_files_raise(small, tmp_path):

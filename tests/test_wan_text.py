@@ -26,6 +26,7 @@ from transformers import T5Tokenizer, UMT5EncoderModel  # noqa: E402
 from model.checkpoint import CheckpointError  # noqa: E402
 from model.wan.text import (TEXT_LEN, UMT5_XXL, TextConfig, UMT5Text, build, clean, expected_shapes,  # noqa: E402
                             load_umt5, n_params)
+from payload import Payload  # noqa: E402
 
 TINY = TextConfig(vocab=300, dim=32, ffn_dim=64, layers=2, heads=4, head_dim=8, buckets=32, max_distance=128)
 TOL = 1e-5
@@ -375,15 +376,6 @@ def test_offload_without_a_gpu_is_refused(hf_dir):
 
 # --------------------------------------------------------------------------- bad files
 
-
-class Payload:
-    """Unpickled by a plain pickle.load, this would create `path`."""
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return open, (self.path, "w")
 
 
 def _bad(kind: str, hf_state) -> tuple:

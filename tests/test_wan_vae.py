@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from model.checkpoint import CheckpointError
 from model.wan.vae import (PRESETS, WAN21_LATENTS_MEAN, WAN21_LATENTS_STD, WanVAEConfig, WanVAEDecoder,
                            load_wan_vae)
+from payload import Payload  # noqa: E402
 
 TINY = dict(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True])
 # the real layout (channel doubling, 3 resnets per up block, the shortcut at upsamples.4) at a small width
@@ -192,15 +193,6 @@ def test_pth_and_diffusers_folder_load_identically(tiny, tiny_pth, tmp_path):
     half = load_wan_vae(tiny_pth, dtype=torch.bfloat16)
     assert half.conv2.weight.dtype == torch.bfloat16 and half.mean.dtype == torch.bfloat16
 
-
-class Payload:
-    """Unpickling this would call open(marker, "w"), creating the marker file."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
 
 
 def test_bad_files_raise(tiny_pth, tmp_path):

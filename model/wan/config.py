@@ -16,10 +16,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field, fields
 
-
-def _check(cond: bool, cls: str, name: str, msg: str, value: object) -> None:
-    if not cond:
-        raise ValueError(f"{cls}.{name} {msg} (got {value!r})")
+from model.errors import check_field as _check
 
 
 # --------------------------------------------------------------------------- the DiT
