@@ -214,7 +214,11 @@ def _other_family(path: Path) -> None:
     it needs: a Wan2.1 DiT (any upstream layout) is recognised from its keys and shapes."""
     from model.wan.loader import describe, recognise
 
-    if recognise(path) == "wan":
+    try:
+        family, refused = recognise(path), None
+    except CheckpointError as e:  # unreadable as a Wan DiT (truncated, a pickle with code, ...)
+        family, refused = None, e
+    if family == "wan":
         info = describe(path)
         raise CheckpointError(
             f"{path}: a Wan2.1 DiT ({info.layout}, {info.size}, {info.params / 1e9:.2f}B parameters). "
@@ -223,10 +227,17 @@ def _other_family(path: Path) -> None:
             "a folder lacks)")
     files = [path] if path.is_file() else list(path.iterdir())
     pickled = [f.name for f in files if f.suffix in PICKLE_SUFFIXES]
-    extra = (f"; {pickled} are pickled: livereel's own checkpoints never are, and a pickle is read only as "
-             "Wan2.1 weights (weights_only: nothing in it runs)") if pickled else ""
+    if path.is_dir() and (path / "config.json").is_file():  # a livereel folder without its weights
+        extra = f" (found {pickled}: pickled checkpoints are never loaded)" if pickled else ""
+        raise CheckpointError(f"{path}: missing model.safetensors{extra}")
+    if pickled:
+        why = f"; as Wan2.1 weights it was refused too: {refused}" if refused else ""
+        raise CheckpointError(f"{path}: pickled checkpoints are never loaded as livereel models (their weights "
+                              f"are safetensors){why}")
+    if refused is not None:
+        raise refused
     raise CheckpointError(f"{path}: not a checkpoint of a known family (a livereel folder with config.json "
-                          f"and model.safetensors, or a Wan2.1 DiT in one of its upstream layouts){extra}")
+                          "and model.safetensors, or a Wan2.1 DiT in one of its upstream layouts)")
 
 
 def check_state(model: nn.Module, state: dict[str, torch.Tensor], where: Path | str) -> None:

@@ -53,6 +53,7 @@ import logging
 import math
 import pickle
 import re
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,19 +161,21 @@ def _read_safetensors(path: Path, device: str) -> dict[str, Tensor]:
 def _read_pickle(path: Path, device: str) -> dict:
     """torch.load with weights_only: tensors and containers, no other global is built."""
     try:
-        try:
-            obj = torch.load(path, map_location=device, weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            obj = torch.load(path, map_location=device, weights_only=True)  # legacy (non-zip) format
+        with warnings.catch_warnings():  # torch's note on a pickle protocol it was not written with
+            warnings.simplefilter("ignore", UserWarning)
+            try:
+                obj = torch.load(path, map_location=device, weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):
+                    raise
+                obj = torch.load(path, map_location=device, weights_only=True)  # legacy (non-zip) format
     except pickle.UnpicklingError as e:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         code = [ln for ln in lines if "GLOBAL" in ln or "global" in ln.lower()]
-        if code:
-            raise WanCheckpointError(f"{path}: refused: the pickle holds code or objects other than "
-                                     f"tensors ({code[0]}); nothing was executed") from None
-        raise WanCheckpointError(f"{path}: unreadable pickle ({lines[-1] if lines else e!r})") from None
+        after = [lines[i + 1] for i, ln in enumerate(lines[:-1]) if ln.endswith("WeightsUnpickler error:")]
+        why = code[0] if code else after[0] if after else lines[-1] if lines else repr(e)
+        raise WanCheckpointError(f"{path}: refused: not a plain pickle of tensors, it may hold code ({why}); "
+                                 "nothing was executed") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError) as e:
         first = str(e).splitlines()[0] if str(e) else repr(e)
         raise WanCheckpointError(f"{path}: unreadable torch file, truncated or corrupt ({first})") from None
