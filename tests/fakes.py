@@ -33,8 +33,9 @@ from model.sampling import Sampling
 from streamer.server import Server
 from streamer.session import StreamInfo
 
-WAIT = 15.0
-"""Seconds before something that should happen soon is called a failure."""
+WAIT = 60.0
+"""Seconds before something that should happen soon is called a failure: a hang guard,
+generous for a machine busy with other work (never a timing assert)."""
 
 
 @dataclass(frozen=True)
@@ -60,12 +61,16 @@ class FakeGenerator:
         prompt: str = "a fake world",
         delay: float = 0.0,
         fail_on: str | None = None,
+        gate: threading.Event | None = None,
     ) -> None:
+        """`gate`: each `next_frames` waits for it to be set (at most WAIT seconds), so that
+        a test can act while a step is under way."""
         self.config = config
         self.seed = seed
         self.prompt = prompt
         self.delay = delay
         self.fail_on = fail_on
+        self.gate = gate
         self.frame_index = 0
         self.chunk_index = 0
         self.camera = ((0.0, 0.0), 0.0)
@@ -100,6 +105,8 @@ class FakeGenerator:
                 raise RuntimeError(f"fake failure on prompt {self.prompt!r}")
             if self.delay:
                 time.sleep(self.delay)
+            if self.gate is not None and not self.gate.wait(WAIT):
+                raise TimeoutError(f"the gate stayed shut for {WAIT} s")
             k, s = self.config.frames_per_chunk, self.config.image_size
             frames = np.empty((k, s, s, 3), np.uint8)
             frames[..., 0], frames[..., 1] = prompt_colour(self.prompt)

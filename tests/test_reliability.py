@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -212,7 +213,13 @@ async def test_a_flood_is_rate_limited_per_session_without_slowing_others(starte
 
     flood_seconds = 4.0
     proc, flooder = await client_process(port, "--flood", "2000", str(flood_seconds))
-    await asyncio.sleep(1.0)  # the flood is under way
+    for _ in range(int(WAIT / 0.1)):  # the flood is under way: the server drops some of it
+        if await metric(port, "livereel_control_messages_total", result="rate_limited") > 0:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError(f"no flood reached the server in {WAIT} s")
+    # Fresh frames in 2.5 s (the flood goes on for 4 s), then in 2.5 s once it is over.
     before = fresh()
     await asyncio.sleep(2.5)
     during = fresh() - before
@@ -330,15 +337,19 @@ async def test_concurrent_offers_past_the_limit_build_nothing(started, clients):
     """Offers that arrive together while the last places are being filled: exactly
     `max_sessions` generators are built, the rest are refused at once."""
     built = []
+    gate = threading.Event()
 
     def slow_generator(seed: int) -> FakeGenerator:
         built.append(seed)
-        time.sleep(0.3)  # (in the server's worker thread) every other offer arrives meanwhile
+        assert gate.wait(WAIT)  # (in a worker thread) held until every other offer is answered
         return FakeGenerator(CFG, seed=seed)
 
     server = Server(slow_generator, fake_info(CFG), max_sessions=2)
     port = await started(server)
-    replies = await asyncio.gather(*(clients(port).offer(seed=i) for i in range(6)))
+    offers = [asyncio.ensure_future(clients(port).offer(seed=i)) for i in range(6)]
+    await until(lambda: sum(o.done() for o in offers) == 4, "4 offers refused while 2 generators are being built")
+    gate.set()
+    replies = await asyncio.gather(*offers)
     kinds = sorted(r.get("code", r["type"]) for r in replies)
     assert kinds == ["answer"] * 2 + ["server_full"] * 4
     assert len(built) == 2
@@ -464,6 +475,17 @@ async def test_sigterm_closes_every_peer_and_exits_cleanly(tmp_path):
     print(f"\nSIGTERM: exited 0 in {seconds:.2f} s")
 
 
+def writing(folder: Path) -> bool:
+    """Whether a video is being written in `folder`: its temporary file holds frames."""
+    for part in folder.glob(".long.mp4.*.part"):
+        try:
+            if part.stat().st_size > 0:
+                return True
+        except FileNotFoundError:  # the writer ended meanwhile
+            pass
+    return False
+
+
 def test_a_killed_replay_leaves_no_output(tmp_path):
     log = tmp_path / "s.jsonl"
     log.write_text(json.dumps({"what": "header", "model": "debug", "seed": 0, "fps": 16, "steps": 1}) + "\n")
@@ -473,12 +495,11 @@ def test_a_killed_replay_leaves_no_output(tmp_path):
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and not list(tmp_path.glob(".long.mp4.*.part")):
+        deadline = time.time() + 120  # a hang guard, not a timing assert
+        while time.time() < deadline and not writing(tmp_path):
             time.sleep(0.2)
-        assert list(tmp_path.glob(".long.mp4.*.part")), "the replay never started writing"
-        time.sleep(1.0)
-    finally:
+        assert writing(tmp_path), "the replay never started writing frames"
+    finally:  # killed mid-write
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert not out.exists()
@@ -837,14 +858,14 @@ def test_the_page_passes_its_token_on(tmp_path):
             page.wait_for_function(
                 "() => window.livereel.state.connection === 'live' && window.livereel.state.hello"
                 " && document.getElementById('video').videoWidth > 0",
-                timeout=30_000,
+                timeout=120_000,
             )
             link = page.get_attribute("#download", "href")
             assert link.endswith(f"log.jsonl?token={TOKEN}")
             assert page.evaluate("async (href) => (await fetch(href)).status", link) == 200
             stranger = browser.new_page()
             stranger.goto(url)
-            stranger.wait_for_function("() => !document.getElementById('error').hidden", timeout=30_000)
+            stranger.wait_for_function("() => !document.getElementById('error').hidden", timeout=120_000)
             assert "needs its token" in stranger.text_content("#error")
             assert stranger.evaluate("() => window.livereel.state.session") is None
             browser.close()

@@ -1,4 +1,5 @@
 import asyncio
+import time
 
 import pytest
 import pytest_asyncio
@@ -14,7 +15,7 @@ pytestmark = pytest.mark.asyncio
 # a loaded machine, so "is a chunk due?" has one answer.
 CFG = FakeConfig(fps=4, frames_per_chunk=4)
 K = CFG.frames_per_chunk
-WAIT = 10.0  # seconds before a condition that should hold soon is called a failure
+WAIT = 60.0  # seconds before a condition that should hold soon is called a failure (a hang guard)
 
 
 def make_session(**kwargs) -> Session:
@@ -22,11 +23,32 @@ def make_session(**kwargs) -> Session:
 
 
 async def until(condition, what: str) -> None:
-    for _ in range(int(WAIT / 0.01)):
-        if condition():
-            return
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {WAIT} s: {what}")
         await asyncio.sleep(0.01)
-    raise AssertionError(f"not within {WAIT} s: {what}")
+
+
+class Looks:
+    """Counts the worker's looks at the sessions that found none due (it sleeps after each),
+    so that a test can wait for the worker to have decided, not for time to pass."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.idle = 0
+        self._due = scheduler._due
+        scheduler._due = self._look  # the worker calls it, under the scheduler's lock
+
+    def _look(self):
+        due = self._due()
+        self.idle += not isinstance(due, list)
+        return due
+
+    async def twice_idle(self) -> None:
+        """Waits until the worker has looked at the sessions as they are now, twice, and
+        found none due."""
+        target = self.idle + 2
+        await until(lambda: self.idle >= target, "the worker looks twice and finds nothing due")
 
 
 @pytest_asyncio.fixture
@@ -37,15 +59,20 @@ async def scheduler():
     s.stop()
 
 
+@pytest.fixture
+def looks(scheduler) -> Looks:
+    return Looks(scheduler)
+
+
 def no_error(e: BaseException) -> None:
     raise AssertionError(f"unexpected session error {e!r}")
 
 
-async def test_stays_about_one_chunk_ahead(scheduler):
+async def test_stays_about_one_chunk_ahead(scheduler, looks):
     a = make_session()
     scheduler.add(a, no_error)
     await until(lambda: a.ready.is_set(), "the track is told the first chunk is there")
-    await asyncio.sleep(0.3)
+    await looks.twice_idle()
     # Nobody plays, and one chunk is more than one round of work ahead: no more is made.
     assert a.chunks_made == 1 and a.stats().queued == K
     for _ in range(K - 1):
@@ -53,18 +80,18 @@ async def test_stays_about_one_chunk_ahead(scheduler):
     await until(lambda: a.chunks_made == 2, "a new chunk once the queue runs low")
 
 
-async def test_the_queue_bound_holds_when_generation_is_slow(scheduler):
+async def test_the_queue_bound_holds_when_generation_is_slow(scheduler, looks):
     # Each chunk takes longer to make than to play: the scheduler would start the next
     # at once, but never past the queue's bound.
     fast = FakeConfig(fps=16, frames_per_chunk=4)
     a = Session(FakeGenerator(fast, delay=0.25 * 1.2), fake_info(fast), prompt="p")
     scheduler.add(a, no_error)
     await until(lambda: a.chunks_made == QUEUE_CHUNKS, "the queue is filled")
-    await asyncio.sleep(0.5)
+    await looks.twice_idle()
     assert a.chunks_made == QUEUE_CHUNKS and a.stats().queued == a.capacity
 
 
-async def test_serves_every_session_and_only_where_there_is_room(scheduler):
+async def test_serves_every_session_and_only_where_there_is_room(scheduler, looks):
     sessions = [make_session() for _ in range(3)]
     for s in sessions:
         scheduler.add(s, no_error)
@@ -73,15 +100,15 @@ async def test_serves_every_session_and_only_where_there_is_room(scheduler):
     for _ in range(K):
         sessions[1].next_frame()
     await until(lambda: sessions[1].chunks_made == 2, "the played session is refilled")
-    await asyncio.sleep(0.2)
+    await looks.twice_idle()
     assert [s.chunks_made for s in sessions] == [1, 2, 1]
 
 
-async def test_a_paused_session_is_skipped_until_resumed(scheduler):
+async def test_a_paused_session_is_skipped_until_resumed(scheduler, looks):
     a = make_session()
     a.control(Pause(type="pause"))
     scheduler.add(a, no_error)
-    await asyncio.sleep(0.3)
+    await looks.twice_idle()
     assert a.chunks_made == 0
     a.control(Resume(type="resume"))
     scheduler.wake()
@@ -141,8 +168,9 @@ async def test_admission_limit(scheduler):
 async def test_stop_ends_the_worker():
     s = Scheduler(max_sessions=1)
     s.start()
-    s.add(make_session(delay=0.1), no_error)
-    await asyncio.sleep(0.05)
+    a = make_session(delay=0.1)
+    s.add(a, no_error)
+    await until(a.generator.running.is_set, "a step under way")
     s.stop()
     assert not s._thread.is_alive()
 

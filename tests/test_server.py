@@ -71,6 +71,7 @@ async def test_offer_answer_hello_and_paced_video(server, clients, debug_model):
         "steps": 2,
         "prompt": "a red desert",
         "seed": 11,
+        "camera": True,
     }
     await client.frames_after(12)
     frames = list(client.frames)[-10:]
@@ -350,17 +351,21 @@ async def test_recorded_session_replays_to_the_streamed_frames(server, clients, 
             played[out.index] = out.frame.copy()
         return out
 
+    async def new_frames(n: int) -> None:  # played, not repeats: a loaded machine repeats many
+        target = len(played) + n
+        await until(lambda: len(played) >= target, f"{n} more new frames played")
+
     monkeypatch.setattr(Session, "next_frame", record)
     c = await clients(server.port).open(prompt="a red ball bouncing over the desert", seed=5)
-    await c.frames_after(6)
+    await new_frames(6)
     c.send({"type": "camera", "pan": [0.5, -0.25], "zoom": 0.1})
     await c.expect("applied", what="camera")
     c.send({"type": "prompt", "text": "a blue cube in a snowy forest at night", "transition": 2})
     await c.expect("applied", what="prompt")
-    await c.frames_after(6)
+    await new_frames(6)
     c.send({"type": "reset", "seed": 11})
     await c.expect("applied", what="reset")
-    await c.frames_after(8)
+    await new_frames(8)
     await c.close()
     await until(lambda: (tmp_path / f"{c.session}.jsonl").exists(), "the session log")
 

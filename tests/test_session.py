@@ -1,7 +1,7 @@
 import json
 import threading
 
-from fakes import FakeConfig, FakeGenerator, fake_info, prompt_colour
+from fakes import WAIT, FakeConfig, FakeGenerator, fake_info, prompt_colour
 
 from streamer.controls import Camera, Pause, Prompt, Reset, Resume
 from streamer.session import QUEUE_CHUNKS, Session
@@ -100,11 +100,13 @@ def test_reset_drops_the_old_stream():
 
 
 def test_a_chunk_started_before_a_reset_is_dropped():
-    session, gen = make_session(delay=0.2)
+    gate = threading.Event()
+    session, gen = make_session(gate=gate)
     worker = threading.Thread(target=session.step)
     worker.start()
-    assert gen.running.wait(5)
-    session.control(Reset(type="reset", seed=1))
+    assert gen.running.wait(WAIT)
+    session.control(Reset(type="reset", seed=1))  # while the step is held open
+    gate.set()
     worker.join()
     assert session.stats().queued == 0 and session.frames_made == K
     session.step()

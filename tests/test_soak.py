@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fakes import clients, fetch, metric, real_server, started  # noqa: F401 (clients, started: fixtures)
+from fakes import clients, fetch, metric, real_server, started, until  # noqa: F401 (clients, started: fixtures)
 
 from streamer.replay import load_log
 
@@ -102,6 +102,10 @@ async def test_soak(started, clients):
     elapsed = time.monotonic() - start
     samples.append({"t": round(elapsed, 1), "rss_mb": round(rss_mb(), 1), "frames": [s.frames_sent for s in sessions]})
 
+    def answered() -> int:  # errors for bad messages received so far (the last may be on their way)
+        return sum(m["type"] == "error" and m["code"] in ("bad_json", "bad_message") for v in viewers for m in v.seen)
+
+    await until(lambda: answered() >= bad_sent, "an error for every bad message sent")
     errors = [m for v in viewers for m in v.seen if m["type"] == "error"]
     unexpected = [e for e in errors if e["code"] not in ("bad_json", "bad_message")]
     logs_ok = []

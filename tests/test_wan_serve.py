@@ -100,16 +100,20 @@ async def test_served_hello_switch_camera_and_replay_equal_to_live(server, clien
             played[out.index] = out.frame.copy()
         return out
 
+    async def new_frames(n: int) -> None:  # played, not repeats: a loaded machine repeats many
+        target = len(played) + n
+        await until(lambda: len(played) >= target, f"{n} more new frames played")
+
     monkeypatch.setattr(Session, "next_frame", record)
     c = await clients(server.port).open(prompt="a red fox runs across the snowy field at dawn", seed=7)
     hello = c.seen[0]
     assert (hello["size"], hello["width"]) == (SETTINGS["height"], SETTINGS["width"])
     assert hello["camera"] is False and "no camera input" in hello["camera_note"]
-    await c.frames_after(14)
+    await new_frames(14)
     assert (c.frames[-1].height, c.frames[-1].width) == (SETTINGS["height"], SETTINGS["width"])
     c.send({"type": "prompt", "text": "the camera pans over a quiet harbour with boats"})
     await c.expect("applied", what="prompt")
-    await c.frames_after(14)
+    await new_frames(14)
     await c.close()
     await until(lambda: (tmp_path / f"{c.session}.jsonl").exists(), "the session log")
 
