@@ -51,7 +51,8 @@ REBASE_AT = 1e4  # world units; positions are re-based past this to keep float32
 
 
 class StreamModel(Protocol):
-    """What the Generator, the KV cache and the server know of a model family.
+    """What the Generator, the KV cache and the server know of a model family (an
+    nn.Module: its parameters' device and dtype are the stream's).
 
     `config` has `name`, `fps`, `frame_size` (height, width) and `frames_per_chunk`
     (video frames a chunk decodes to);
