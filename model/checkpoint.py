@@ -223,7 +223,7 @@ def _other_family(path: Path) -> None:
         raise CheckpointError(
             f"{path}: a Wan2.1 DiT ({info.layout}, {info.size}, {info.params / 1e9:.2f}B parameters). "
             "Streaming it needs the Wan VAE and the umT5-XXL text encoder beside it: put them in one "
-            "folder and give the folder (README: Wan checkpoint folders; `livereel inspect` says what "
+            "folder and give the folder (README, 'Model families': a checkpoint folder; `livereel inspect` says what "
             "a folder lacks)")
     files = [path] if path.is_file() else list(path.iterdir())
     pickled = [f.name for f in files if f.suffix in PICKLE_SUFFIXES]

@@ -31,7 +31,7 @@ RECIPE_HINTS = (("longlive", "longlive"), ("krea", "krea"), ("causvid", "causvid
                 ("self-forcing", "self-forcing"))
 
 WAN_NEEDS = (
-    "to stream it, a folder with it and the other parts (README: Wan checkpoint folders): "
+    "to stream it, a folder with it and the other parts (README, 'Model families': a checkpoint folder): "
     + "; ".join(WanParts(Path(".")).missing()[1:]),
 )
 

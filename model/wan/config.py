@@ -260,7 +260,7 @@ class WanOptions:
 
 def add_wan_arguments(parser) -> None:
     """The flags of a Wan checkpoint folder, for every command that loads a model."""
-    group = parser.add_argument_group("Wan checkpoints (a folder: see README)")
+    group = parser.add_argument_group("Wan checkpoints (a folder: README, 'Model families')")
     add_recipe_arguments(group)
     group.add_argument("--decoder", choices=("wan", "tae"), default="wan",
                        help="decode with the Wan VAE or the tiny decoder taew2_1 (faster, softer)")
