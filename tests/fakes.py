@@ -217,6 +217,30 @@ async def until(condition, what: str, wait: float = WAIT) -> None:
     raise AssertionError(f"not within {wait} s: {what}")
 
 
+class Played:
+    """Every new (not held) frame the sessions' tracks play, by stream index, recorded by
+    patching `Session.next_frame`; `await played.new_frames(n)` waits for n more (repeats
+    do not count: a loaded machine repeats many)."""
+
+    def __init__(self, monkeypatch) -> None:
+        from streamer.session import Session
+
+        self.frames: dict = {}
+        original = Session.next_frame
+
+        def record(session):
+            out = original(session)
+            if out is not None and not out.held:
+                self.frames[out.index] = out.frame.copy()
+            return out
+
+        monkeypatch.setattr(Session, "next_frame", record)
+
+    async def new_frames(self, n: int) -> None:
+        target = len(self.frames) + n
+        await until(lambda: len(self.frames) >= target, f"{n} more new frames played")
+
+
 def get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
     conn.request("GET", path, headers=headers or {})

@@ -13,6 +13,7 @@ from fakes import (  # noqa: F401 (clients, started: fixtures)
     WAIT,
     FakeConfig,
     FakeGenerator,
+    Played,
     clients,
     fake_info,
     fetch,
@@ -340,32 +341,19 @@ async def test_recorded_session_replays_to_the_streamed_frames(server, clients, 
 
     from streamer.export import render
     from streamer.replay import load_log
-    from streamer.session import Session
 
-    played: dict[int, np.ndarray] = {}
-    original = Session.next_frame
-
-    def record(self):
-        out = original(self)
-        if out is not None and not out.held:
-            played[out.index] = out.frame.copy()
-        return out
-
-    async def new_frames(n: int) -> None:  # played, not repeats: a loaded machine repeats many
-        target = len(played) + n
-        await until(lambda: len(played) >= target, f"{n} more new frames played")
-
-    monkeypatch.setattr(Session, "next_frame", record)
+    recorder = Played(monkeypatch)
+    played = recorder.frames
     c = await clients(server.port).open(prompt="a red ball bouncing over the desert", seed=5)
-    await new_frames(6)
+    await recorder.new_frames(6)
     c.send({"type": "camera", "pan": [0.5, -0.25], "zoom": 0.1})
     await c.expect("applied", what="camera")
     c.send({"type": "prompt", "text": "a blue cube in a snowy forest at night", "transition": 2})
     await c.expect("applied", what="prompt")
-    await new_frames(6)
+    await recorder.new_frames(6)
     c.send({"type": "reset", "seed": 11})
     await c.expect("applied", what="reset")
-    await new_frames(8)
+    await recorder.new_frames(8)
     await c.close()
     await until(lambda: (tmp_path / f"{c.session}.jsonl").exists(), "the session log")
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 import torch
-from fakes import clients, real_server, started, until  # noqa: F401 (fixtures)
+from fakes import Played, clients, real_server, started, until  # noqa: F401 (fixtures)
 
 pytest.importorskip("sentencepiece")
 pytest.importorskip("transformers")
@@ -89,31 +89,18 @@ async def test_served_hello_switch_camera_and_replay_equal_to_live(server, clien
                                                                      monkeypatch):
     from streamer.export import render
     from streamer.replay import load_log
-    from streamer.session import Session
 
-    played: dict[int, np.ndarray] = {}
-    original = Session.next_frame
-
-    def record(self):
-        out = original(self)
-        if out is not None and not out.held:
-            played[out.index] = out.frame.copy()
-        return out
-
-    async def new_frames(n: int) -> None:  # played, not repeats: a loaded machine repeats many
-        target = len(played) + n
-        await until(lambda: len(played) >= target, f"{n} more new frames played")
-
-    monkeypatch.setattr(Session, "next_frame", record)
+    recorder = Played(monkeypatch)
+    played = recorder.frames
     c = await clients(server.port).open(prompt="a red fox runs across the snowy field at dawn", seed=7)
     hello = c.seen[0]
     assert (hello["size"], hello["width"]) == (SETTINGS["height"], SETTINGS["width"])
     assert hello["camera"] is False and "no camera input" in hello["camera_note"]
-    await new_frames(14)
+    await recorder.new_frames(14)
     assert (c.frames[-1].height, c.frames[-1].width) == (SETTINGS["height"], SETTINGS["width"])
     c.send({"type": "prompt", "text": "the camera pans over a quiet harbour with boats"})
     await c.expect("applied", what="prompt")
-    await new_frames(14)
+    await recorder.new_frames(14)
     await c.close()
     await until(lambda: (tmp_path / f"{c.session}.jsonl").exists(), "the session log")
 
