@@ -14,6 +14,9 @@ const PAN_KEYS = {
   "+": "in", "=": "in", "-": "out", _: "out",
 };
 const MAX_EVENTS = 12;
+const MAX_TRANSITION_CHUNKS = 16; // streamer/controls.py: the longest blend the server takes
+// Fields where keys type text; everywhere else (slider, menu, buttons, checkbox) they steer.
+const TEXT_TYPES = new Set(["text", "number", "search", "email", "url", "tel", "password"]);
 
 const state = {
   connection: "closed",
@@ -61,20 +64,23 @@ async function connect() {
   try {
     await stream.connect({ prompt, seed, token });
   } catch (err) {
-    showError(`Cannot connect: ${err.message}`);
+    // A refused offer or a closed socket has already said why (the "state" event).
+    if (stream.state === "connecting") showError(`Cannot connect: ${err.message}`);
   }
 }
 
 stream.addEventListener("state", (e) => {
-  const { state: s, reason } = e.detail;
+  const { state: s, error } = e.detail;
+  const reason = error ? errorWords(error) : e.detail.reason;
   state.connection = s;
   const pill = $("state");
   pill.dataset.state = s;
   pill.textContent = { connecting: "connecting", live: "live", closed: "offline", failed: "error" }[s] ?? s;
   $("veil").hidden = s === "live";
   $("veil-text").textContent =
-    s === "connecting" ? "Connecting…" : s === "live" ? "" : reason ? `${reason}. Reconnect to start again.` : "Offline";
-  if (s === "failed" && reason) showError(reason);
+    s === "connecting" ? "Connecting…" : s === "live" ? "" : reason ? `${reason} Reconnect to start again.` : "Offline";
+  if (s === "connecting" || s === "live") showError("");
+  else if (reason) showError(reason);
   if (s !== "live") releaseAll();
 });
 
@@ -106,7 +112,7 @@ stream.addEventListener("message", (e) => {
       break;
     case "error":
       state.errors.push(msg);
-      showError(`${msg.code}: ${msg.detail}`);
+      showError(errorWords(msg));
       logEvent(`error ${msg.code}`, msg.detail, "bad");
       break;
   }
@@ -165,10 +171,24 @@ $("prompt-form").addEventListener("submit", (e) => {
   e.preventDefault();
   const text = $("prompt").value.trim();
   if (!text) return;
-  send({ type: "prompt", text, transition: Number($("transition").value) });
+  if (text === state.prompt) {
+    showNote("Already showing this prompt: change the text, or Reset for a new take.");
+    return;
+  }
+  if (send({ type: "prompt", text, transition: transitionChunks() })) showNote("");
   $("prompt").blur(); // keys steer the camera again; "/" comes back here
 });
+$("prompt").addEventListener("input", () => showNote(""));
 $("prompt").addEventListener("keydown", (e) => e.key === "Escape" && $("prompt").blur());
+
+// The menu speaks seconds, the protocol chunks: round to the model's chunks, at least one.
+function transitionChunks() {
+  const seconds = Number($("transition").value);
+  const hello = state.hello;
+  if (!seconds || !hello) return 0;
+  const chunks = Math.round((seconds * hello.fps) / hello.frames_per_chunk);
+  return Math.min(MAX_TRANSITION_CHUNKS, Math.max(1, chunks));
+}
 
 $("pause").addEventListener("click", togglePause);
 function togglePause() {
@@ -235,25 +255,30 @@ function releaseAll() {
   lastCamera = "[0,0]0";
 }
 
-const typing = (el) => el instanceof HTMLInputElement || el instanceof HTMLSelectElement || el instanceof HTMLTextAreaElement;
+const typing = (el) =>
+  el instanceof HTMLTextAreaElement || (el instanceof HTMLInputElement && TEXT_TYPES.has(el.type)) || el.isContentEditable;
 
+// Keys steer wherever the focus is but in a text field: a focused slider, menu or button
+// does not get them (arrows would move the slider, Space would click the button again).
 window.addEventListener("keydown", (e) => {
   if (typing(e.target) || e.ctrlKey || e.metaKey || e.altKey) return;
   const dir = PAN_KEYS[e.key.toLowerCase()];
   if (dir) {
     e.preventDefault();
     press(dir);
-  } else if (e.key === " " && !e.repeat && !(e.target instanceof HTMLButtonElement)) {
+  } else if (e.key === " ") {
     e.preventDefault();
-    togglePause();
+    if (!e.repeat) togglePause();
   } else if (e.key === "/") {
     e.preventDefault();
     $("prompt").focus();
+    $("prompt").select(); // typing replaces the prompt
   }
 });
 window.addEventListener("keyup", (e) => {
   const dir = PAN_KEYS[e.key.toLowerCase()];
   if (dir) release(dir);
+  if (e.key === " " && !typing(e.target)) e.preventDefault(); // a button clicks on Space's keyup
 });
 window.addEventListener("blur", releaseAll);
 document.addEventListener("visibilitychange", () => document.hidden && releaseAll());
@@ -272,10 +297,28 @@ for (const button of document.querySelectorAll(".hold")) {
 
 // ---------------------------------------------------------------- display
 
-function showError(text) {
+function showError(text, kind = "error") {
   const el = $("error");
   el.textContent = text;
   el.hidden = !text;
+  el.dataset.kind = kind;
+}
+
+// A note (not an error) in the same place; clearing one leaves an error shown.
+function showNote(text) {
+  if (text) showError(text, "note");
+  else if ($("error").dataset.kind === "note") showError("");
+}
+
+// Plain words for the server's error messages; the code and detail go to the event log.
+function errorWords(msg) {
+  if (msg.code === "server_full") {
+    const n = /all (\d+) sessions/.exec(msg.detail)?.[1];
+    return `All ${n ?? "the"} sessions are in use; try again in a moment.`;
+  }
+  if (msg.code === "rate_limited") return "Too many controls at once: some were dropped.";
+  if (msg.code === "generation_failed") return "The model failed, so this session is over.";
+  return `${msg.code}: ${msg.detail}`;
 }
 
 function logEvent(title, detail = "", kind = "") {

@@ -2,7 +2,10 @@
 // the video, and the `control` data channel. No UI here; app.js listens to events.
 //
 // Events (CustomEvent, details in `event.detail`):
-//   "state"    {state: "connecting" | "live" | "closed" | "failed", reason?}
+//   "state"    {state: "connecting" | "live" | "closed" | "failed", reason?, error?}
+//              reason: a plain sentence; error: the server's error message, when it
+//              refused or ended the session with one. A stream that has ended tells
+//              why once: later closes (socket, channel, peer) of the same end are quiet.
 //   "message"  a parsed server message from the data channel or the socket
 //   "frame"    {now, metadata} for every presented video frame
 
@@ -31,7 +34,7 @@ export class Stream extends EventTarget {
     const channel = pc.createDataChannel("control");
     this.channel = channel;
     channel.onmessage = (e) => this._onMessage(e.data);
-    channel.onclose = () => this.pc === pc && this._setState("closed", "control channel closed");
+    channel.onclose = () => this._mediaEnded(pc, "The stream stopped.");
     pc.ontrack = (e) => {
       this.video.srcObject = e.streams[0] ?? new MediaStream([e.track]);
       this.video.play().catch(() => {});
@@ -41,8 +44,8 @@ export class Stream extends EventTarget {
       if (this.pc !== pc) return;
       const s = pc.connectionState;
       if (s === "connected") this._setState("live");
-      else if (s === "failed") this._setState("failed", "the media connection failed");
-      else if (s === "closed" || s === "disconnected") this._setState("closed", `connection ${s}`);
+      else if (s === "failed") this._setState("failed", "The video connection failed.");
+      else if (s === "closed" || s === "disconnected") this._mediaEnded(pc, "The video connection was lost.");
     };
 
     await pc.setLocalDescription(await pc.createOffer());
@@ -54,9 +57,12 @@ export class Stream extends EventTarget {
     ws.onmessage = (e) => this._onSignal(e.data);
     ws.onclose = (e) => {
       if (this.ws !== ws) return;
-      this._setState(this.state === "failed" ? "failed" : "closed", e.reason || "the server closed the session");
+      // 1001: the server is going away; 1006: the socket dropped with no close at all.
+      const gone = e.code === 1001 || e.code === 1006;
+      const ended = e.reason ? `The server ended the session: ${e.reason}.` : "The server ended the session.";
+      this._setState("closed", gone ? "The server stopped." : ended);
     };
-    ws.onerror = () => this.ws === ws && this._setState("failed", "cannot reach the server");
+    ws.onerror = () => this.ws === ws && this.state === "connecting" && this._setState("failed", "Cannot reach the server.");
     await new Promise((resolve, reject) => {
       ws.onopen = resolve;
       ws.addEventListener("close", () => reject(new Error("signaling socket closed")), { once: true });
@@ -86,7 +92,7 @@ export class Stream extends EventTarget {
     if (ws) ws.close();
     if (pc) pc.close();
     if (this.video.srcObject) this.video.srcObject = null;
-    if (pc || ws) this._setState("closed", "closed by you");
+    if (pc || ws) this._setState("closed", "Closed by you."); // quiet if it had ended already
   }
 
   /** A summary of the inbound video from getStats (null before media flows). */
@@ -131,7 +137,7 @@ export class Stream extends EventTarget {
         this._setState("failed", `bad answer: ${err.message}`),
       );
     }
-    if (msg.type === "error") this._setState("failed", `${msg.code}: ${msg.detail}`);
+    if (msg.type === "error") this._setState("failed", msg.detail, msg);
     this._emit("message", msg);
   }
 
@@ -142,6 +148,7 @@ export class Stream extends EventTarget {
     } catch {
       return;
     }
+    if (msg.type === "error" && msg.code === "generation_failed") this._setState("failed", msg.detail, msg);
     this._emit("message", msg);
   }
 
@@ -158,16 +165,31 @@ export class Stream extends EventTarget {
     video.requestVideoFrameCallback(onFrame);
   }
 
-  _setState(state, reason = "") {
+  // The media side noticed the end first: the signaling socket, which knows why (the
+  // server stopped, or ended the session), gets a moment to say so before this reason does.
+  _mediaEnded(pc, reason) {
+    if (this.pc !== pc) return;
+    const ws = this.ws;
+    if (ws && ws.readyState !== WebSocket.CLOSED) {
+      setTimeout(() => this.pc === pc && this._setState("closed", reason), 3000);
+    } else {
+      this._setState("closed", reason);
+    }
+  }
+
+  _setState(state, reason = "", error = null) {
     if (state === this.state && !reason) return;
+    if (ENDED.has(state) && ENDED.has(this.state)) return; // an ended stream has told why
     this.state = state;
-    this._emit("state", { state, reason });
+    this._emit("state", { state, reason, error });
   }
 
   _emit(type, detail) {
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
 }
+
+const ENDED = new Set(["closed", "failed"]);
 
 /** Resolves once ICE gathering is complete (the offer then carries every candidate). */
 function iceGatheringDone(pc) {

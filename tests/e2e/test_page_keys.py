@@ -1,0 +1,250 @@
+"""What a new user trips over, on the page (issue 20), in a real Chromium against a real
+`livereel serve --checkpoint debug`: `/` selects the prompt so typing replaces it; keys
+steer after a click on the slider, the menu or a button; the blend menu speaks seconds;
+Go on the unchanged prompt says so; a refused viewer and a stopped server get plain words.
+
+Every wait is for state the page shows (an `applied`, a message), bounded by WAIT_MS.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from conftest import ROOT, SERVER_START_TIMEOUT, free_port
+
+pytestmark = pytest.mark.e2e
+
+WAIT_MS = 120_000  # a hang guard, not a timing assert
+MAX_TRANSITION_CHUNKS = 16  # streamer/controls.py
+# Records every control message the page sends, so a test can tell "sent nothing".
+RECORD_SENT_JS = """() => {
+  const stream = window.livereel.stream;
+  window.sent = [];
+  const sendRaw = stream.sendRaw.bind(stream);
+  stream.sendRaw = (text) => { window.sent.push(JSON.parse(text)); return sendRaw(text); };
+}"""
+
+
+@pytest.fixture(scope="module")
+def checkpoint() -> str:
+    """conftest's `server_url` serves the tiny random-init preset: these check behaviour only."""
+    return "debug"
+
+
+def start_server(checkpoint: str, max_sessions: int, workdir) -> tuple[subprocess.Popen, str]:
+    """`livereel serve` on a free loopback port, once /healthz answers: (process, url)."""
+    port = free_port()
+    log_path = workdir / "serve.log"
+    cmd = [
+        sys.executable, "-m", "streamer.cli", "serve",
+        "--checkpoint", checkpoint,
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--max-sessions", str(max_sessions),
+        "--record-dir", str(workdir / "sessions"),
+    ]  # fmt: skip
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + SERVER_START_TIMEOUT
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"livereel serve exited with {proc.returncode}:\n{log_path.read_text()}")
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=2) as r:
+                if r.status == 200:
+                    return proc, url
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"livereel serve not up in {SERVER_START_TIMEOUT} s:\n{log_path.read_text()}")
+        time.sleep(0.25)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def one_session_server(tmp_path):
+    """A server that takes one session (--max-sessions 1), its own so a test may stop it."""
+    proc, url = start_server("debug", 1, tmp_path)
+    try:
+        yield proc, url
+    finally:
+        stop_server(proc)
+
+
+def open_page(browser, url: str, **params):
+    """A page playing a live session, recording the control messages it sends."""
+    page = browser.new_page(viewport={"width": 1280, "height": 860})
+    page.errors = []
+    page.on("pageerror", lambda e: page.errors.append(str(e)))
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    page.goto(f"{url}/?{query}")
+    page.wait_for_function(
+        "() => window.livereel.state.connection === 'live' && window.livereel.state.hello", timeout=WAIT_MS
+    )
+    page.evaluate(RECORD_SENT_JS)
+    return page
+
+
+def applied(page, where: str, after: int = 0) -> dict:
+    """Waits for an `applied`, from the `after`-th on, for which the JS expression `where`
+    (over it, `a`) holds; returns the first such."""
+    return page.wait_for_function(
+        f"(n) => window.livereel.state.applied.slice(n).find((a) => {where}) ?? false", arg=after, timeout=WAIT_MS
+    ).json_value()
+
+
+def count(page, js: str) -> int:
+    return page.evaluate(f"() => {js}.length")
+
+
+def applied_whats(page) -> list[str]:
+    return page.evaluate("() => window.livereel.state.applied.map((a) => a.what)")
+
+
+def sent_types(page) -> list[str]:
+    return page.evaluate("() => window.sent.map((m) => m.type)")
+
+
+def test_slash_selects_the_prompt_so_typing_replaces_it(browser, server_url):
+    page = open_page(browser, server_url, seed=1)
+    old = page.evaluate("() => window.livereel.state.prompt")
+    assert old and page.locator("#prompt").input_value() == old
+    page.locator("#video").click()  # focus off the prompt box
+    page.keyboard.press("/")
+    new = "a red ball rolling across a green field"
+    page.keyboard.type(new)
+    page.keyboard.press("Enter")
+    switch = applied(page, f"a.what === 'prompt' && a.text === {json.dumps(new)}")
+    assert switch["text"] == new and page.locator("#caption").inner_text() == new
+    assert not page.errors, page.errors
+    page.close()
+
+
+@pytest.mark.parametrize("control", ["#speed", "#transition", "#reset", "#prompt-form button[type=submit]"])
+def test_keys_steer_after_clicking_a_control(browser, server_url, control):
+    page = open_page(browser, server_url, seed=2)
+    page.locator(control).click()
+    if control == "#transition":
+        page.keyboard.press("Escape")  # closes the menu's list, as picking an option does; focus stays
+    assert page.evaluate("(sel) => document.activeElement === document.querySelector(sel)", control)
+    speed_before = page.locator("#speed").input_value()
+    menu_before = page.locator("#transition").input_value()
+    if control == "#reset":
+        applied(page, "a.what === 'reset'")  # the click's own reset
+    resets = applied_whats(page).count("reset")
+    page.evaluate("() => { window.sent = []; }")  # from here on, only what the keys send
+
+    n = count(page, "window.livereel.state.applied")
+    page.keyboard.down("d")
+    pan = applied(page, "a.what === 'camera' && a.pan[0] > 0", after=n)
+    page.keyboard.up("d")
+    applied(page, "a.what === 'camera' && a.pan[0] === 0 && a.pan[1] === 0", after=n)
+    page.keyboard.press("ArrowRight")  # an arrow steers too, and moves neither the slider nor the menu
+    assert pan["pan"][0] == float(page.locator("#speed").input_value())
+    assert page.locator("#speed").input_value() == speed_before
+    assert page.locator("#transition").input_value() == menu_before
+
+    n = count(page, "window.livereel.state.applied")
+    page.keyboard.press(" ")
+    applied(page, "a.what === 'pause'", after=n)
+    page.keyboard.press(" ")
+    applied(page, "a.what === 'resume'", after=n)
+    # Space paused and resumed: it clicked no button (no reset sent, none applied)
+    assert "reset" not in sent_types(page), sent_types(page)
+    assert applied_whats(page).count("reset") == resets
+    assert page.evaluate("() => window.livereel.state.paused") is False
+    assert not page.errors, page.errors
+    page.close()
+
+
+def test_the_blend_menu_speaks_seconds_and_sends_chunks(browser, server_url):
+    page = open_page(browser, server_url, seed=3)
+    options = page.locator("#transition option").all_inner_texts()
+    assert options[0] == "cut" and all(o.startswith("blend ") and o.endswith(" s") for o in options[1:]), options
+    hello = page.evaluate("() => window.livereel.state.hello")
+    for i, (value, text) in enumerate([("2", "a blue cube over the desert"), ("0", "a white star above the city")]):
+        page.locator("#transition").select_option(value)
+        page.locator("#prompt").fill(text)
+        page.locator("#prompt").press("Enter")
+        switch = applied(page, f"a.what === 'prompt' && a.text === {json.dumps(text)}")
+        seconds = float(value)
+        chunks = round(seconds * hello["fps"] / hello["frames_per_chunk"])
+        want = 0 if seconds == 0 else min(MAX_TRANSITION_CHUNKS, max(1, chunks))
+        assert switch["transition"] == want, (value, switch, hello)
+    assert not page.errors, page.errors
+    page.close()
+
+
+def test_go_on_the_unchanged_prompt_says_so_and_sends_nothing(browser, server_url):
+    page = open_page(browser, server_url, seed=4)
+    page.locator("#prompt-form button[type=submit]").click()
+    error = page.locator("#error")
+    error.wait_for(state="visible", timeout=WAIT_MS)
+    assert "Already showing this prompt" in error.inner_text()
+    page.locator("#prompt").press("Enter")  # Enter too
+    # something sent after it is applied, and the prompt was neither sent nor applied
+    page.locator("#pause").click()
+    applied(page, "a.what === 'pause'")
+    assert sent_types(page) == ["pause"], sent_types(page)
+    # none applied past frame 0 (the session's first prompt, at frame 0, may be acknowledged late)
+    assert page.evaluate("() => window.livereel.state.applied.filter((a) => a.what === 'prompt' && a.frame > 0)") == []
+    # the note goes once the text changes
+    page.locator("#prompt").fill("a blue cube over the desert")
+    assert error.is_hidden()
+    assert not page.errors, page.errors
+    page.close()
+
+
+def test_a_refused_viewer_and_a_stopped_server_get_plain_words(browser, one_session_server):
+    proc, url = one_session_server
+    holder = open_page(browser, url, seed=5)
+    refused = browser.new_page(viewport={"width": 1280, "height": 860})
+    refused.goto(url)
+    error = refused.locator("#error")
+    refused.wait_for_function(
+        "() => document.getElementById('error').textContent.includes('sessions are in use')", timeout=WAIT_MS
+    )
+    assert error.inner_text() == "All 1 sessions are in use; try again in a moment."
+    assert "All 1 sessions are in use" in refused.locator("#veil-text").inner_text()
+    assert "server_full" not in error.inner_text() + refused.locator("#veil-text").inner_text()
+    refused.close()
+
+    # The server stops: the playing page says so plainly, and once, though its socket and
+    # its control channel both close.
+    holder.evaluate("""() => {
+      const stream = window.livereel.stream;
+      window.ends = [];
+      stream.addEventListener("state", (e) => {
+        if (e.detail.state === "closed" || e.detail.state === "failed") window.ends.push(e.detail.reason);
+      });
+      window.closedBoth = () => stream.ws.readyState === WebSocket.CLOSED && stream.channel.readyState === "closed";
+    }""")
+    stop_server(proc)
+    holder.wait_for_function("() => window.closedBoth()", timeout=WAIT_MS)
+    assert holder.evaluate("() => window.ends") == ["The server stopped."]
+    assert holder.locator("#error").inner_text() == "The server stopped."
+    assert holder.locator("#veil-text").inner_text() == "The server stopped. Reconnect to start again."
+    # Reconnect, the server still down: that is said once too.
+    holder.evaluate("() => { window.ends = []; }")
+    holder.locator("#reconnect").click()
+    holder.wait_for_function("() => window.ends.length > 0", timeout=WAIT_MS)
+    holder.wait_for_function("() => window.livereel.stream.ws?.readyState === WebSocket.CLOSED", timeout=WAIT_MS)
+    assert holder.evaluate("() => window.ends") == ["Cannot reach the server."]
+    assert holder.locator("#error").inner_text() == "Cannot reach the server."
+    assert not holder.errors, holder.errors
+    holder.close()
