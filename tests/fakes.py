@@ -333,3 +333,14 @@ if __name__ == "__main__":
     parser.add_argument("--flood", type=float, nargs=2, metavar=("RATE", "SECONDS"))
     cli = parser.parse_args()
     sys.exit(asyncio.run(_run(cli.port, cli.flood)))
+
+
+def writing(folder) -> bool:
+    """Whether a video is being written in `folder`: its temporary file holds frames."""
+    for part in folder.glob(".long.mp4.*.part"):
+        try:
+            if part.stat().st_size > 0:
+                return True
+        except FileNotFoundError:  # the writer ended meanwhile
+            pass
+    return False

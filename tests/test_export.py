@@ -10,6 +10,7 @@ import time
 import av
 import numpy as np
 import pytest
+from fakes import writing
 
 from model.sampling import Sampling
 from streamer.export import TimelineError, load_timeline, render, timeline_events
@@ -86,17 +87,6 @@ def test_bad_timelines_name_the_event(tmp_path):
     r = cli("export", str(p), "-o", str(tmp_path / "x.mp4"), "--checkpoint", "debug")
     assert r.returncode != 0 and "not JSON" in r.stderr
     assert not (tmp_path / "x.mp4").exists()
-
-
-def writing(folder) -> bool:
-    """Whether a video is being written in `folder`: its temporary file holds frames."""
-    for part in folder.glob(".long.mp4.*.part"):
-        try:
-            if part.stat().st_size > 0:
-                return True
-        except FileNotFoundError:  # the writer ended meanwhile
-            pass
-    return False
 
 
 def test_killed_export_leaves_no_output(tmp_path):

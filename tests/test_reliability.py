@@ -43,6 +43,7 @@ from fakes import (  # noqa: F401 (clients, started: fixtures)
     real_server,
     started,
     until,
+    writing,
 )
 
 from model.sampling import Sampling
@@ -473,17 +474,6 @@ async def test_sigterm_closes_every_peer_and_exits_cleanly(tmp_path):
     events = [json.loads(line) for line in (records / f"{client.session}.jsonl").read_text().splitlines()]
     assert [e.get("text") for e in events if e["what"] == "prompt"][-1] == "a white star over the ocean"
     print(f"\nSIGTERM: exited 0 in {seconds:.2f} s")
-
-
-def writing(folder: Path) -> bool:
-    """Whether a video is being written in `folder`: its temporary file holds frames."""
-    for part in folder.glob(".long.mp4.*.part"):
-        try:
-            if part.stat().st_size > 0:
-                return True
-        except FileNotFoundError:  # the writer ended meanwhile
-            pass
-    return False
 
 
 def test_a_killed_replay_leaves_no_output(tmp_path):

@@ -59,45 +59,57 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server_url(checkpoint, tmp_path_factory):
-    """`livereel serve --checkpoint CHECKPOINT` on a free loopback port."""
+def start_server(checkpoint: str, max_sessions: int, workdir) -> tuple[subprocess.Popen, str]:
+    """`livereel serve` on a free loopback port, once /healthz answers: (process, url)."""
     port = free_port()
-    workdir = tmp_path_factory.mktemp("serve")
     log_path = workdir / "serve.log"
     cmd = [
         sys.executable, "-m", "streamer.cli", "serve",
         "--checkpoint", checkpoint,
         "--host", "127.0.0.1",
         "--port", str(port),
-        "--max-sessions", "3",
+        "--max-sessions", str(max_sessions),
         "--record-dir", str(workdir / "sessions"),
     ]  # fmt: skip
     with log_path.open("w") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + SERVER_START_TIMEOUT
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"livereel serve exited with {proc.returncode}:\n{log_path.read_text()}")
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=2) as r:
+                if r.status == 200:
+                    return proc, url
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"livereel serve not up in {SERVER_START_TIMEOUT} s:\n{log_path.read_text()}")
+        time.sleep(0.25)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
     try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"livereel serve exited with {proc.returncode}:\n{log_path.read_text()}")
-            try:
-                with urllib.request.urlopen(f"{url}/healthz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"livereel serve not up in {SERVER_START_TIMEOUT} s:\n{log_path.read_text()}")
-            time.sleep(0.25)
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server_url(checkpoint, tmp_path_factory):
+    """`livereel serve --checkpoint CHECKPOINT` on a free loopback port."""
+    workdir = tmp_path_factory.mktemp("serve")
+    proc, url = start_server(checkpoint, 3, workdir)
+    try:
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        print(f"\n--- livereel serve log (tail) ---\n{''.join(log_path.read_text().splitlines(True)[-15:])}")
+        stop_server(proc)
+        log = (workdir / "serve.log").read_text()
+        print(f"\n--- livereel serve log (tail) ---\n{''.join(log.splitlines(True)[-15:])}")
 
 
 @pytest.fixture(scope="module")

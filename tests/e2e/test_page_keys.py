@@ -9,13 +9,9 @@ Every wait is for state the page shows (an `applied`, a message), bounded by WAI
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
-from conftest import ROOT, SERVER_START_TIMEOUT, free_port
+from conftest import start_server, stop_server
 
 pytestmark = pytest.mark.e2e
 
@@ -34,46 +30,6 @@ RECORD_SENT_JS = """() => {
 def checkpoint() -> str:
     """conftest's `server_url` serves the tiny random-init preset: these check behaviour only."""
     return "debug"
-
-
-def start_server(checkpoint: str, max_sessions: int, workdir) -> tuple[subprocess.Popen, str]:
-    """`livereel serve` on a free loopback port, once /healthz answers: (process, url)."""
-    port = free_port()
-    log_path = workdir / "serve.log"
-    cmd = [
-        sys.executable, "-m", "streamer.cli", "serve",
-        "--checkpoint", checkpoint,
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--max-sessions", str(max_sessions),
-        "--record-dir", str(workdir / "sessions"),
-    ]  # fmt: skip
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + SERVER_START_TIMEOUT
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"livereel serve exited with {proc.returncode}:\n{log_path.read_text()}")
-        try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=2) as r:
-                if r.status == 200:
-                    return proc, url
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"livereel serve not up in {SERVER_START_TIMEOUT} s:\n{log_path.read_text()}")
-        time.sleep(0.25)
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @pytest.fixture
