@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from bench.baselines import NoCacheStream, growing_generator
-from bench.timing import matmul_peak, rss_bytes, summary, timed
+from bench.timing import matmul_peak, rss_bytes, summary, timed, torch_threads
 from cache.kv import CacheBatch
 from model.checkpoint import LiveReel, build_model
 from model.config import flops_per_chunk, flops_per_token
@@ -309,20 +309,26 @@ def wider(model: LiveReel, dim: int, heads: int) -> LiveReel:
 
 
 def widths(model: LiveReel, specs: list[tuple[int, int]], chunks: int, peak: dict,
-           sampling: Sampling = Sampling()) -> dict:
+           sampling: Sampling = Sampling(), engine: str = "eager", threads: int | None = None) -> dict:
     """What a wider DiT would cost here: for each (dim, heads), the model's DiT at that
     width (`wider`): chunk time, real-time factor, share of the matmul peak and the steady
-    speed-up over no cache, measured as for the model itself. Sizes the next model: how
-    wide it can be and stay real time, and what share of the peak each width reaches."""
+    speed-up over no cache, measured as for the model itself, run by `engine` with
+    `threads` (the steady speed-up over no cache: eager). Sizes the next model: how wide
+    it can be and stay real time, and what share of the peak each width reaches."""
+    from model.engine import use_engine
+
+    threads = threads or torch.get_num_threads()
     out = {}
     for dim, heads in specs:
         log.info("width %d, %d heads", dim, heads)
-        m = wider(model, dim, heads)
-        costs = chunk_costs(m, chunks, sampling)
-        eff = efficiency(m, costs, peak)
-        steady = steady_state(m, chunks, sampling)
+        with torch_threads(threads):
+            m = wider(model, dim, heads)
+            steady = steady_state(m, chunks, sampling)
+            use_engine(m, engine, threads=threads)
+            costs = chunk_costs(m, chunks, sampling)
+            eff = efficiency(m, costs, peak)
         out[f"{dim}/{heads}"] = {
-            "dim": dim, "heads": heads, "dit_params_m": sum(p.numel() for p in m.dit.parameters()) / 1e6,
+            "engine": engine, "dim": dim, "heads": heads, "dit_params_m": sum(p.numel() for p in m.dit.parameters()) / 1e6,
             "dit_ms": costs["phases"]["dit"]["wall_ms"]["median"], "total_ms": costs["phases"]["total"]["wall_ms"]["median"],
             "rtf_wall": costs["rtf_wall"], "fraction_of_peak_wall": eff["fraction_of_peak_wall"],
             "fraction_of_peak_cpu": eff["fraction_of_peak_cpu"], "no_cache_speedup": steady["speedup"]}
@@ -376,7 +382,8 @@ def concurrency(model: LiveReel, sessions: list[int], rounds: int, sampling: Sam
 
 
 def long_run(checkpoint: str, minutes: float, threads: int, early: int, late: int, window: int,
-             trace_chunks: int, sampling: Sampling = Sampling(), compile: bool = False) -> dict:
+             trace_chunks: int, sampling: Sampling = Sampling(), compile: bool = False,
+             engine: str = "eager") -> dict:
     """A stream of `minutes` of video (DiT + decode), in a fresh process so that its
     memory is its own: chunk time at `early` and `late` chunks (median over `window`
     chunks), resident memory every video minute; then, after the memory samples, the
@@ -386,8 +393,11 @@ def long_run(checkpoint: str, minutes: float, threads: int, early: int, late: in
     the re-cache in the loop; the camera pans throughout."""
     from bench.run import load_checkpoint
 
+    from model.engine_choice import apply_engine
+
     torch.set_num_threads(threads)
     model, _ = load_checkpoint(checkpoint)
+    apply_engine(model, engine, compile)
     if compile:
         from model.compile import compile_dit, warm_up
 
@@ -420,11 +430,14 @@ def long_run(checkpoint: str, minutes: float, threads: int, early: int, late: in
     # over minutes, so a fresh stream at chunk `early` and this one at its end take turns.
     fresh = new_generator(model, seed=1, sampling=sampling, warm=early)
     turns: dict[int, list[float]] = {id(fresh): [], id(gen): []}
+    walls: dict[int, list[float]] = {id(fresh): [], id(gen): []}
     for i in range(window):
         for g in ((fresh, gen) if i % 2 else (gen, fresh)):
             g.decode(g.step())
             turns[id(g)].append(g.timings["denoise"].cpu + g.timings["context"].cpu)
+            walls[id(g)].append(g.timings["denoise"].wall + g.timings["context"].wall)
     end_ms, early_ms = float(np.median(turns[id(gen)])) * 1e3, float(np.median(turns[id(fresh)])) * 1e3
+    end_wall, early_wall = float(np.median(walls[id(gen)])) * 1e3, float(np.median(walls[id(fresh)])) * 1e3
     del fresh
 
     gc.collect()
@@ -447,7 +460,9 @@ def long_run(checkpoint: str, minutes: float, threads: int, early: int, late: in
         "chunk_ms_early_wall": at(chunk_wall, early), "chunk_ms_late_wall": at(chunk_wall, late),
         "late_over_early_cpu": at(dit_cpu, late) / at(dit_cpu, early),
         "interleaved": {"early_chunk": early, "end_chunk": n, "dit_ms_early_cpu": early_ms,
-                        "dit_ms_end_cpu": end_ms, "end_over_early_cpu": end_ms / early_ms},
+                        "dit_ms_end_cpu": end_ms, "end_over_early_cpu": end_ms / early_ms,
+                        "dit_ms_early_wall": early_wall, "dit_ms_end_wall": end_wall,
+                        "end_over_early_wall": end_wall / early_wall},
         "late_over_early_wall": at(chunk_wall, late) / at(chunk_wall, early),
         "curve": {"lengths": lengths, "dit_ms_wall": [at(dit_wall, i - 1) for i in lengths],
                   "dit_ms_cpu": [at(dit_cpu, i - 1) for i in lengths]},

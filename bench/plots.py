@@ -89,3 +89,31 @@ def widths(name: str, res: dict, path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def engines(results: dict, path: Path) -> Path:
+    """Chunk time per part, stacked, for each engine at each DiT width, with real time marked."""
+    parts = ("prepare", "dit", "decode", "encode")
+    labels = {"prepare": "warped prior", "dit": "DiT", "decode": "VAE decode", "encode": "VP8 encode"}
+    bars = [(spec, name, e) for spec, res in results.items() for name, e in res["engines"].items()]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(bars) + 2), 4.5))
+    xs = range(len(bars))
+    bottom = [0.0] * len(bars)
+    for i, part in enumerate(parts):
+        ms = [e["ms"][part] for _, _, e in bars]
+        ax.bar(xs, ms, bottom=bottom, color=f"C{i}", label=labels[part])
+        bottom = [b + m for b, m in zip(bottom, ms)]
+    for x, (_, _, e), top in zip(xs, bars, bottom):
+        ax.text(x, top, f"RTF {e['rtf']:.2f}", ha="center", va="bottom", fontsize=8)
+    eager = next(iter(results.values()))["engines"]["eager"]
+    video_ms = eager["rtf"] * eager["ms"]["total"]  # the video a chunk holds
+    ax.axhline(video_ms, color="grey", ls="--", lw=1, label="real time (video length of a chunk)")
+    ax.set_xticks(list(xs), [f"{spec}\n{name}" for spec, name, _ in bars], fontsize=8)
+    ax.set_xlabel("DiT width / heads, engine")
+    ax.set_ylabel("ms per chunk (median, wall)")
+    ax.set_title("A chunk's parts by engine (interleaved in one process)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

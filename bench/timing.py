@@ -8,6 +8,7 @@ benchmark reports both, and ratios against baselines run in the same process.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import time
@@ -42,6 +43,18 @@ def timed(fn: Callable[[], object]) -> tuple[object, Timed]:
 
 
 # ---------------------------------------------------------------- threads
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's intra-op threads set to `n` inside the block (an engine sets them to 1:
+    eager work measured beside it gets its own count back)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def cpu_count() -> int:

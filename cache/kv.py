@@ -29,6 +29,8 @@ Capacity is fixed at construction; the position state is plain Python (no host s
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -134,6 +136,52 @@ class Region:
     @property
     def token_end(self) -> int:
         return self.token_start + self.chunks * self.tokens
+
+
+@dataclass(frozen=True)
+class FlatRead:
+    """A context's read as plain tensors, for an evaluation run as one graph by an inference
+    engine (model/engine.py), which cannot call the verbs between layers. Rows attend to
+    [the read's other slots where `visible` | the `link` row's new K/V where `linked` |
+    their own new K/V]: attention does not depend on the order of its keys, so this equals
+    the verbs' in-place writes. The link is what a `FusedBatch` writes across rows: a next
+    chunk's read of the slot its stream's deferred chunk was just committed to."""
+
+    k_rot: Tensor  # (depth, R, H, N, Dh) rotated keys; the chunk in flight's slot (last) unread
+    v: Tensor  # (depth, R, H, N, Dh)
+    visible: Tensor  # (R, N - tokens_per_chunk) bool
+    cos: Tensor  # (R, 1, tokens_per_chunk, Dh) the chunk in flight's RoPE tables
+    sin: Tensor
+    link: Tensor  # (R,) int64: the row whose new K/V this row also attends to
+    linked: Tensor  # (R,) bool
+    link_cos: Tensor  # (R, 1, tokens_per_chunk, Dh) tables of the linked K/V in this row's read
+    link_sin: Tensor
+    prior: Tensor | None
+
+
+def flat_read(k_rot: Tensor, v: Tensor, mask: Tensor | None, cur: slice, cos: Tensor, sin: Tensor,
+              prior: Tensor | None) -> FlatRead:
+    """A `FlatRead` without links from a read with visibility `mask` ((R | 1, 1, 1, N) or None)."""
+    R, N = k_rot.shape[1], k_rot.shape[3]
+    assert cur.stop == N, "the chunk in flight's slot is the read's last"
+    visible = (torch.ones(R, cur.start, dtype=torch.bool, device=k_rot.device) if mask is None
+               else mask.reshape(-1, N)[:, :cur.start].expand(R, -1).clone())
+    return FlatRead(k_rot, v, visible, cos, sin, torch.zeros(R, dtype=torch.long, device=k_rot.device),
+                    torch.zeros(R, dtype=torch.bool, device=k_rot.device), torch.ones_like(cos),
+                    torch.zeros_like(sin), prior)
+
+
+def group_read(reads: list[tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor, Tensor | None]], cur: slice
+               ) -> FlatRead:
+    """One `FlatRead` of several reads' rows, each (k_rot, v, mask, cos, sin, prior); a
+    single read is used as it is (no copy: the engine reads the cache's own buffers)."""
+    if len(reads) == 1:
+        return flat_read(*reads[0][:3], cur, *reads[0][3:])
+    k_rot, v, masks, cos, sin, priors = zip(*reads)
+    visible = torch.cat([flat_read(k, vv, m, cur, c, s, None).visible for k, vv, m, c, s in zip(k_rot, v, masks, cos, sin)])
+    r = flat_read(torch.cat(k_rot, 1), torch.cat(v, 1), None, cur, torch.cat(cos), torch.cat(sin),
+                  None if priors[0] is None else torch.cat(priors))
+    return dataclasses.replace(r, visible=visible)
 
 
 @dataclass(frozen=True)
@@ -251,6 +299,18 @@ class KVCache:
         cur = self.current.token_slice(0)
         self.k[layer, :, :, cur] = k
         self.v[layer, :, :, cur] = v
+
+    def flat_reads(self) -> tuple[FlatRead | None, FlatRead]:
+        """The read as plain tensors (model/engine.py): (deferred rows' read: none here, this one)."""
+        cos, sin = self._cur_rope
+        return None, flat_read(self.k_rot, self.v, self.mask, self.current.token_slice(0), cos, sin, self.prior)
+
+    def write_layers(self, k: Tensor, v: Tensor) -> None:
+        """`write` for every layer at once: k, v (depth, B, H, tokens_per_chunk, Dh)."""
+        cur = self.current.token_slice(0)
+        self.k[:, :, :, cur] = k
+        self.v[:, :, :, cur] = v
+        apply_rope(k, self._cur_rope[0][None], self._cur_rope[1][None], out=self.k_rot[:, :, :, cur])
 
     def write_frame(self, frame: Tensor, pos: Tensor) -> None:
         """The chunk in flight's last latent frame (B, C, h, w) and camera (B, 3)."""
@@ -405,6 +465,15 @@ class CacheBatch:
     def current_rope(self) -> tuple[Tensor, Tensor]:
         return self.cos, self.sin
 
+    def flat_reads(self) -> tuple[FlatRead | None, FlatRead]:
+        return None, flat_read(self.k_rot, self.v, self.mask, self.cur, self.cos, self.sin, self.prior)
+
+    def write_layers(self, k: Tensor, v: Tensor) -> None:
+        """`write` for every layer at once: k, v (depth, B, H, tokens_per_chunk, Dh)."""
+        for cache, kk, vv in zip(self.caches, k.split(self.rows, 1), v.split(self.rows, 1)):
+            cache.k[:, :, :, self.cur] = kk
+            cache.v[:, :, :, self.cur] = vv
+
 
 class FusedBatch:
     """One evaluation that is both the context pass of chunks just made and the first
@@ -424,7 +493,7 @@ class FusedBatch:
     def __init__(self, deferred: list[tuple[KVCache, ReadView, tuple[str, int]]], caches: list[KVCache]):
         self.caches = caches
         self.rows = [c.k.shape[1] for c in caches]
-        self.cur = cur = caches[0].current.token_slice(0)
+        self.cur = caches[0].current.token_slice(0)
         views = [view for _, view, _ in deferred]
         self.n_deferred = sum(view.k_rot.shape[1] for view in views)
         offsets = [sum(self.rows[:i]) for i in range(len(caches))]
@@ -436,19 +505,35 @@ class FusedBatch:
             self.targets.append((cache, slice(row, row + b), slice(new, new + b),
                                  cache.regions[region].token_slice(index)))
             row += b
-        self.k_rot = torch.cat([v.k_rot for v in views] + [c.k_rot for c in caches], dim=1)
-        self.v = torch.cat([v.v for v in views] + [c.v for c in caches], dim=1)
-        self.cos = torch.cat([v.cos for v in views] + [c.cos[:, None, cur] for c in caches])
-        self.sin = torch.cat([v.sin for v in views] + [c.sin[:, None, cur] for c in caches])
+        self.views = views
         priors = [v.prior for v in views] + [c.prior for c in caches]
         self.prior = None if priors[0] is None else torch.cat(priors)
-        masks = [(v.mask, v.k_rot.shape[1]) for v in views] + [(c.mask, r) for c, r in zip(caches, self.rows)]
-        self.mask: Tensor | None = None
-        if any(m is not None for m, _ in masks):
-            n = caches[0].n_tokens
-            ones = torch.ones(n, dtype=torch.bool, device=self.k_rot.device)
-            self.mask = torch.cat([(ones if m is None else m).view(1, 1, 1, n).expand(r, 1, 1, n)
-                                   for m, r in masks])
+
+    # the batch's own read, made on first use (an engine reads `flat_reads` instead)
+    @functools.cached_property
+    def k_rot(self) -> Tensor:
+        return torch.cat([v.k_rot for v in self.views] + [c.k_rot for c in self.caches], dim=1)
+
+    @functools.cached_property
+    def v(self) -> Tensor:
+        return torch.cat([v.v for v in self.views] + [c.v for c in self.caches], dim=1)
+
+    @functools.cached_property
+    def cos(self) -> Tensor:
+        return torch.cat([v.cos for v in self.views] + [c.cos[:, None, self.cur] for c in self.caches])
+
+    @functools.cached_property
+    def sin(self) -> Tensor:
+        return torch.cat([v.sin for v in self.views] + [c.sin[:, None, self.cur] for c in self.caches])
+
+    @functools.cached_property
+    def mask(self) -> Tensor | None:
+        masks = [(v.mask, v.k_rot.shape[1]) for v in self.views] + [(c.mask, r) for c, r in zip(self.caches, self.rows)]
+        if all(m is None for m, _ in masks):
+            return None
+        n = self.caches[0].n_tokens
+        ones = torch.ones(n, dtype=torch.bool, device=self.caches[0].k.device)
+        return torch.cat([(ones if m is None else m).view(1, 1, 1, n).expand(r, 1, 1, n) for m, r in masks])
 
     def write(self, layer: int, k: Tensor, v: Tensor) -> None:
         n, cur = self.n_deferred, self.cur
@@ -469,6 +554,38 @@ class FusedBatch:
         n = self.n_deferred
         for cache, f, p in zip(self.caches, frame[n:].split(self.rows), pos[n:].split(self.rows)):
             cache.write_frame(f, p)
+
+    def flat_reads(self) -> tuple[FlatRead | None, FlatRead]:
+        """The deferred rows' reads (their views), and the next rows' (their caches' own),
+        with the deferred chunks' slots hidden from the next rows and linked to the deferred
+        rows instead (their new K/V, rotated as the next read has that slot). No copy of a
+        single stream's reads."""
+        cur = self.cur
+        deferred = group_read([(v.k_rot, v.v, v.mask, v.cos, v.sin, v.prior) for v in self.views], cur) \
+            if self.views else None
+        r = group_read([(c.k_rot, c.v, c.mask, c.cos[:, None, cur], c.sin[:, None, cur], c.prior)
+                        for c in self.caches], cur)
+        link_cos, link_sin = r.link_cos.clone(), r.link_sin.clone()
+        for cache, old, new, slot in self.targets:
+            new = slice(new.start - self.n_deferred, new.stop - self.n_deferred)
+            r.visible[new, slot] = False
+            r.link[new] = torch.arange(old.start, old.stop, device=r.link.device)
+            r.linked[new] = True
+            link_cos[new], link_sin[new] = cache.cos[:, None, slot], cache.sin[:, None, slot]
+        return deferred, dataclasses.replace(r, link_cos=link_cos, link_sin=link_sin)
+
+    def write_layers(self, k: Tensor, v: Tensor) -> None:
+        """`write` for every layer at once: k, v (depth, B, H, tokens_per_chunk, Dh)."""
+        n, cur = self.n_deferred, self.cur
+        for cache, old, _, slot in self.targets:
+            kk = k[:, old]
+            cache.k[:, :, :, slot] = kk
+            cache.v[:, :, :, slot] = v[:, old]
+            apply_rope(kk, cache.cos[None, :, None, slot], cache.sin[None, :, None, slot],
+                       out=cache.k_rot[:, :, :, slot])
+        for cache, kk, vv in zip(self.caches, k[:, n:].split(self.rows, 1), v[:, n:].split(self.rows, 1)):
+            cache.k[:, :, :, cur] = kk
+            cache.v[:, :, :, cur] = vv
 
     def read(self, layer: int) -> tuple[Tensor, Tensor, Tensor | None]:
         return self.k_rot[layer], self.v[layer], self.mask

@@ -76,9 +76,11 @@ class LiveReel(nn.Module):
         d = self.config.dit
         prior = None
         if d.warp_prior and d.prior_space == "pixel":
-            prior = pixel_prior(self.vae, cache.frame[::rows], cache.frame_pos[::rows],
-                                cache.frame_valid[::rows], camera.pos[::rows], d.grid).repeat_interleave(rows, 0)
+            prior = self.pixel_prior(self.vae, cache.frame[::rows], cache.frame_pos[::rows],
+                                     cache.frame_valid[::rows], camera.pos[::rows], d.grid).repeat_interleave(rows, 0)
         self.dit.begin_chunk(cache, camera, first_frame, prior=prior)
+
+    pixel_prior = staticmethod(pixel_prior)  # model/prior.py; an engine (model/engine.py) replaces it
 
     def evaluate(self, x: torch.Tensor, t: torch.Tensor, text: TextCond, camera: CameraCond, ctx,
                  kv_only: bool = False, context_rows: int = 0) -> torch.Tensor | None:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from model import world
+from model.engine_choice import add_engine_argument, apply_engine
 from model.sampling import Sampling, add_sampling_arguments, sampling_from_args
 
 log = logging.getLogger(__name__)
@@ -1198,6 +1199,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", metavar="S", type=int, default=0,
                         help="seed of the scenario and of the streams (default: 0)")
     add_sampling_arguments(parser)
+    add_engine_argument(parser)
     parser.add_argument("--json", metavar="OUT", type=Path, default=None,
                         help="write every figure as JSON to this file")
     parser.add_argument("--plots", metavar="DIR", type=Path, default=None,
@@ -1213,12 +1215,12 @@ def _error(msg: str) -> int:
     return 2
 
 
-def _model_source(checkpoint: str, seed: int, sampling: Sampling):
-    """(model, make_generator, size, fps, frames_per_chunk) for a model checkpoint;
-    make_generator(memory=False) switches the memory bank off."""
+def _model_source(checkpoint: str, seed: int, sampling: Sampling, engine: str = "eager"):
+    """(model, make_generator, size, fps, frames_per_chunk) for a model checkpoint run by
+    `engine`; make_generator(memory=False) switches the memory bank off."""
     from model import load_model
 
-    model = load_model(checkpoint)
+    model = apply_engine(load_model(checkpoint), engine)
     cfg = model.config
 
     def make(memory: bool = True):
@@ -1258,9 +1260,11 @@ def main(args: argparse.Namespace) -> int:
     sources: dict[str, Callable[[], object]] = {}
     size, fps, chunk = world.REF_SIZE, 16, 16
     if checkpoint is not None:
+        from model.engine import EngineError
+
         try:
-            model, make, size, fps, chunk = _model_source(checkpoint, args.seed, sampling)
-        except (ImportError, OSError, ValueError, KeyError) as e:
+            model, make, size, fps, chunk = _model_source(checkpoint, args.seed, sampling, args.engine)
+        except (ImportError, OSError, ValueError, KeyError, EngineError) as e:
             return _error(f"cannot load model {checkpoint!r}: {e}")
     if args.ground_truth:
         sources["ground_truth"] = lambda: WorldGenerator(args.seed, size, fps, chunk)

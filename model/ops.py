@@ -24,6 +24,9 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor, out: Tensor | None = None) -
     `tables` make them). Three ops instead of six (no rotated copy of x); `out` (x's
     shape) receives the result in place, e.g. a slot of the KV cache."""
     h = x.shape[-1] // 2
+    if out is None and (torch.compiler.is_exporting() or torch.compiler.is_compiling()):
+        # a graph's form: in-place writes to halves become scatters there
+        return x * cos + torch.cat((-x[..., h:], x[..., :h]), -1) * sin
     out = torch.mul(x, cos, out=out) if out is not None else x * cos
     s = sin[..., :h]
     out[..., :h].addcmul_(x[..., h:], s, value=-1)

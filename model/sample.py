@@ -14,6 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from model.sampling import add_sampling_arguments, sampling_from_args
+from model.engine_choice import add_engine_argument, apply_engine
 from model.wan.config import add_wan_arguments, wan_options_from_args
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default="default", help="checkpoint name or path ('debug' for a random model)")
     add_sampling_arguments(p)
     add_wan_arguments(p)
+    add_engine_argument(p)
     p.add_argument("--seed", type=int, default=0, help="noise seed")
     p.add_argument("--then", default=None, metavar="PROMPT", help="switch to this prompt mid-clip")
     p.add_argument("--switch-at", type=float, default=None, metavar="SECONDS",
@@ -93,9 +95,11 @@ def main(args: argparse.Namespace) -> int:
         wan = wan_options_from_args(args)
     except ValueError as e:
         raise SystemExit(f"livereel sample: {e}") from None
+    from model.engine import EngineError
+
     try:
-        model = load_model(args.checkpoint, wan=wan)
-    except CheckpointError as e:
+        model = apply_engine(load_model(args.checkpoint, wan=wan), args.engine)
+    except (CheckpointError, EngineError) as e:
         raise SystemExit(f"livereel sample: {e}") from None
     gen = sampling.generator(model, seed=args.seed)
     gen.set_prompt(args.prompt)

@@ -39,6 +39,7 @@ import gradio as gr
 import numpy as np
 
 from model.sampling import Sampling, add_sampling_arguments, sampling_from_args
+from model.engine_choice import add_engine_argument, apply_engine
 from model.wan.config import add_wan_arguments, wan_options_from_args
 from streamer.controls import MAX_PROMPT_CHARS, MAX_SEED, MAX_TRANSITION_CHUNKS
 from streamer.session import LOG_VERSION, EventLog
@@ -482,6 +483,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="checkpoint name or path ('debug' for a random model)")
     add_sampling_arguments(p)
     add_wan_arguments(p)
+    add_engine_argument(p)
     p.add_argument("--max-sessions", type=int, default=2,
                    help="streams generated at once; later visitors wait in a queue")
 
@@ -503,9 +505,11 @@ def main(args: argparse.Namespace) -> int:
         print(f"livereel demo: Gradio's streaming video needs {' and '.join(missing)} on PATH "
               "(Debian: apt-get install ffmpeg)", file=sys.stderr)
         return 1
+    from model.engine import EngineError
+
     try:
-        model = load_model(args.checkpoint, wan=wan)
-    except CheckpointError as e:
+        model = apply_engine(load_model(args.checkpoint, wan=wan), args.engine)
+    except (CheckpointError, EngineError) as e:
         print(f"livereel demo: {e}", file=sys.stderr)
         return 1
     app = build_app(model, sampling, args.max_sessions)

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tqdm import tqdm
 
 from model.sampling import add_sampling_arguments, sampling_from_args
+from model.engine_choice import add_engine_argument, apply_engine
 from model.wan.config import add_wan_arguments, wan_options_from_args
 
 MAX_SECONDS = 24 * 3600
@@ -163,6 +164,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default="default", help="checkpoint name or path ('debug' for a random model)")
     add_sampling_arguments(p)
     add_wan_arguments(p)
+    add_engine_argument(p)
     p.add_argument("--seed", type=int, default=None, help="override the timeline's seed")
 
 
@@ -181,11 +183,12 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"livereel export: {e}") from None
 
     from model import CheckpointError, load_model
+    from model.engine import EngineError
     from model.sample import write_mp4
 
     try:
-        model = load_model(args.checkpoint, wan=wan)
-    except CheckpointError as e:
+        model = apply_engine(load_model(args.checkpoint, wan=wan), args.engine)
+    except (CheckpointError, EngineError) as e:
         raise SystemExit(f"livereel export: {e}") from None
     fps = model.config.fps
     gen = sampling.generator(model, seed=tl.seed if args.seed is None else args.seed)

@@ -11,6 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
+from model.engine_choice import add_engine_argument, apply_engine
 from model.sampling import Sampling, SamplingError
 from streamer.controls import ProtocolError, parse_control
 from streamer.export import TimelineError, render
@@ -91,6 +92,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help="model to use (default: the recorded one)")
     p.add_argument("--frames", type=int, default=None,
                    help="frames to render (default: through the last event, plus 10 seconds)")
+    add_engine_argument(p)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -117,6 +119,7 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"livereel replay: {where} {e.detail}") from None
 
     from model import CheckpointError, load_model
+    from model.engine import EngineError
     from model.sample import write_mp4
     from model.wan.config import Recipe, WanOptions
 
@@ -126,7 +129,8 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"livereel replay: {args.log}:1: header 'recipe': {e}") from None
     try:  # a recipe-sampled model (Wan) streams as the log says
         model = load_model(args.checkpoint or header["model"], wan=WanOptions(recipe=recipe) if recipe else None)
-    except CheckpointError as e:
+        model = apply_engine(model, args.engine)
+    except (CheckpointError, EngineError) as e:
         raise SystemExit(f"livereel replay: {e}") from None
     fps = model.config.fps
     n = args.frames or max([header.get("frames", 0)] + [e["frame"] for e in events]) + 10 * fps

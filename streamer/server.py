@@ -57,6 +57,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from model.sampling import add_sampling_arguments, sampling_from_args
+from model.engine_choice import add_engine_argument, apply_engine
 from model.wan.config import add_wan_arguments, wan_options_from_args
 from streamer.controls import (
     CONTROL_RATE,
@@ -484,9 +485,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-sessions", type=int, default=2, help="streams served at once; more are refused")
     add_sampling_arguments(parser)
     add_wan_arguments(parser)
+    add_engine_argument(parser)
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the DiT's blocks (about 1.1x a chunk on CPU, after ~30 s of "
-                             "compiling at start)")
+                        help="torch.compile the eager DiT's blocks (about 1.1x a chunk on CPU, after ~30 s of "
+                             "compiling at start; with --engine eager)")
     parser.add_argument("--record-dir", type=Path, help="write each session's event log here as ID.jsonl")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="prompt of a session whose offer names none")
     parser.add_argument(
@@ -549,20 +551,27 @@ def main(args: argparse.Namespace) -> int:
     from model import CheckpointError, load_model  # (torch: only once the flags are good)
     from model.generate import next_frames_batch
 
+    from model.engine import EngineError
+
     try:
-        model = load_model(args.checkpoint, wan=wan)
+        model = apply_engine(load_model(args.checkpoint, wan=wan), args.engine, args.compile)
     except CheckpointError as e:
         log.error("cannot load checkpoint %r: %s", args.checkpoint, e)
         return 1
+    except EngineError as e:
+        log.error("--engine %s: %s", args.engine, e)
+        return 2
     plan = model.memory_plan()
     log.info("memory: %s", ", ".join(f"{part} {n / 2**20:.1f} MiB" for part, n in plan.items()))
     # The first Generator and chunk of a process pay one-off costs (lazy init, kernel
     # selection, compiling): pay them now, not in the first viewer's wait, and fail before serving.
     start = time.perf_counter()
-    if args.compile:
-        from model.compile import compile_dit, warm_up
+    from model.compile import compile_dit, warm_up
 
+    if args.compile:
         warm_up(compile_dit(model), sampling, min(args.max_sessions, 2))
+    elif hasattr(model, "engine_parts"):  # each shape a server meets compiles once: now, not in a viewer's wait
+        warm_up(model, sampling, min(args.max_sessions, 2))
     else:
         sampling.generator(model, seed=0).next_frames()
     log.info("model %r ready; warm-up took %.2f s", args.checkpoint, time.perf_counter() - start)
