@@ -6,7 +6,8 @@ few chunks, the engines in turn (so a slow spell of the machine hits all of them
 a block's first chunk, which meets the last engine's idle threads still spinning, is
 not timed; a pause between them instead lets this VM park the cores, which slows all
 that follows it, 1.3-1.8x measured): the phases
-of a chunk (warped prior, DiT, VAE decode, VP8 encode) in wall-clock ms, the ratio of each
+of a chunk (warped prior, DiT: its evaluations alone and the whole phase with the
+sampler and cache work around them, VAE decode, VP8 encode) in wall-clock ms, the ratio of each
 to eager's, the real-time factor, and how far each engine's latents are from eager's.
 Torch runs its intra-op threads for eager and one thread beside an engine (its spinning
 workers would take the cores the engine's threads need), as `use_engine` sets it.
@@ -31,34 +32,56 @@ from model.sampling import Sampling
 
 log = logging.getLogger(__name__)
 
-PARTS = ("prepare", "dit", "decode", "encode", "total")
+PARTS = ("prepare", "evaluate", "dit", "decode", "encode", "total")
 BLOCK = 5  # chunks an engine runs in a row (the first, after another engine's, untimed)
 
 
-def _chunk(gen, enc: Encoder) -> dict[str, float]:
+class Evaluations:
+    """Wall seconds a model's `evaluate` calls take (the DiT evaluations alone: no sampler
+    arithmetic, no cache bookkeeping between them)."""
+
+    def __init__(self, model: LiveReel):
+        self.inner, self.seconds = model.evaluate, 0.0
+        model.evaluate = self
+
+    def __call__(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return self.inner(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def take(self) -> float:
+        out, self.seconds = self.seconds, 0.0
+        return out
+
+
+def _chunk(gen, enc: Encoder, evals: Evaluations) -> dict[str, float]:
+    evals.take()
     start = time.perf_counter()
     frames = gen.decode(gen.step())
     t = time.perf_counter()
     enc.encode(frames)
     encode = time.perf_counter() - t
     tm = gen.timings
-    return {"prepare": tm["prepare"].wall + tm["controls"].wall, "dit": tm["denoise"].wall + tm["context"].wall,
-            "decode": tm["decode"].wall, "encode": encode, "total": time.perf_counter() - start}
+    return {"prepare": tm["prepare"].wall + tm["controls"].wall, "evaluate": evals.take(),
+            "dit": tm["denoise"].wall + tm["context"].wall, "decode": tm["decode"].wall, "encode": encode,
+            "total": time.perf_counter() - start}
 
 
 def compare(model: LiveReel, engines: list[str], chunks: int, threads: int, sampling: Sampling = Sampling()) -> dict:
     """Interleaved chunk costs of `model` run eagerly and by each of `engines`."""
     names = ["eager"] + [e for e in engines if e != "eager" and available(e)]
-    models, gens, encs, startup = {}, {}, {}, {}
+    models, gens, encs, evals, startup = {}, {}, {}, {}, {}
     for name in names:
-        m = model if name == "eager" else use_engine(copy.deepcopy(model), name, threads=threads)
+        m = copy.deepcopy(model) if name == "eager" else use_engine(copy.deepcopy(model), name, threads=threads)
         torch.set_num_threads(threads if name == "eager" else 1)
         start = time.perf_counter()
         gens[name] = new_generator(m, sampling=sampling, warm=1)
         first = time.perf_counter() - start
         for _ in range(fill_chunks(m)):
             gens[name].next_frames()
-        models[name], encs[name] = m, Encoder(m)
+        models[name], encs[name], evals[name] = m, Encoder(m), Evaluations(m)
         parts = getattr(m, "engine_parts", None)
         startup[name] = {"first_chunk_s": first, **({
             "export_s": {p.name: p.export_s for p in parts.parts},
@@ -68,7 +91,7 @@ def compare(model: LiveReel, engines: list[str], chunks: int, threads: int, samp
     for _ in range(max(1, chunks // BLOCK)):
         for name in names:
             torch.set_num_threads(threads if name == "eager" else 1)
-            block = [_chunk(gens[name], encs[name]) for _ in range(BLOCK + 1)]
+            block = [_chunk(gens[name], encs[name], evals[name]) for _ in range(BLOCK + 1)]
             rows[name] += block[1:]  # the first meets the last engine's threads still spinning
         ref = gens["eager"].unwritten.x
         for name in names[1:]:

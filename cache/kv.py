@@ -175,13 +175,13 @@ def group_read(reads: list[tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor, 
                ) -> FlatRead:
     """One `FlatRead` of several reads' rows, each (k_rot, v, mask, cos, sin, prior); a
     single read is used as it is (no copy: the engine reads the cache's own buffers)."""
-    if len(reads) == 1:
-        return flat_read(*reads[0][:3], cur, *reads[0][3:])
-    k_rot, v, masks, cos, sin, priors = zip(*reads)
-    visible = torch.cat([flat_read(k, vv, m, cur, c, s, None).visible for k, vv, m, c, s in zip(k_rot, v, masks, cos, sin)])
-    r = flat_read(torch.cat(k_rot, 1), torch.cat(v, 1), None, cur, torch.cat(cos), torch.cat(sin),
-                  None if priors[0] is None else torch.cat(priors))
-    return dataclasses.replace(r, visible=visible)
+    parts = [flat_read(k, v, mask, cur, cos, sin, prior) for k, v, mask, cos, sin, prior in reads]
+    if len(parts) == 1:
+        return parts[0]
+    rows = {"k_rot": 1, "v": 1}  # the rows' dimension of each field (0 where not named)
+    return FlatRead(**{f.name: None if getattr(parts[0], f.name) is None else
+                       torch.cat([getattr(p, f.name) for p in parts], rows.get(f.name, 0))
+                       for f in dataclasses.fields(FlatRead)})
 
 
 @dataclass(frozen=True)
@@ -306,11 +306,12 @@ class KVCache:
         return None, flat_read(self.k_rot, self.v, self.mask, self.current.token_slice(0), cos, sin, self.prior)
 
     def write_layers(self, k: Tensor, v: Tensor) -> None:
-        """`write` for every layer at once: k, v (depth, B, H, tokens_per_chunk, Dh)."""
+        """`store` for every layer at once: k, v (depth, B, H, tokens_per_chunk, Dh). (The
+        rotated copy `write` keeps is read by no one after the evaluation: the commit moves
+        k and v, and the next read rotates them.)"""
         cur = self.current.token_slice(0)
         self.k[:, :, :, cur] = k
         self.v[:, :, :, cur] = v
-        apply_rope(k, self._cur_rope[0][None], self._cur_rope[1][None], out=self.k_rot[:, :, :, cur])
 
     def write_frame(self, frame: Tensor, pos: Tensor) -> None:
         """The chunk in flight's last latent frame (B, C, h, w) and camera (B, 3)."""
@@ -561,18 +562,18 @@ class FusedBatch:
         rows instead (their new K/V, rotated as the next read has that slot). No copy of a
         single stream's reads."""
         cur = self.cur
-        deferred = group_read([(v.k_rot, v.v, v.mask, v.cos, v.sin, v.prior) for v in self.views], cur) \
-            if self.views else None
+        deferred = None
+        if self.views:
+            deferred = group_read([(v.k_rot, v.v, v.mask, v.cos, v.sin, v.prior) for v in self.views], cur)
         r = group_read([(c.k_rot, c.v, c.mask, c.cos[:, None, cur], c.sin[:, None, cur], c.prior)
                         for c in self.caches], cur)
-        link_cos, link_sin = r.link_cos.clone(), r.link_sin.clone()
-        for cache, old, new, slot in self.targets:
+        for cache, old, new, slot in self.targets:  # (flat_read's visibility and links are new tensors)
             new = slice(new.start - self.n_deferred, new.stop - self.n_deferred)
             r.visible[new, slot] = False
             r.link[new] = torch.arange(old.start, old.stop, device=r.link.device)
             r.linked[new] = True
-            link_cos[new], link_sin[new] = cache.cos[:, None, slot], cache.sin[:, None, slot]
-        return deferred, dataclasses.replace(r, link_cos=link_cos, link_sin=link_sin)
+            r.link_cos[new], r.link_sin[new] = cache.cos[:, None, slot], cache.sin[:, None, slot]
+        return deferred, r
 
     def write_layers(self, k: Tensor, v: Tensor) -> None:
         """`write` for every layer at once: k, v (depth, B, H, tokens_per_chunk, Dh)."""

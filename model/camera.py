@@ -84,11 +84,16 @@ def warp_frame(frame: Tensor, frame_pos: Tensor, valid: Tensor, pos: Tensor, gri
     prev = frame_pos[:, None]  # (B, 1, 3)
     scale = torch.exp2(prev[..., 2] - pos[..., 2])  # (B, F)
     shift = (pos[..., :2] - prev[..., :2]) * torch.exp2(prev[..., 2:3]) / (grid / 2)  # (B, F, 2)
-    zero = torch.zeros_like(scale)
-    theta = torch.stack((torch.stack((scale, zero, shift[..., 0]), -1),
-                         torch.stack((zero, scale, shift[..., 1]), -1)), -2)  # (B, F, 2, 3)
     src = torch.cat((frame, torch.ones_like(frame[:, :1])), 1) * valid[:, None, None, None]
     src = src[:, None].expand(B, Fr, *src.shape[1:]).flatten(0, 1)  # (B*F, C+1, h, w)
-    where = F.affine_grid(theta.flatten(0, 1), list(src.shape), align_corners=False)
+    # F.affine_grid's sampling grid for the map (scale, 0, shift_x; 0, scale, shift_y), made
+    # directly: the view's pixel centres (as affine_grid places them), scaled and shifted
+    # (a general 2x3 product costs an engine a reduction per pixel)
+    h, w = src.shape[-2:]
+    xs = torch.linspace(-1, 1, w, device=src.device, dtype=src.dtype) * ((w - 1) / w)
+    ys = torch.linspace(-1, 1, h, device=src.device, dtype=src.dtype) * ((h - 1) / h)
+    scale, shift = scale.reshape(-1, 1, 1), shift.reshape(-1, 1, 1, 2)
+    where = torch.stack(((scale * xs[None, None, :]).expand(-1, h, w), (scale * ys[None, :, None]).expand(-1, h, w)),
+                        -1) + shift  # (B*F, h, w, 2)
     out = F.grid_sample(src, where, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out.view(B, Fr, *out.shape[1:])

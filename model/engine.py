@@ -10,17 +10,21 @@ Parts (each a small `nn.Module` over the model's own modules, so there is one mo
 - "dit": one streaming evaluation (`StreamEval`): chunk latents, timesteps, camera, text
   and the context's `FlatRead` in; velocity and every layer's new K/V out. The context's
   writes are done by the caller (`write_layers`), so the cache stays plain Python.
+  "dit-fused": the same with the previous chunks' context passes riding along
+  (`cache.kv.FusedBatch`), their reads given apart (no copy joins them before the graph).
 - "decode": one streaming VAE decode step (latents and the decoder's state in; frames in
   [-1, 1] and the next state out).
 - "prior": the warped prior in pixel space (model/prior.py: decode, warp, encode).
-Rows (streams, guidance, deferred context passes) are a dynamic axis: one graph per part.
+Rows (streams, guidance, context passes) are dynamic axes of the exported file; the engine
+compiles it once per shape it meets (static shapes ran 1.2x faster in OpenVINO).
 
 Engines: "openvino" (OpenVINO's CPU plugin, reading the ONNX file), "onnxruntime", and
 "eager" (none: PyTorch as built). `use_engine(model, name)` applies one to a built model,
 as `model.compile.compile_dit` does: the model file does not import this one. Exported
 files are kept under `cache_dir()` (`~/.cache/livereel/engine`), named by a digest of the
-weights, the part, the input shapes and the torch version, so a second start only loads
-them. Measured (README, "CPU engine"): `livereel bench --engines`.
+weights, the part, the input shapes, the torch version and the source of the model and
+cache packages, so a second start only loads them. Measured (README, "CPU engine"):
+`livereel bench --engines-only --widths 192/3,256/4,384/6`.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ from model.prior import pixel_prior
 log = logging.getLogger(__name__)
 
 ENGINES = ("eager", "openvino", "onnxruntime")
-FORMAT = 2  # bump when the exported functions change: old files are then not reused
+FORMAT = 2  # the exported files' layout (their names also hash the code that made them)
 PACKAGES = {"openvino": "openvino", "onnxruntime": "onnxruntime"}
 
 
@@ -188,9 +192,21 @@ class PixelPrior(nn.Module):
 # --------------------------------------------------------------------------- export and run
 
 
+@functools.cache
+def _code_digest() -> str:
+    """The source of the model and cache packages: an exported graph is that code traced,
+    so a change to it (an upgrade, an edit) exports anew."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for path in sorted([*(root / "model").glob("*.py"), *(root / "cache").glob("*.py")]):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
 def _digest(module: nn.Module, name: str, inputs: dict[str, Tensor], dynamic: "Dynamic") -> str:
     free = {k: d for k, (d, _) in dynamic.items()}
-    h = hashlib.sha256(json.dumps({"format": FORMAT, "part": name, "torch": torch.__version__,
+    h = hashlib.sha256(json.dumps({"format": FORMAT, "part": name, "torch": torch.__version__, "code": _code_digest(),
                                    "shapes": {k: [-1 if i == free.get(k) else n for i, n in enumerate(v.shape)]
                                               for k, v in inputs.items()},
                                    "dtypes": {k: str(v.dtype) for k, v in inputs.items()}}).encode())
@@ -216,20 +232,32 @@ def export_onnx(module: nn.Module, inputs: dict[str, Tensor], dynamic: Dynamic, 
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as tmp, _quiet_exporter():
         out = Path(tmp) / path.name
         with torch.no_grad():
+            # the engines optimise the graph themselves: onnxscript's pass costs a third of
+            # the export time and changed nothing OpenVINO ran (13.3 vs 13.1 ms)
             program = torch.onnx.export(module, (), kwargs=inputs, dynamic_shapes=shapes, dynamo=True,
-                                        optimize=True, verbose=False, external_data=False)
+                                        optimize=False, verbose=False, external_data=False)
         program.save(str(out), external_data=False)
         os.replace(out, path)
 
 
+KEEP = 8  # exported files kept per part (other weights, shapes, code); the oldest go first
+
+
+def _prune(directory: Path, name: str) -> None:
+    files = sorted(directory.glob(f"{name}-" + "[0-9a-f]" * 20 + ".onnx"), key=lambda f: f.stat().st_mtime)
+    for old in files[:-KEEP]:
+        old.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def _quiet_exporter():
-    """The exporter's passes log every rewrite at INFO and warn about its own internals."""
+    """The exporter's passes log every rewrite at INFO and warn about its own internals
+    (torchvision's ops not registered, and the like)."""
     loggers = [logging.getLogger(n) for n in ("onnxscript", "onnx_ir", "torch.onnx", "torch.export")]
     levels = [lg.level for lg in loggers]
     try:
         for lg in loggers:
-            lg.setLevel(logging.WARNING)
+            lg.setLevel(logging.ERROR)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
@@ -273,6 +301,9 @@ class Part:
                 export_onnx(self.module, inputs, dynamic, path)
                 self.export_s = time.perf_counter() - start
                 log.info("engine: exported %s in %.1f s (%s)", self.name, self.export_s, path)
+                _prune(self.directory, self.name)
+            else:
+                os.utime(path)  # recently used: pruned last
             self.path = path
         start = time.perf_counter()
         sizes = {name: inputs[k].shape[d] for k, (d, name) in self.dynamic.items() if k in inputs}
@@ -344,7 +375,7 @@ class EngineParts:
 
     def __init__(self, model, engine: str, threads: int, directory: Path):
         d = model.config.dit
-        self.model = model
+        self.model, self.engine = model, engine
         rows = {k: (ROW_DIM.get(k, 0), "rows") for k in (*READ, "link", "linked", "link_cos", "link_sin")}
         ctx_rows = {"ctx_" + k: (ROW_DIM.get(k, 0), "ctx_rows") for k in READ}
         self.dit = Part("dit", StreamEval(model.dit), engine, rows, threads, directory)

@@ -63,10 +63,32 @@ def test_smoke_reports_every_field(tmp_path, capsys):
         assert {"ms", "dit_flops_wall", "fraction_of_peak_wall"} <= set(res["efficiency"]["by_rows"][n])
     assert len(res["targets"]) == 10 and all({"name", "target", "value", "met"} <= set(t) for t in res["targets"])
     assert set(res["widths"]) == {"64/2"} and res["widths"]["64/2"]["dim"] == 64
-    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["sessions_debug.png", "stream_length_debug.png",
-                                                                      "widths_debug.png"]
+    assert res["config"]["engine"] == "openvino" and res["widths"]["64/2"]["engine"] == "openvino"
+    # engines against eager, per width and part, equal to eager's latents
+    assert set(report["engines"]) == {"32/2", "64/2"}
+    for width in report["engines"].values():
+        assert {"eager", "openvino", "onnxruntime"} <= set(width["engines"])
+        for name, e in width["engines"].items():
+            assert set(e["ms"]) == {"prepare", "evaluate", "dit", "decode", "encode", "total"} and e["rtf"] > 0
+            assert e["max_rel_error"] < 1e-4
+            if name != "eager":
+                assert set(e["export_s"]) == {"dit", "dit-fused", "decode", "prior"}
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["engines.png", "sessions_debug.png",
+                                                                      "stream_length_debug.png", "widths_debug.png"]
     table = capsys.readouterr().out
     assert "real-time factor" in table and "no cache" in table and "DiT width 64/2" in table
+    assert "openvino" in table and "max rel err" in table
+
+
+def test_engines_only_runs_the_comparison_alone(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert run.main(bench_args("--checkpoint", "debug", "--smoke", "--engines-only", "--engines", "openvino",
+                               "--threads", "1", "--json", str(out))) == 0
+    report = json.loads(out.read_text())
+    assert report["models"] == {} and set(report["engines"]["32/2"]["engines"]) == {"eager", "openvino"}
+    assert "openvino" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bench_args("--engines", "tensorrt")
 
 
 def test_wider_dits_are_built_and_timed_as_asked(debug_model):
