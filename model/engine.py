@@ -356,6 +356,7 @@ def _onnxruntime(path: Path, threads: int, shapes: dict[str, tuple[int, ...]], s
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only: it warns of every node it cannot constant-fold
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # leave the cores to torch between runs
     for name, size in sizes.items():  # a static shape per session, as OpenVINO's reshape
         options.add_free_dimension_override_by_name(name, size)
