@@ -19,6 +19,22 @@ from model.wan.config import add_wan_arguments, wan_options_from_args
 
 log = logging.getLogger(__name__)
 
+MAX_PROMPT_CHARS = 500  # as the page's and the timelines' (streamer/controls.py)
+
+
+def check_output(path: str | Path, flag: str = "-o") -> Path:
+    """An output file's path, checked before any work: its folder exists and is writable,
+    and it is not a folder itself. ValueError names the flag."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise ValueError(f"{flag} {path}: is a folder; give a file name")
+    if not parent.is_dir():
+        raise ValueError(f"{flag} {path}: no folder {parent}")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"{flag} {path}: cannot write in {parent}")
+    return path
+
 
 def write_mp4(frames: Iterable[np.ndarray], path: str | Path, fps: int, crf: int = 18) -> Path:
     """uint8 (H, W, 3) frames -> H.264 yuv420p MP4 with faststart; written to a temporary
@@ -90,9 +106,19 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit("--seconds must be in (0, 3600]")
     if not all(-1 <= v <= 1 for v in (*args.pan, args.zoom)):
         raise SystemExit("--pan and --zoom must be within [-1, 1]")
+    for text, flag in ((args.prompt, "--prompt"), (args.then, "--then")):
+        if text is not None and not 0 < len(text) <= MAX_PROMPT_CHARS:
+            raise SystemExit(f"livereel sample: {flag} must be 1 to {MAX_PROMPT_CHARS} characters "
+                             f"(got {len(text)}), as on the page")
+    if args.switch_at is not None and not 0 <= args.switch_at < args.seconds:
+        raise SystemExit(f"livereel sample: --switch-at {args.switch_at:g} is not within the clip "
+                         f"(0 to {args.seconds:g} s)")
     try:
         sampling = sampling_from_args(args)
         wan = wan_options_from_args(args)
+        check_output(args.output)
+        if args.strip is not None:
+            check_output(args.strip, "--strip")
     except ValueError as e:
         raise SystemExit(f"livereel sample: {e}") from None
     from model.engine import EngineError

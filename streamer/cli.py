@@ -1,8 +1,9 @@
-"""The `livereel` command: one subcommand per module, each module owning its flags.
+"""livereel: interactive, never-ending video generation, streamed live to the browser.
 
-A subcommand module exposes `add_arguments(parser)` and `main(args) -> int`. The table
-below maps names to modules; only the chosen subcommand's module is imported, so
-`livereel --help` stays fast and one part's import cost is not paid by the others.
+(For us: a subcommand module exposes `add_arguments(parser)` and `main(args) -> int`; the
+table below maps names to modules, and only the chosen one is imported, so `livereel
+--help` stays fast. Every command ends cleanly on Ctrl-C (exit 130) and SIGTERM (143):
+one line, no traceback, and its `finally` blocks run, so no temporary file is left.)
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import signal
 import sys
 
 # name -> (module, one-line help)
@@ -26,18 +29,42 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Each flag's default in its help, unless the help already says it or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if ("default" in text or action.default is None or action.default is False
+                or action.default == argparse.SUPPRESS or not action.option_strings
+                or isinstance(action.default, (list, tuple)) and not action.default):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that cleanup runs as for Ctrl-C (a
+    BaseException: no `except Exception` swallows it)."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def build_parser(command: str | None = None, add_help: bool = True
-                 ) -> tuple[argparse.ArgumentParser, object]:
-    """The parser, with the flags of `command` (if given) filled in from its module."""
+                 ) -> tuple[argparse.ArgumentParser, object, argparse.ArgumentParser | None]:
+    """The parser, with the flags of `command` (if given) filled in from its module; the
+    module and the command's own parser."""
     parser = argparse.ArgumentParser(prog="livereel", description=__doc__.splitlines()[0],
                                      add_help=add_help)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     # the first pass (add_help=False) only finds the command; the second one validates
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=add_help)
-    module = None
+    module, chosen = None, None
     for name, (module_name, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text, add_help=add_help)
+        p = sub.add_parser(name, help=help_text, description=help_text, add_help=add_help,
+                           formatter_class=HelpFormatter)
         if name == command:
+            chosen = p
             try:
                 module = importlib.import_module(module_name)
             except ModuleNotFoundError as e:
@@ -45,22 +72,34 @@ def build_parser(command: str | None = None, add_help: bool = True
                     raise
                 continue
             module.add_arguments(p)
-    return parser, module
+    return parser, module, chosen
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     first, _ = build_parser(add_help=False)[0].parse_known_args(argv)
-    parser, module = build_parser(first.command)
-    args = parser.parse_args(argv)
+    parser, module, command = build_parser(first.command)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # a typo in a command's flag: that command's usage, not the top level's
+        (command or parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not sys.stderr.isatty():  # progress bars are for people watching; a log gets the lines only
+        os.environ.setdefault("TQDM_DISABLE", "1")
     if module is None:
         print(f"livereel {args.command}: not available in this build yet", file=sys.stderr)
         return 2
-    return int(module.main(args) or 0)
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return int(module.main(args) or 0)
+    except KeyboardInterrupt:
+        print(f"livereel {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Terminated:
+        print(f"livereel {args.command}: terminated", file=sys.stderr)
+        return 143
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from model.sampling import add_sampling_arguments, sampling_from_args
 from model.engine_choice import add_engine_argument, apply_engine
+from model.sample import check_output
 from model.wan.config import add_wan_arguments, wan_options_from_args
 
 MAX_SECONDS = 24 * 3600
@@ -173,6 +174,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         sampling = sampling_from_args(args)
         wan = wan_options_from_args(args)
+        check_output(args.output)
     except ValueError as e:
         raise SystemExit(f"livereel export: {e}") from None
     if args.seed is not None and not 0 <= args.seed < 2**63:

@@ -12,9 +12,11 @@ import json
 from pathlib import Path
 
 from model.engine_choice import add_engine_argument, apply_engine
+from model.sample import check_output
 from model.sampling import Sampling, SamplingError
 from streamer.controls import ProtocolError, parse_control
 from streamer.export import TimelineError, render
+from streamer.session import LOG_VERSION
 
 KNOWN = {"prompt": {"text"}, "camera": {"pan", "zoom"}, "reset": {"seed"}, "pause": set(),
          "resume": set()}
@@ -32,6 +34,12 @@ def load_log(path: Path) -> tuple[dict, list[dict]]:
         raise TimelineError(f"{path}: not a text file") from None
     except OSError as e:
         raise TimelineError(f"{path}: cannot read: {e.strerror}") from None
+    try:  # a timeline (one JSON object with events) is not a log: say which command takes it
+        whole = json.loads("\n".join(lines))
+    except (json.JSONDecodeError, RecursionError):
+        whole = None
+    if isinstance(whole, dict) and "events" in whole and whole.get("what") != "header":
+        raise TimelineError(f"{path}: a timeline, not a session log; render it with `livereel export {path} -o OUT.mp4`")
     rows = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -48,6 +56,8 @@ def load_log(path: Path) -> tuple[dict, list[dict]]:
     if not rows or rows[0][1]["what"] != "header":
         raise TimelineError(f"{path}: the first line must be the header")
     header = rows[0][1]
+    if header.get("version", LOG_VERSION) != LOG_VERSION:
+        raise TimelineError(f"{path}:1: log version {header['version']!r}; this livereel reads version {LOG_VERSION}")
     for key, kind in (("seed", int), ("fps", int), ("steps", int), ("model", str)):
         if key not in header:
             raise TimelineError(f"{path}:1: header lacks '{key}'")
@@ -101,6 +111,10 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit("livereel replay: --steps must be >= 1")
     if args.frames is not None and args.frames < 1:
         raise SystemExit("livereel replay: --frames must be >= 1")
+    try:
+        check_output(args.output)
+    except ValueError as e:
+        raise SystemExit(f"livereel replay: {e}") from None
     try:
         header, events = load_log(args.log)
     except TimelineError as e:
