@@ -77,6 +77,8 @@ def build_parser(command: str | None = None, add_help: bool = True
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if not sys.stderr.isatty():  # progress bars are for people watching; a log gets the lines only
+        os.environ.setdefault("TQDM_DISABLE", "1")  # (read when tqdm is imported: before any command's module)
     first, _ = build_parser(add_help=False)[0].parse_known_args(argv)
     parser, module, command = build_parser(first.command)
     args, unknown = parser.parse_known_args(argv)
@@ -86,8 +88,6 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if not sys.stderr.isatty():  # progress bars are for people watching; a log gets the lines only
-        os.environ.setdefault("TQDM_DISABLE", "1")
     if module is None:
         print(f"livereel {args.command}: not available in this build yet", file=sys.stderr)
         return 2
