@@ -72,7 +72,7 @@ def _chunk(gen, enc: Encoder, evals: Evaluations) -> dict[str, float]:
 def compare(model: LiveReel, engines: list[str], chunks: int, threads: int, sampling: Sampling = Sampling()) -> dict:
     """Interleaved chunk costs of `model` run eagerly and by each of `engines`."""
     names = ["eager"] + [e for e in engines if e != "eager" and available(e)]
-    models, gens, encs, evals, startup = {}, {}, {}, {}, {}
+    gens, encs, evals, startup = {}, {}, {}, {}
     for name in names:
         m = copy.deepcopy(model) if name == "eager" else use_engine(copy.deepcopy(model), name, threads=threads)
         torch.set_num_threads(threads if name == "eager" else 1)
@@ -81,7 +81,7 @@ def compare(model: LiveReel, engines: list[str], chunks: int, threads: int, samp
         first = time.perf_counter() - start
         for _ in range(fill_chunks(m)):
             gens[name].next_frames()
-        models[name], encs[name], evals[name] = m, Encoder(m), Evaluations(m)
+        encs[name], evals[name] = Encoder(m), Evaluations(m)
         parts = getattr(m, "engine_parts", None)
         startup[name] = {"first_chunk_s": first, **({
             "export_s": {p.name: p.export_s for p in parts.parts},

@@ -382,7 +382,8 @@ class EngineParts:
         self.dit = Part("dit", StreamEval(model.dit), engine, rows, threads, directory)
         self.dit_fused = Part("dit-fused", StreamEval(model.dit, fused=True), engine, {**rows, **ctx_rows},
                               threads, directory)
-        self.decoder = Part("decode", DecodeStep(model.vae), engine, {"z": (0, "rows"), "state": (0, "rows")}, threads, directory)
+        self.decoder = Part("decode", DecodeStep(model.vae), engine, {"z": (0, "rows"), "state": (0, "rows")},
+                            threads, directory)
         self.prior = (Part("prior", PixelPrior(model.vae, d.grid), engine,
                            {k: (0, "rows") for k in ("frame", "frame_pos", "valid", "pos")}, threads, directory)
                       if d.warp_prior and d.prior_space == "pixel" else None)
@@ -396,9 +397,9 @@ class EngineParts:
         """`LiveReel.evaluate` through the engine: the same velocity and cache writes."""
         if not hasattr(ctx, "flat_reads"):  # a training-path context: the eager model
             return self.model.dit(x, t, text, camera, ctx, kv_only=kv_only, context_rows=context_rows)
-        deferred, read = ctx.flat_reads()
+        deferred, read = ctx.flat_reads()  # deferred: the first `context_rows` rows' read (a FusedBatch)
         kv = text.kv if text.kv is not None else self.model.dit.text_kv(text)
-        n = context_rows if deferred is not None else 0
+        n = context_rows
 
         def rows(r: FlatRead, s: slice, prefix: str = "") -> dict[str, Tensor]:
             got = {"x": x[s], "t": t[s], "pos": camera.pos[s], "motion": camera.motion[s], "pooled": text.pooled[s],
@@ -416,7 +417,7 @@ class EngineParts:
         ctx.write_layers(k, v)
         if self.model.config.dit.warp_prior:
             ctx.write_frame(x[:, -1], camera.pos[:, -1])
-        return None if kv_only else velocity[context_rows - n:]
+        return None if kv_only else velocity  # the fused graph leaves out the deferred rows'
 
     def decode(self, latents: Tensor, state):
         prev = state[0]
