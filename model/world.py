@@ -306,6 +306,68 @@ def caption(scene: Scene, rng: np.random.Generator, template: int | None = None)
     return text[0].upper() + text[1:] if rng.random() < 0.3 else text
 
 
+# Free wording for training captions: every word the parser knows, other sentence orders,
+# and now and then a prompt that names only some attributes, as users type them. The eval's
+# held-out paraphrases (examples/paraphrase_prompts.txt) use sentence forms not listed here.
+_FREE_PLACE = {
+    "grassland": ("fields", "a field", "a lawn", "meadows", "the prairie", "grasslands"),
+    "desert": ("dunes", "a sandy desert", "the dunes"),
+    "snowfield": ("a glacier", "an ice field", "a snowy plain", "snowfields"),
+    "ocean": ("waves", "the water", "the open sea", "the seas"),
+    "city": ("downtown", "the streets", "rooftops", "the town"),
+    "forest": ("the woods", "trees", "a jungle", "woodlands"),
+}
+_FREE_TIME = {
+    "day": ("in the morning", "at noon", "in the afternoon", "in daylight", "during the day"),
+    "sunset": ("at twilight", "at sundown", "at golden hour", "at dusk"),
+    "night": ("under moonlight", "on a moonlit night", "after dark", "at night"),
+}
+_FREE_WEATHER = {
+    "clear": ("under sunny skies", "in fair weather", "under a clear sky"),
+    "rain": ("in a drizzle", "in a storm", "in the showers", "in the rainfall", "in the rain"),
+    "snow": ("in a blizzard", "in a snowstorm", "among snowflakes", "in falling snow"),
+}
+_FREE_SHAPE = {"ball": ("globe",), "cube": ("crate",), "triangle": (), "star": ()}
+_FREE_MOTION = {"bouncing": ("jumping",), "drifting": ("wandering",), "orbiting": ("revolving",)}
+_FREE_TEMPLATES = (
+    "{place} {time}, {weather}; {a} {colour} {shape} {motion}",
+    "{a} {colour} {shape} is {motion} over {place}, {time}, {weather}",
+    "{weather} {time}: {place} and {a} {colour} {shape} {motion}",
+    "show me {a} {colour} {shape} {motion} over {place} {time} {weather}",
+    "{colour} {shape}, {motion}, {place}, {time}, {weather}",
+)
+_PARTIAL_TEMPLATES = (  # each leaves some attributes to the world
+    "{a} {colour} {shape} over {place}",
+    "{place} {time}",
+    "{place} {weather}",
+    "{a} {colour} {shape} {motion} {time}",
+)
+
+
+def free_caption(scene: Scene, rng: np.random.Generator, partial: bool = False) -> str:
+    """A caption in free wording (any word the parser knows, other sentence orders);
+    `partial`: one naming only some attributes (the rest are the world's choice)."""
+    colour = _pick(rng, COLOUR_WORDS[scene.colour] + _EXTRA_SYNONYMS["colour"][scene.colour])
+    slots = {
+        "colour": colour,
+        "a": "an" if colour[0] in "aeiou" else "a",
+        "shape": _pick(rng, SHAPE_WORDS[scene.shape] + _FREE_SHAPE[scene.shape]),
+        "motion": _pick(rng, MOTION_ING[scene.motion] + _FREE_MOTION[scene.motion]),
+        "place": _pick(rng, BIOME_PLACE[scene.biome] + _FREE_PLACE[scene.biome]),
+        "time": _pick(rng, TIME_PHRASE[scene.time] + _FREE_TIME[scene.time]),
+        "weather": _pick(rng, WEATHER_PHRASE[scene.weather] + _FREE_WEATHER[scene.weather]),
+    }
+    text = _pick(rng, _PARTIAL_TEMPLATES if partial else _FREE_TEMPLATES).format(**slots)
+    return text[0].upper() + text[1:] if rng.random() < 0.3 else text
+
+
+def training_caption(scene: Scene, rng: np.random.Generator) -> str:
+    """The caption a training clip gets: the grammar's (60%), free wording (30%) or a
+    partial prompt (10%)."""
+    u = rng.random()
+    return caption(scene, rng) if u < 0.6 else free_caption(scene, rng, partial=u >= 0.9)
+
+
 def scene_from_prompt(text: str, base: Scene) -> Scene:
     """`base` with the attributes that `text` names replaced."""
     return replace(base, **parse_prompt(text))
@@ -536,7 +598,11 @@ _LIGHT = {
     "night": ((0.30, 0.36, 0.58), (0.01, 0.02, 0.06)),
 }
 _OBJECT_GLOW = 0.45  # objects take only part of the scene light, so they stay legible at night
-_OBJECT_RADIUS = {"ball": 11.0, "cube": 11.0, "triangle": 12.5, "star": 14.0}  # px at REF_SIZE
+OBJECT_SCALE = 2.0
+"""Object size against the world of v0/v1 (1.0: a ball about 1.4 DiT tokens wide, which the
+DiT rarely drew; 2.0: about 2.75 tokens, the world of the v2 default model)."""
+_OBJECT_RADIUS = {k: r * OBJECT_SCALE for k, r in
+                  {"ball": 11.0, "cube": 11.0, "triangle": 12.5, "star": 14.0}.items()}  # px at REF_SIZE
 
 
 @dataclass(frozen=True)
@@ -903,13 +969,13 @@ def render_clip(
     cams = integrate_camera(start, cmds)
     switch = bool(rng.random() < 0.3) if switch is None else switch
     scenes = [scene] * n_frames
-    segments = [(0, caption(scene, rng))]
+    segments = [(0, training_caption(scene, rng))]
     switch_frames: list[int] = []
     if switch and n_frames >= 4:
         sf = int(rng.integers(n_frames // 4, 3 * n_frames // 4 + 1))
         new = change_scene(scene, rng, int(rng.integers(1, 4)))
         scenes = [scene] * sf + [new] * (n_frames - sf)
-        segments.append((sf, caption(new, rng)))
+        segments.append((sf, training_caption(new, rng)))
         switch_frames.append(sf)
     frames = render_frames(scenes, cams, np.arange(n_frames), motion, size, fps, world_seed)
     vel = np.diff(cams, axis=0, prepend=cams[:1])
