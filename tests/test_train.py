@@ -158,3 +158,16 @@ def test_object_weights_cover_the_object_and_the_flag_trains(vae_run, tmp_path):
     assert cli(dit_args(run, vae_run, 2) + ["--object-weight", "5"]) == 0
     with pytest.raises(SystemExit, match="object-weight"):
         cli(dit_args(tmp_path / "bad", vae_run, 2) + ["--object-weight", "-1"])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--device", "tpu"], "--device must be cpu, cuda or cuda:N"),
+    (["--device", "cuda:x"], "--device must be"),
+    (["--bf16"], "--bf16 needs --device cuda"),
+])
+def test_device_flags_are_checked_before_any_work(vae_run, tmp_path, flags, message):
+    run = tmp_path / "dit"
+    with pytest.raises(SystemExit, match=message):
+        cli(dit_args(run, vae_run, 2) + flags)
+    assert not run.exists()  # refused before the pool was made
+

@@ -25,6 +25,7 @@ import copy
 import csv
 import json
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -77,6 +78,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="extra loss weight on the latent pixels around the world's object (0: none; "
                         "e.g. 10 gives the object, ~2%% of the picture, ~20%% of the loss)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--device", default="cpu",
+                   help="where the DiT trains: cpu, cuda or cuda:N (the pool is made on the CPU)")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA only)")
     p.add_argument("--seed", type=int, default=0, help="data order seed")
     p.add_argument("--out", type=Path, default=None,
                    help="also save the final model here (e.g. checkpoints/default)")
@@ -153,7 +157,7 @@ def object_weights(objects: torch.Tensor, latent_size: int, downsample: int, wei
     """Per-latent-pixel loss weights (B, F, 1, h, w): 1, plus `weight` on the latent pixels
     whose centre lies within 1.3 radii of the object's centre (objects (B, F, 3) in view
     px). The object covers ~2% of the picture; unweighted, the loss barely sees it."""
-    centres = (torch.arange(latent_size, dtype=torch.float32) + 0.5) * downsample
+    centres = (torch.arange(latent_size, dtype=torch.float32, device=objects.device) + 0.5) * downsample
     dy = centres[:, None] - objects[..., 1, None, None]  # (B, F, h, 1)
     dx = centres[None, :] - objects[..., 0, None, None]  # (B, F, 1, w)
     inside = (dx**2 + dy**2) <= (1.3 * objects[..., 2, None, None]) ** 2
@@ -281,6 +285,8 @@ def train(args: argparse.Namespace) -> Path:
     elif args.rollout_share > 0:
         raise SystemExit("--rollout-share needs a model whose chunks start from a pixel-space warped prior "
                          "(DiTConfig.warp_prior with prior_space 'pixel')")
+    device = torch.device(args.device)
+    model.to(device)  # batches are drawn (and noise made) on the CPU, then moved: the same run on any device
 
     trainable = torch.nn.ModuleDict({"text": model.text, "dit": model.dit}).train()
     ema = copy.deepcopy(trainable).eval().requires_grad_(False)
@@ -317,25 +323,27 @@ def train(args: argparse.Namespace) -> Path:
     warm_losses: list[float] = []  # the generated chunk's loss, rollout steps since the last log row
     for step in bar:
         x0, cam, prompts, mask, prior, objects = pool.batch(rng, args.batch, frames, d.chunk_frames)
+        x0, mask, objects = x0.to(device), mask.to(device), objects.to(device)
+        cam = CameraCond(cam.pos.to(device), cam.motion.to(device))
         drop_text = rng.random(args.batch) < 0.1
         prompts = ["" if drop else p for p, drop in zip(prompts, drop_text)]
         path = cam
-        drop_cam = torch.from_numpy(rng.random(args.batch) < 0.1)[:, None, None]
+        drop_cam = torch.from_numpy(rng.random(args.batch) < 0.1)[:, None, None].to(device)
         cam = CameraCond(cam.pos, torch.where(drop_cam, torch.zeros_like(cam.motion), cam.motion))
-        t = sample_t(trng, args.batch, n_chunks).repeat_interleave(d.chunk_frames, 1)
-        noise = torch.randn(x0.shape, generator=trng)
+        t = sample_t(trng, args.batch, n_chunks).repeat_interleave(d.chunk_frames, 1).to(device)
+        noise = torch.randn(x0.shape, generator=trng).to(device)
         # priors from the clean clip, lightly noised like context (streaming warps the clean
         # last frame of the chunk before; never this chunk's own frames)
-        s = 0.08 * torch.rand(args.batch, 1, 1, 1, 1, generator=trng)
+        s = 0.08 * torch.rand(args.batch, 1, 1, 1, 1, generator=trng).to(device)
         rollout = args.rollout_share > 0 and rng.random() < args.rollout_share  # no draw at 0: same data order
         if prior is not None:  # pixel space: made once per pool; noise where the old view covers
-            z, cover = prior[:, :, :-1], prior[:, :, -1:]
-            z = ((1 - s) * z + s * torch.randn(z.shape, generator=trng)) * cover
+            z, cover = prior[:, :, :-1].to(device), prior[:, :, -1:].to(device)
+            z = ((1 - s) * z + s * torch.randn(z.shape, generator=trng).to(device)) * cover
             prior = torch.cat((z, cover), 2)
         if rollout:  # the first chunks are the model's own; the next starts as the sampler starts it
             k = int(rng.integers(1, n_chunks))
             ctx = slice(0, k * d.chunk_frames)
-            t[:, ctx] = 0.08 * torch.rand(args.batch, 1, generator=trng)
+            t[:, ctx] = 0.08 * torch.rand(args.batch, 1, generator=trng).to(device)
             mask[:, ctx] = 0
             trainable.eval()
             xt, target, t, prior = rollout_batch(model, x0, path, prompts, t, noise, prior, k,
@@ -344,12 +352,14 @@ def train(args: argparse.Namespace) -> Path:
         else:
             tt = t[:, :, None, None, None]
             xt, target = (1 - tt) * x0 + tt * noise, noise - x0
-        text = model.text.encode(prompts)
-        if prior is None:  # latent space: warped inside the DiT
-            prior_source = (1 - s) * x0 + s * torch.randn(x0.shape, generator=trng)
-            v = model.dit(xt, t, text, cam, prior_source=prior_source)
-        else:
-            v = model.dit(xt, t, text, cam, prior=prior)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            text = model.text.encode(prompts)
+            if prior is None:  # latent space: warped inside the DiT
+                prior_source = (1 - s) * x0 + s * torch.randn(x0.shape, generator=trng).to(device)
+                v = model.dit(xt, t, text, cam, prior_source=prior_source)
+            else:
+                v = model.dit(xt, t, text, cam, prior=prior)
+        v = v.float()
         w = object_weights(objects, d.latent_size, cfg.vae.downsample, args.object_weight)
         per_frame = (F.mse_loss(v, target, reduction="none").mean(2, keepdim=True) * w).sum((2, 3, 4)) / w.sum((2, 3, 4))
         loss = (per_frame * mask).sum() / mask.sum()
@@ -377,6 +387,9 @@ def train(args: argparse.Namespace) -> Path:
                        {"hours": hours_before + (time.time() - t0) / 3600,
                         "init_from": str(args.init_from) if args.init_from else None})
             losses.plot()
+            rate = (time.time() - t0) / (step + 1 - start)
+            log.info("step %d/%d loss %.4f, %.2f s/step, %.1f h to go", step + 1, args.steps, loss.item(),
+                     rate, rate * (args.steps - step - 1) / 3600)
         if (step + 1) % args.sample_every == 0 or done:
             probe = rollout_probe(ema_model(model, ema), run / "samples" / f"step{step + 1:06d}.mp4")
             new = not probe_csv.exists()
@@ -459,6 +472,15 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"--rollout-share must be in [0, 1] (got {args.rollout_share})")
     if not (0.0 <= args.object_weight <= 1000.0):
         raise SystemExit(f"--object-weight must be in [0, 1000] (got {args.object_weight})")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
+        raise SystemExit(f"--device must be cpu, cuda or cuda:N (got {args.device!r})")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: this torch has no CUDA device")
+    if args.bf16 and device.type != "cuda":
+        raise SystemExit("--bf16 needs --device cuda (bfloat16 is slower than fp32 on this CPU)")
+    if args.rollout_share > 0 and device.type != "cpu":
+        raise SystemExit("--rollout-share runs on the CPU only (the rollouts use the streaming generator)")
     out = export(args) if args.export is not None else train(args)
     print(f"wrote {out}")
     return 0
