@@ -301,3 +301,14 @@ def test_cli_rejects_bad_input(tmp_path):
     assert res.returncode != 0 and "prompts" in res.stderr
     res = _cli("--ground-truth", "--classifier", str(tmp_path), cwd=tmp_path)
     assert res.returncode != 0 and "classifier" in res.stderr
+
+
+def test_the_paraphrase_file_words_the_held_out_scenes_otherwise():
+    """examples/paraphrase_prompts.txt names exactly the default held-out scenes, in
+    sentences no training caption template makes: the eval's wording comparison."""
+    path = Path(__file__).resolve().parent.parent / "examples" / "paraphrase_prompts.txt"
+    grammar, free = ev.held_out_prompts(0), ev.read_prompt_file(path)
+    assert [len(c) for c in free] == [len(c) for c in grammar]
+    for a, b in zip(grammar, free):
+        for p, q in zip(a, b):
+            assert ev.world.parse_prompt(q) == ev.world.parse_prompt(p) and q != p, q
