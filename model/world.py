@@ -260,25 +260,49 @@ _PHRASES = _build_phrase_table()
 _MAX_PHRASE = max(len(k) for k in _PHRASES)
 
 
+def explain_prompt(text: str) -> list[dict]:
+    """What the parser makes of each word of `text`, in order: one entry per phrase it
+    knows ({"text", "attribute", "value", "used"}; `used` False for a second value of an
+    attribute, which the first overrides) and per other word ({"text", "attribute": None};
+    "stop": True for the small words of the grammar, which mean nothing alone)."""
+    toks = _tokens(text)
+    out: list[dict] = []
+    seen: set[str] = set()
+    i = 0
+    while i < len(toks):
+        for n in range(min(_MAX_PHRASE, len(toks) - i), 0, -1):
+            hit = _PHRASES.get(tuple(toks[i : i + n]))
+            if hit is not None:
+                out.append({"text": " ".join(toks[i : i + n]), "attribute": hit[0], "value": hit[1],
+                            "used": hit[0] not in seen})
+                seen.add(hit[0])
+                i += n
+                break
+        else:
+            out.append({"text": toks[i], "attribute": None, "stop": toks[i] in _STOP_WORDS})
+            i += 1
+    return out
+
+
 def parse_prompt(text: str) -> dict[str, str]:
     """The attributes a prompt names, as {attribute: value} (in ATTRIBUTES order).
 
     Longest phrase first, left to right; unknown words are ignored; when a prompt
     names two values of one attribute the first wins.
     """
-    toks = [t for t in _tokens(text)]
-    found: dict[str, str] = {}
-    i = 0
-    while i < len(toks):
-        for n in range(min(_MAX_PHRASE, len(toks) - i), 0, -1):
-            hit = _PHRASES.get(tuple(toks[i : i + n]))
-            if hit is not None:
-                found.setdefault(hit[0], hit[1])
-                i += n
-                break
-        else:
-            i += 1
+    found = {e["attribute"]: e["value"] for e in explain_prompt(text) if e["attribute"] and e["used"]}
     return {a: found[a] for a in ATTRIBUTES if a in found}
+
+
+def vocabulary() -> dict[str, dict[str, list[str]]]:
+    """Every word and phrase the parser knows: {attribute: {value: [phrases]}}, the
+    value's own name first (for a page or a --help that lists what a prompt can say)."""
+    out: dict[str, dict[str, list[str]]] = {a: {v: [v] for v in VOCAB[a]} for a in ATTRIBUTES}
+    for key, (attr, value) in _PHRASES.items():
+        phrase = " ".join(key)
+        if phrase not in out[attr][value] and not set(key) & _STOP_WORDS:  # "in the rain": "rain"
+            out[attr][value].append(phrase)
+    return out
 
 
 def _pick(rng: np.random.Generator, options: tuple[str, ...]) -> str:

@@ -239,3 +239,27 @@ def test_free_captions_parse_back_to_their_scene(partial):
             assert set(got) == set(world.ATTRIBUTES), text
         named.add(len(got))
     assert (named == {6}) != partial  # partial captions leave some attributes out
+
+
+def test_explain_prompt_names_the_understood_and_the_ignored_words():
+    got = world.explain_prompt("A sunny beach with palm trees at night, by day")
+    known = [(e["text"], e["attribute"], e["value"], e["used"]) for e in got if e["attribute"]]
+    assert known == [("sunny", "weather", "clear", True), ("trees", "biome", "forest", True),
+                     ("at night", "time", "night", True), ("by day", "time", "day", False)]
+    ignored = [e["text"] for e in got if e["attribute"] is None and not e["stop"]]
+    assert ignored == ["beach", "palm"]
+    assert [e["text"] for e in got if e.get("stop")] == ["a", "with"]
+    # parse_prompt is what explain_prompt uses
+    assert world.parse_prompt("A sunny beach with palm trees at night, by day") == \
+        {"biome": "forest", "time": "night", "weather": "clear"}
+
+
+def test_vocabulary_lists_every_value_and_words_that_parse_to_it():
+    vocab = world.vocabulary()
+    assert {a: list(v) for a, v in vocab.items()} == {a: list(world.VOCAB[a]) for a in world.ATTRIBUTES}
+    for attr, values in vocab.items():
+        for value, phrases in values.items():
+            assert phrases[0] == value
+            for p in phrases[1:]:
+                assert world.parse_prompt(p) == {attr: value}, p
+    assert "crimson" in vocab["colour"]["red"] and "rain" in vocab["weather"]["rain"]
