@@ -47,6 +47,7 @@ class LiveReel(nn.Module):
     camera-conditioned DiT with its warped prior, and the causal VAE."""
 
     camera = True  # camera motion and world positions condition the DiT
+    closed_vocabulary = True  # trained on the world's captions: it knows the world's words only
 
     def __init__(self, config: ModelConfig):
         super().__init__()

@@ -63,6 +63,9 @@ class StreamModel(Protocol):
     config: Any
     warp_prior: bool
     camera: bool
+    closed_vocabulary: bool
+    """The model knows the procedural world's words only (model/world.py `vocabulary`,
+    `explain_prompt`): the page, the demo and --help say which words it understood."""
 
     def cache_layout(self) -> CacheLayout: ...
 

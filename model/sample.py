@@ -80,6 +80,9 @@ def save_strip(frames: list[tuple[float, str, np.ndarray]], path: Path) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from model.world import vocabulary_text
+
+    p.epilog = vocabulary_text() + " (Wan checkpoints take any wording.)"
     p.add_argument("--prompt", default="a red ball bouncing over grassland by day",
                    help="what to generate")
     p.add_argument("--seconds", type=float, default=5.0, help="length of the clip")

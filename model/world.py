@@ -397,6 +397,18 @@ def scene_from_prompt(text: str, base: Scene) -> Scene:
     return replace(base, **parse_prompt(text))
 
 
+def vocabulary_text(synonyms: int = 2) -> str:
+    """The vocabulary in one paragraph for people (--help, the demo): each attribute's
+    values, with up to `synonyms` other words for each."""
+    parts = []
+    for attr, values in vocabulary().items():
+        words = [v if len(p) == 1 else f"{v} ({', '.join(p[1:1 + synonyms])})" for v, p in values.items()]
+        parts.append(f"{attr}: {', '.join(words)}")
+    return ("The livereel models know the words of their world only: " + "; ".join(parts)
+            + ". A prompt replaces the whole scene; what it leaves out, the model chooses. "
+            "Other words are ignored.")
+
+
 # ---------------------------------------------------------------------------------
 # Textures: one tileable TILE x TILE RGB texture per biome, deterministic per world seed
 # ---------------------------------------------------------------------------------

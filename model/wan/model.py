@@ -82,6 +82,7 @@ class WanModel(nn.Module):
     warp_prior = False  # no warped-prior input: every chunk starts from noise
     camera = False  # text-to-video: no camera conditioning
     camera_note = "Wan2.1 text-to-video models take no camera input"
+    closed_vocabulary = False  # a real text encoder (umT5): any wording; no vocabulary hint
 
     def __init__(self, config: WanStreamConfig, text_encoder: TextEncoder | None = None, decoder=None):
         super().__init__()
