@@ -67,7 +67,10 @@ def test_sigterm_and_ctrl_c_end_an_export_cleanly(tmp_path):
         out = tmp_path / f"{code}.mp4"
         p = subprocess.Popen([sys.executable, "-m", "streamer.cli", "export", str(timeline),
                               "--checkpoint", "debug", "--engine", "eager", "-o", str(out)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             # a shell's background job (CI started with `&`) ignores SIGINT and
+                             # its children inherit that: give the child a terminal's default
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 120
         while not list(tmp_path.glob(f".{code}.mp4.*.part")) and time.monotonic() < deadline:
             time.sleep(0.05)  # rendering: the .part file is being written

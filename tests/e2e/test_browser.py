@@ -105,7 +105,9 @@ def open_page(browser, url: str, **params):
     page.goto(f"{url}/?{urlencode(params)}")
     page.wait_for_function(
         "() => window.livereel.state.connection === 'live' && window.livereel.state.hello"
-        " && document.getElementById('video').videoWidth > 0",
+        " && document.getElementById('video').videoWidth > 0"
+        # the size is known before the first frame is shown (on a loaded machine, long before)
+        " && window.livereel.stream.timings.firstFrame !== undefined",
         timeout=WAIT_MS,
     )
     return page
