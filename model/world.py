@@ -295,9 +295,13 @@ def parse_prompt(text: str) -> dict[str, str]:
 
 
 def vocabulary() -> dict[str, dict[str, list[str]]]:
-    """Every word and phrase the parser knows: {attribute: {value: [phrases]}}, the
-    value's own name first (for a page or a --help that lists what a prompt can say)."""
-    out: dict[str, dict[str, list[str]]] = {a: {v: [v] for v in VOCAB[a]} for a in ATTRIBUTES}
+    """Every word and phrase the parser knows: {attribute: {value: [phrases]}}, each of
+    which parses to that value alone, the value's own name first where it does (bare
+    "snow" is the biome: the snow weather starts "falling snow"), for a page or a --help
+    that lists what a prompt can say."""
+    out: dict[str, dict[str, list[str]]] = {
+        a: {v: [v] if _PHRASES.get((v,)) == (a, v) else [] for v in VOCAB[a]} for a in ATTRIBUTES
+    }
     for key, (attr, value) in _PHRASES.items():
         phrase = " ".join(key)
         if phrase not in out[attr][value] and not set(key) & _STOP_WORDS:  # "in the rain": "rain"
@@ -402,7 +406,10 @@ def vocabulary_text(synonyms: int = 2) -> str:
     values, with up to `synonyms` other words for each."""
     parts = []
     for attr, values in vocabulary().items():
-        words = [v if len(p) == 1 else f"{v} ({', '.join(p[1:1 + synonyms])})" for v, p in values.items()]
+        words = []
+        for v, p in values.items():
+            others = [w for w in p if w != v][:synonyms]
+            words.append(f"{v} ({', '.join(others)})" if others else v)
         parts.append(f"{attr}: {', '.join(words)}")
     return ("The livereel models know the words of their world only: " + "; ".join(parts)
             + ". A prompt replaces the whole scene; what it leaves out, the model chooses. "

@@ -124,6 +124,23 @@ class Answer(Message):
     session: str
 
 
+class Word(Message):
+    """What a closed-vocabulary model makes of one word or phrase of a prompt
+    (model/world.py `explain_prompt`): `attribute` and `value` when it knows it (`used`
+    False: an earlier word set that attribute and wins), else ignored (`stop`: a small
+    word such as "a" or "over", which means nothing alone)."""
+
+    text: str
+    attribute: str | None = None
+    value: str | None = None
+    used: bool | None = None
+    stop: bool | None = None
+
+
+Vocabulary = dict[str, dict[str, list[str]]]
+"""{attribute: {value: [words and phrases that name it]}} (model/world.py `vocabulary`)."""
+
+
 class Hello(Message):
     type: Literal["hello"] = "hello"
     session: str
@@ -139,6 +156,10 @@ class Hello(Message):
     camera: bool = True
     camera_note: str | None = None
     """Why the model does not follow the camera, when it does not."""
+    vocabulary: Vocabulary | None = None
+    """Every word the model knows, when it knows only some (None: any wording)."""
+    words: list[Word] | None = None
+    """What it made of `prompt`'s words, with `vocabulary`."""
 
 
 class Applied(Message):
@@ -153,6 +174,8 @@ class Applied(Message):
     pan: tuple[float, float] | None = None
     zoom: float | None = None
     seed: int | None = None
+    words: list[Word] | None = None
+    """For a prompt, with a closed vocabulary: what the model made of each word."""
 
 
 class Stats(Message):

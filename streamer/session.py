@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from streamer.controls import Applied, Camera, Pause, Prompt, Reset, Resume, Stats
+from streamer.controls import Applied, Camera, Pause, Prompt, Reset, Resume, Stats, Vocabulary, Word
 
 if TYPE_CHECKING:
     from model.generate import Generator, StreamModel
@@ -80,6 +80,16 @@ class StreamInfo:
     """Why it does not, for the page."""
     recipe: dict | None = None
     """A recipe-sampled model's recipe (model/wan/config.py), for the log and replay."""
+    vocabulary: Vocabulary | None = None
+    """Every word the model knows, when its vocabulary is closed (None: any wording)."""
+
+    def explain(self, prompt: str) -> list[Word] | None:
+        """What the model makes of each word of `prompt`, when its vocabulary is closed."""
+        if self.vocabulary is None:
+            return None
+        from model.world import explain_prompt
+
+        return [Word(**entry) for entry in explain_prompt(prompt)]
 
     @property
     def frame_size(self) -> tuple[int, int]:
@@ -92,9 +102,14 @@ class StreamInfo:
         with `sampling`."""
         cfg = model.config
         height, width = cfg.frame_size
+        vocabulary = None
+        if getattr(model, "closed_vocabulary", False):
+            from model.world import vocabulary as world_vocabulary
+
+            vocabulary = world_vocabulary()
         return cls(model=cfg.name, fps=cfg.fps, size=height, width=None if width == height else width,
                    frames_per_chunk=cfg.frames_per_chunk, camera=model.camera,
-                   camera_note=None if model.camera else model.camera_note,
+                   camera_note=None if model.camera else model.camera_note, vocabulary=vocabulary,
                    **model.sampling_record(sampling))
 
 
@@ -333,9 +348,10 @@ class Session:
                 self.log.add(event)
                 if entry["what"] == "prompt":
                     self.prompt = entry["text"]
-                applied = Applied.model_validate(
-                    {k: _to_builtin(v) for k, v in event.items() if k in Applied.model_fields}
-                )
+                fields = {k: _to_builtin(v) for k, v in event.items() if k in Applied.model_fields}
+                if entry["what"] == "prompt":
+                    fields["words"] = self.info.explain(entry["text"])
+                applied = Applied.model_validate(fields)
                 received = staged[entry["what"]][1] if entry["what"] in staged else time.monotonic()
                 self._notices.append(_Notice(applied, received))
             if epoch == self._epoch:

@@ -246,6 +246,8 @@ class Peer:
                 seed=self.session.generator.seed,
                 camera=info.camera,
                 camera_note=info.camera_note,
+                vocabulary=info.vocabulary,
+                words=info.explain(self.session.prompt),
             )
         )
 

@@ -62,6 +62,10 @@ async def test_offer_answer_hello_and_paced_video(server, clients, debug_model):
     assert "VP8" in reply["sdp"]
     cfg = debug_model.config
     hello = await client.expect("hello")
+    # the debug model is a livereel model: it knows the world's words and says which it understood
+    vocabulary, words = hello.pop("vocabulary"), hello.pop("words")
+    assert list(vocabulary) == ["biome", "time", "weather", "shape", "colour", "motion"]
+    assert [(w["text"], w.get("attribute")) for w in words] == [("a", None), ("red", "colour"), ("desert", "biome")]
     assert hello == {
         "type": "hello",
         "session": reply["session"],

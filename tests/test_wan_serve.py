@@ -96,10 +96,11 @@ async def test_served_hello_switch_camera_and_replay_equal_to_live(server, clien
     hello = c.seen[0]
     assert (hello["size"], hello["width"]) == (SETTINGS["height"], SETTINGS["width"])
     assert hello["camera"] is False and "no camera input" in hello["camera_note"]
+    assert "vocabulary" not in hello and "words" not in hello  # umT5 reads any wording: no hint
     await recorder.new_frames(14)
     assert (c.frames[-1].height, c.frames[-1].width) == (SETTINGS["height"], SETTINGS["width"])
     c.send({"type": "prompt", "text": "the camera pans over a quiet harbour with boats"})
-    await c.expect("applied", what="prompt")
+    assert "words" not in await c.expect("applied", what="prompt")
     await recorder.new_frames(14)
     await c.close()
     await until(lambda: (tmp_path / f"{c.session}.jsonl").exists(), "the session log")

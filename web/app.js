@@ -95,6 +95,8 @@ stream.addEventListener("message", (e) => {
       $("model").textContent = `${msg.model} · ${msg.width ? `${msg.width}×${msg.size}` : msg.size}px · ${msg.fps} fps`;
       setCameraEnabled(msg.camera !== false, msg.camera_note);
       $("caption").textContent = msg.prompt;
+      showVocabulary(msg.vocabulary);
+      showWords(msg.words);
       const link = $("download");
       link.href = withToken(`sessions/${encodeURIComponent(msg.session)}/log.jsonl`);
       link.setAttribute("download", `livereel-${msg.session}.jsonl`);
@@ -132,6 +134,7 @@ function onApplied(msg) {
   if (msg.what === "prompt") {
     state.prompt = msg.text;
     $("caption").textContent = msg.text;
+    showWords(msg.words);
     text = msg.text;
   } else if (msg.what === "camera") {
     text = `pan ${msg.pan.map((v) => v.toFixed(2)).join(", ")} · zoom ${msg.zoom.toFixed(2)}`;
@@ -319,6 +322,74 @@ function errorWords(msg) {
   if (msg.code === "rate_limited") return "Too many controls at once: some were dropped.";
   if (msg.code === "generation_failed") return "The model failed, so this session is over.";
   return `${msg.code}: ${msg.detail}`;
+}
+
+// A closed-vocabulary model (livereel's own) says what it made of each word of the
+// prompt (hello and applied "words"): understood words with what they set, ignored ones
+// marked, and every word it knows one click away. An open one (Wan) sends neither.
+function showWords(words) {
+  const line = $("words-line");
+  line.replaceChildren();
+  $("words").hidden = !words;
+  if (!words) return;
+  const first = new Map(); // attribute -> the word that set it
+  const ignored = [];
+  for (const w of words) {
+    const chip = document.createElement("span");
+    chip.className = "word";
+    chip.textContent = w.text;
+    if (w.attribute && w.used) {
+      first.set(w.attribute, w.text);
+      chip.dataset.kind = "understood";
+      chip.title = `understood: ${w.attribute} ${w.value}`;
+      const what = document.createElement("small");
+      what.textContent = w.value === w.text ? w.attribute : `${w.attribute} ${w.value}`;
+      chip.append(what);
+    } else if (w.attribute) {
+      chip.dataset.kind = "overridden";
+      chip.title = `${w.attribute} ${w.value}, but "${first.get(w.attribute) ?? "an earlier word"}" already set the ${w.attribute}`;
+    } else if (w.stop) {
+      chip.dataset.kind = "stop";
+      chip.title = "a small word: fine, means nothing alone";
+    } else {
+      chip.dataset.kind = "ignored";
+      chip.title = "not a word this model knows: ignored";
+      ignored.push(w.text);
+    }
+    line.append(chip);
+  }
+  const summary = document.createElement("span");
+  summary.className = "muted small";
+  summary.textContent = ignored.length
+    ? ` · ignored: ${ignored.join(", ")}`
+    : first.size ? " · every word understood" : " · no word understood";
+  line.append(summary);
+}
+
+function showVocabulary(vocabulary) {
+  const list = $("vocab-list");
+  list.replaceChildren();
+  for (const [attribute, values] of Object.entries(vocabulary ?? {})) {
+    const dt = document.createElement("dt");
+    dt.textContent = attribute;
+    const dd = document.createElement("dd");
+    for (const [value, phrases] of Object.entries(values)) {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.className = "ghost";
+      b.textContent = value;
+      const word = phrases[0] ?? value; // a phrase that names this value (bare "snow" is the biome)
+      const others = phrases.filter((p) => p !== value);
+      b.title = others.length ? `${word === value ? "also" : "say"}: ${others.join(", ")}` : value;
+      b.addEventListener("click", () => {
+        const box = $("prompt");
+        box.value = box.value.trim() ? `${box.value.trim()} ${word}` : word;
+        box.focus();
+      });
+      dd.append(b);
+    }
+    list.append(dt, dd);
+  }
 }
 
 function logEvent(title, detail = "", kind = "") {

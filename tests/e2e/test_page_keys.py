@@ -166,6 +166,50 @@ def test_go_on_the_unchanged_prompt_says_so_and_sends_nothing(browser, server_ur
     page.close()
 
 
+def words(page) -> dict[str, list[str]]:
+    """The prompt's words shown beside the prompt box, by kind."""
+    return page.evaluate("""() => {
+      const out = {};
+      for (const w of document.querySelectorAll('#words-line .word')) {
+        (out[w.dataset.kind] ??= []).push(w.firstChild.textContent);
+      }
+      return out;
+    }""")
+
+
+def test_the_vocabulary_hint_shows_understood_and_ignored_words(browser, server_url):
+    page = open_page(browser, server_url, seed=6)
+    assert page.locator("#words").is_visible()
+    assert "understood" in words(page)  # the default prompt's words, from hello
+    text = "a sunny beach with palm trees, make it snow at night"
+    page.locator("#prompt").fill(text)
+    page.locator("#prompt").press("Enter")
+    switch = applied(page, f"a.what === 'prompt' && a.text === {json.dumps(text)}")
+    assert switch["words"]
+    page.wait_for_function("() => document.querySelector('#words-line').textContent.includes('ignored: ')")
+    shown = words(page)
+    assert shown["understood"] == ["sunny", "trees", "at night"]
+    assert shown["ignored"] == ["beach", "palm", "make"]
+    assert shown["overridden"] == ["snow"]  # "trees" set the biome first
+    chip = page.locator("#words-line .word[data-kind=understood]").first
+    assert chip.get_attribute("title") == "understood: weather clear"
+    assert "ignored: beach, palm, make" in page.locator("#words-line").inner_text()
+
+    # The vocabulary one click away; a word clicked there joins the prompt and is understood.
+    assert not page.locator("#vocab-list").is_visible()
+    page.locator("#vocab summary").click()
+    assert page.locator("#vocab-list dt").all_inner_texts() == ["biome", "time", "weather", "shape", "colour", "motion"]
+    page.locator("#prompt").fill("a desert")
+    page.locator("#vocab-list button", has_text="snow").last.click()  # the weather's, not the biome's snowfield
+    assert page.locator("#prompt").input_value() == "a desert falling snow"
+    page.locator("#prompt").press("Enter")
+    applied(page, "a.what === 'prompt' && a.text === 'a desert falling snow'")
+    page.wait_for_function("() => document.querySelector('#words-line').textContent.includes('every word understood')")
+    assert words(page)["understood"] == ["desert", "falling snow"]
+    assert not page.errors, page.errors
+    page.close()
+
+
 def test_a_refused_viewer_and_a_stopped_server_get_plain_words(browser, one_session_server):
     proc, url = one_session_server
     holder = open_page(browser, url, seed=5)
