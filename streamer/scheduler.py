@@ -65,11 +65,14 @@ class Scheduler:
         on_chunk: Callable[[Session], None] | None = None,
         step_many: Callable[[list], list[np.ndarray]] | None = None,
         max_batch: int = 4,
+        on_step: Callable[[int, float], None] | None = None,
     ) -> None:
         """`on_chunk(session)` runs on the worker thread after each chunk (metrics:
         `session.chunk_seconds`); it must be quick and thread-safe. `step_many(generators)`
         makes one chunk of frames for each of several generators with equal `batch_key()`s
-        (None: every session steps alone)."""
+        (None: every session steps alone). `on_step(n, seconds)` runs on the worker thread
+        after each step of `n` sessions (one batched step, or one alone) that took `seconds`
+        (admission by capacity times the device under load with it)."""
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1 (got {max_batch})")
         self.max_sessions = max_sessions
@@ -77,6 +80,7 @@ class Scheduler:
         self.max_batch = max_batch if step_many is not None else 1
         self._step_many = step_many
         self._on_chunk = on_chunk
+        self._on_step = on_step
         self._cond = threading.Condition()
         self._entries: dict[str, _Entry] = {}
         self._stopping = False
@@ -175,6 +179,7 @@ class Scheduler:
         assert self._loop is not None
         for entry in batch:
             entry.served += 1
+        start = time.perf_counter()
         try:
             if len(batch) == 1:
                 batch[0].session.step()
@@ -193,6 +198,8 @@ class Scheduler:
                 self.remove(session)
                 self._loop.call_soon_threadsafe(entry.on_error, e)
             return
+        if self._on_step is not None:
+            self._on_step(len(batch), time.perf_counter() - start)
         for entry in batch:
             session = entry.session
             if self._on_chunk is not None:

@@ -1,4 +1,4 @@
-"""`livereel serve`: one HTTP + WebSocket server (websockets) for the browser client.
+"""`livereel serve`: one HTTP + WebSocket server (Starlette on uvicorn) for the browser client.
 
     GET /                         the client (files under web/)                      open
     GET /ws                       signaling WebSocket: offer -> answer;              token, origin
@@ -24,37 +24,43 @@ local programs reach it), refused otherwise. Bound to loopback, the Host must be
 loopback name too, so a DNS-rebinding page cannot pass as same-origin. Session ids
 are 128 random bits: a session's log can be fetched only by whoever knows its id,
 and no path addresses another session's controls (they travel on its own peer
-connection).
+connection). These rules run as one middleware before any route (`_Guard`); the
+files under web/ are Starlette's `StaticFiles`, which keeps every path inside it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import email.utils
+import contextlib
 import hmac
-import http
 import ipaddress
-import json
 import logging
 import mimetypes
 import os
 import secrets
 import signal
+import socket
+import tempfile
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
-from urllib.parse import parse_qs, unquote, urlsplit
+from typing import Any, Callable, Iterator, Sequence
+from urllib.parse import urlsplit
 
+import uvicorn
 from aiortc import RTCIceServer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import ValidationError
-from websockets.asyncio.server import ServerConnection, serve
-from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request, Response
+from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from model.sampling import add_sampling_arguments, sampling_from_args
 from model.engine_choice import add_engine_argument, apply_engine
@@ -69,6 +75,7 @@ from streamer.controls import (
     RateLimiter,
     parse_signal,
 )
+from streamer.admission import Capacity, Decision
 from streamer.scheduler import Scheduler, SchedulerFull
 from streamer.session import Session, StreamInfo
 from streamer.webrtc import Peer, ice_server_json, parse_ice_server
@@ -87,8 +94,9 @@ SHUTDOWN_SECONDS = 4.0
 """On SIGTERM/SIGINT: time to close every session before the process exits anyway
 (within 5 s all told)."""
 MIN_TOKEN_CHARS = 16
-STATIC_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
-SECURITY_HEADERS = [
+PRIVATE_PATHS = ("/ws", "/config.json", "/metrics")
+"""Paths that need the token (with every path under /sessions/)."""
+HEADERS = [
     ("X-Content-Type-Options", "nosniff"),
     ("Referrer-Policy", "no-referrer"),  # the page's URL may hold the token
     ("X-Frame-Options", "DENY"),
@@ -97,19 +105,27 @@ SECURITY_HEADERS = [
         "default-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; "
         "base-uri 'none'; form-action 'none'",
     ),
+    ("Cache-Control", "no-cache"),
+    ("Connection", "close"),  # one request a connection: the page makes a handful, and no idle ones linger
 ]
+"""Headers of every answer."""
+mimetypes.add_type("text/javascript", ".js")  # (what HTML names; Python < 3.12 guesses application/javascript)
 
 
 class Metrics:
     """The server's Prometheus metrics, in a registry of its own."""
 
-    def __init__(self, sessions: Callable[[], int]) -> None:
+    def __init__(self, sessions: Callable[[], int], capacity: Capacity) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         Gauge("livereel_sessions", "Sessions streaming now", registry=r).set_function(sessions)
+        Gauge("livereel_capacity_sessions", "Sessions this device streams in real time, as measured now",
+              registry=r).set_function(lambda: capacity.sessions)
+        Gauge("livereel_load_factor", "Chunk time under load / at start-up (1: as measured)",
+              registry=r).set_function(lambda: capacity.load)
         self.sessions_started = Counter("livereel_sessions_started", "Sessions started", registry=r)
         self.sessions_rejected = Counter(
-            "livereel_sessions_rejected", "Offers refused", ["reason"], registry=r
+            "livereel_sessions_rejected", "Offers refused, by error code (server_full: the limit or the capacity)", ["reason"], registry=r
         )
         self.session_errors = Counter("livereel_session_errors", "Sessions ended by a model error", registry=r)
         self.controls = Counter(
@@ -175,6 +191,7 @@ class Server:
         allowed_origins: Sequence[str] = (),
         control_rate: float = CONTROL_RATE,
         step_many: Callable[[list], list] | None = None,
+        capacity: Capacity | None = None,
     ) -> None:
         self.make_generator = make_generator
         self.info = info
@@ -186,12 +203,18 @@ class Server:
         self.token = token
         self.allowed_origins = {_origin(o) for o in allowed_origins}
         self.control_rate = control_rate
-        self.scheduler = Scheduler(max_sessions=max_sessions, on_chunk=self._on_chunk, step_many=step_many)
-        self.metrics = Metrics(lambda: len(self.scheduler))
+        self.capacity = capacity or Capacity(limit=max_sessions, budget=info.frames_per_chunk / info.fps,
+                                             batched=step_many is not None)
+        """Admission: unmeasured (as tests build it) it admits up to `max_sessions`."""
+        self.scheduler = Scheduler(max_sessions=max_sessions, on_chunk=self._on_chunk, step_many=step_many,
+                                   on_step=self.capacity.observe_round)
+        self.metrics = Metrics(lambda: len(self.scheduler), self.capacity)
         self.live: dict[str, _Live] = {}
         self._opening = 0  # offers past the admission check, not yet in the scheduler
         self._ended_logs: OrderedDict[str, str] = OrderedDict()
-        self._server = None
+        self._sockets: set[WebSocket] = set()  # open signaling sockets
+        self._uvicorn: _Uvicorn | None = None
+        self._serving: asyncio.Task | None = None
 
     @property
     def loopback(self) -> bool:
@@ -204,41 +227,69 @@ class Server:
         """Listen on `port` (0: any free one); returns the port."""
         if self.record_dir is not None:
             self.record_dir.mkdir(parents=True, exist_ok=True)
-        self.scheduler.start()
-        self._server = await serve(
-            self._signaling,
-            self.host,
-            port,
-            process_request=self._http,
-            max_size=4 * MAX_SIGNAL_BYTES,  # larger ones get our own "too_large" reply
-            ping_interval=PING_SECONDS,
-            ping_timeout=PING_SECONDS,
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.create_server((self.host, port), family=family)  # OSError: taken, or no such address here
+        config = uvicorn.Config(
+            _Guard(self._app(), self._refusal),
+            lifespan="off",
+            log_config=None,  # our logging as it is; uvicorn's own loggers at warnings only
+            log_level="warning",
+            access_log=False,
+            server_header=False,
+            ws="websockets-sansio",
+            ws_max_size=4 * MAX_SIGNAL_BYTES,  # larger ones get our own "too_large" reply
+            ws_ping_interval=PING_SECONDS,
+            ws_ping_timeout=PING_SECONDS,
         )
-        return self._server.sockets[0].getsockname()[1]
+        self.scheduler.start()
+        self._uvicorn = _Uvicorn(config)
+        self._serving = asyncio.create_task(self._uvicorn.serve(sockets=[sock]))
+        while not self._uvicorn.started:  # (a few turns of the loop)
+            if self._serving.done():
+                self._serving.result()  # raises what stopped it
+                raise RuntimeError("the HTTP server stopped while starting")
+            await asyncio.sleep(0.01)
+        return sock.getsockname()[1]
 
     @property
     def full(self) -> bool:
-        return len(self.scheduler) + self._opening >= self.scheduler.max_sessions
+        return not self.admission().admit
+
+    def admission(self) -> Decision:
+        """Whether one more session may start now, and why (streamer/admission.py)."""
+        return self.capacity.decide(len(self.scheduler) + self._opening)
 
     async def stop(self, timeout: float | None = None) -> None:
         """Close every session (their sockets get 1001 "going away"), then the worker.
         With a `timeout`, gives up waiting after that many seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        if self._server is not None:
-            self._server.close()
+        if self._uvicorn is not None:
+            for ws in list(self._sockets):  # (uvicorn's own shutdown would say 1012 "restarting")
+                await _close_socket(ws, 1001)
+            self._uvicorn.should_exit = True  # stops listening, then waits for every handler
             try:
-                await asyncio.wait_for(self._server.wait_closed(), timeout)
+                await asyncio.wait_for(self._serving, timeout)
             except TimeoutError:
                 log.warning("sessions still closing after %g s", timeout)
+            self._uvicorn = None
         left = None if deadline is None else max(deadline - time.monotonic(), 0.1)
         await asyncio.to_thread(self.scheduler.stop, left)
 
     # ------------------------------------------------------------ signaling
 
-    async def _signaling(self, ws: ServerConnection) -> None:
+    async def _signaling(self, ws: WebSocket) -> None:
+        await ws.accept()
+        self._sockets.add(ws)
         try:
-            raw = await asyncio.wait_for(ws.recv(), OFFER_TIMEOUT)
-        except (TimeoutError, ConnectionClosed):
+            await self._signal(ws)
+        finally:
+            self._sockets.discard(ws)
+            await _close_socket(ws, 1000)
+
+    async def _signal(self, ws: WebSocket) -> None:
+        try:
+            raw = await asyncio.wait_for(_receive(ws), OFFER_TIMEOUT)
+        except (TimeoutError, WebSocketDisconnect):
             return
         try:
             offer = parse_signal(raw)
@@ -250,27 +301,29 @@ class Server:
             return
         replies = RateLimiter(rate=1.0, burst=1)  # to anything more on the socket
         try:
-            await ws.send(Answer(sdp=live.answer, session=live.session.id).to_json())
-            async for _ in ws:
+            await _send(ws, Answer(sdp=live.answer, session=live.session.id).to_json())
+            while True:
+                await _receive(ws)
                 if replies.admit():
                     detail = "one offer per socket; controls go on the data channel"
-                    await ws.send(Error(code="unexpected", detail=detail).to_json())
-        except ConnectionClosed:
+                    await _send(ws, Error(code="unexpected", detail=detail).to_json())
+        except WebSocketDisconnect:
             pass
         finally:
             await self._close(live)
 
-    async def _open(self, ws: ServerConnection, sdp: str, prompt: str, seed: int | None) -> _Live | None:
+    async def _open(self, ws: WebSocket, sdp: str, prompt: str, seed: int | None) -> _Live | None:
         """A running session answering `sdp`, or None after replying with an error."""
-        if self.full:
-            return await self._refuse(ws, _server_full(self.scheduler.max_sessions))
+        decision = self.admission()
+        if not decision.admit:
+            return await self._refuse(ws, _server_full(decision.reason))
         self._opening += 1  # holds the place while the generator is built and the offer answered
         try:
             return await self._start_session(ws, sdp, prompt, seed)
         finally:
             self._opening -= 1
 
-    async def _start_session(self, ws: ServerConnection, sdp: str, prompt: str, seed: int | None) -> _Live | None:
+    async def _start_session(self, ws: WebSocket, sdp: str, prompt: str, seed: int | None) -> _Live | None:
         seed = secrets.randbelow(2**32) if seed is None else seed
         try:
             generator = await asyncio.to_thread(self.make_generator, seed)
@@ -286,6 +339,7 @@ class Server:
             wake=self.scheduler.wake,
             on_end=lambda reason: self._end(ws, session, reason),
             limiter=RateLimiter(rate=self.control_rate, burst=max(1, round(self.control_rate))),
+            on_frame=self.capacity.observe_frame,
         )
         try:
             answer = await peer.answer(sdp)
@@ -296,21 +350,18 @@ class Server:
             if isinstance(e, ProtocolError):
                 return await self._refuse(ws, e.reply)
             if isinstance(e, SchedulerFull):  # cannot happen while `full` counts openings; kept as a guard
-                return await self._refuse(ws, _server_full(self.scheduler.max_sessions))
+                return await self._refuse(ws, _server_full(self.admission().reason))
             raise
         live = self.live[session.id] = _Live(session, peer, answer)
         self.metrics.sessions_started.inc()
         log.info("session %s: started (seed %d, %d of %d)", session.id, seed, len(self.live), self.scheduler.max_sessions)
         return live
 
-    async def _refuse(self, ws: ServerConnection, reply: Error) -> None:
+    async def _refuse(self, ws: WebSocket, reply: Error) -> None:
         self.metrics.sessions_rejected.labels(reply.code).inc()
         log.info("refused an offer: %s", reply.detail)
-        try:
-            await ws.send(reply.to_json())
-            await ws.close(1013 if reply.code == "server_full" else 1008, reply.code)  # try again later / policy
-        except ConnectionClosed:
-            pass
+        await _send(ws, reply.to_json())
+        await _close_socket(ws, 1013 if reply.code == "server_full" else 1008, reply.code)  # try later / policy
 
     async def _close(self, live: _Live) -> None:
         session = live.session
@@ -323,21 +374,18 @@ class Server:
             self._ended_logs.popitem(last=False)
         log.info("session %s: ended after %d frames", session.id, session.frames_sent)
 
-    def _end(self, ws: ServerConnection, session: Session, reason: str) -> None:
+    def _end(self, ws: WebSocket, session: Session, reason: str) -> None:
         log.info("session %s: %s; closing", session.id, reason)
-        asyncio.ensure_future(ws.close(1000, reason))
+        asyncio.ensure_future(_close_socket(ws, 1000, reason))
 
-    def _failed(self, ws: ServerConnection, peer: Peer, error: BaseException) -> None:
+    def _failed(self, ws: WebSocket, peer: Peer, error: BaseException) -> None:
         self.metrics.session_errors.inc()
         reply = Error(code="generation_failed", detail=f"the model failed, this session is over: {error}"[:500])
         peer.send(reply)
 
         async def close() -> None:
-            try:
-                await ws.send(reply.to_json())
-            except ConnectionClosed:
-                pass
-            await ws.close(1011, "generation failed")
+            await _send(ws, reply.to_json())
+            await _close_socket(ws, 1011, "generation failed")
 
         asyncio.ensure_future(close())
 
@@ -346,53 +394,42 @@ class Server:
 
     # ------------------------------------------------------------ HTTP
 
-    def _http(self, connection: ServerConnection, request: Request) -> Response | None:
-        url = urlsplit(request.path)
-        path = url.path
-        if any(len(request.headers.get_all(name)) > 1 for name in ("Host", "Origin", "Authorization")):
-            return _response(400, "repeated Host, Origin or Authorization header\n", "text/plain; charset=utf-8")
-        host = request.headers.get("Host")
+    def _app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                WebSocketRoute("/ws", self._signaling),
+                Route("/healthz", self._health),
+                Route("/metrics", self._metrics),
+                Route("/config.json", self._config),
+                Route("/sessions/{session}/log.jsonl", self._log),
+                Mount("/", StaticFiles(directory=self.web_root, html=True)),  # html: / is index.html
+            ]
+        )
+
+    def _refusal(self, request: HTTPConnection) -> Response | None:
+        """The answer to a request or socket that the access rules turn away, or None."""
+        headers, path = request.headers, request.scope["path"]  # (the path the routes match)
+        if any(len(headers.getlist(name)) > 1 for name in ("host", "origin", "authorization")):
+            return PlainTextResponse("repeated Host, Origin or Authorization header\n", 400)
+        host = headers.get("host")
         if self.loopback and host is not None and not _is_loopback_name(_host_name(host)):
             return self._refused("host", 421, f"this server answers only to loopback names, not {host!r}")
-        private = path in ("/ws", "/config.json", "/metrics") or path.startswith("/sessions/")
-        if private and not self._token_ok(request, url.query):
+        private = path in PRIVATE_PATHS or path.startswith("/sessions/")
+        if private and not self._token_ok(request):
             return self._refused("token", 401, "this server needs its token: open the page with ?token=TOKEN")
         if path == "/ws":
-            origin = request.headers.get("Origin")
+            origin = headers.get("origin")
             if origin is None and self.token is None and not self.loopback:
                 return self._refused("origin", 403, "clients that send no Origin need the server's --token")
             if origin is not None and not self._origin_ok(origin, host):
                 return self._refused("origin", 403, f"origin {origin!r} may not open sessions here")
-            return None  # the WebSocket handshake goes on
-        if path == "/healthz":
-            return _response(
-                200,
-                json.dumps({"status": "ok", "sessions": len(self.scheduler), "max_sessions": self.scheduler.max_sessions}),
-                "application/json",
-            )
-        if path == "/metrics":
-            return _response(200, self.metrics.text(), CONTENT_TYPE_LATEST)
-        if path == "/config.json":
-            return _response(
-                200,
-                json.dumps(
-                    {
-                        "iceServers": [ice_server_json(s) for s in self.ice_servers],
-                        "prompt": self.default_prompt,
-                        "model": self.info.model,
-                    }
-                ),
-                "application/json",
-            )
-        if path.startswith("/sessions/") and path.endswith("/log.jsonl"):
-            return self._log(path.removeprefix("/sessions/").removesuffix("/log.jsonl"))
-        return self._static(path)
+        return None
 
-    def _token_ok(self, request: Request, query: str) -> bool:
+    def _token_ok(self, request: HTTPConnection) -> bool:
         if self.token is None:
             return True
-        given = parse_qs(query).get("token", [None])[-1]
-        auth = request.headers.get("Authorization", "")
+        given = request.query_params.get("token") or None
+        auth = request.headers.get("authorization", "")
         if given is None and auth.startswith("Bearer "):
             given = auth.removeprefix("Bearer ").strip()
         return given is not None and hmac.compare_digest(given.encode(), self.token.encode())
@@ -408,41 +445,83 @@ class Server:
     def _refused(self, reason: str, status: int, detail: str) -> Response:
         self.metrics.refused.labels(reason).inc()
         log.info("refused a request (%s): %s", reason, detail)
-        return _response(status, json.dumps({"error": reason, "detail": detail}), "application/json")
+        return JSONResponse({"error": reason, "detail": detail}, status)
 
-    def _log(self, session_id: str) -> Response:
+    async def _health(self, request: Request) -> Response:
+        sessions, limit = len(self.scheduler), self.scheduler.max_sessions
+        return JSONResponse({"status": "ok", "sessions": sessions, "max_sessions": limit,
+                             **self.capacity.snapshot(sessions + self._opening)})
+
+    async def _metrics(self, request: Request) -> Response:
+        return Response(self.metrics.text(), media_type=CONTENT_TYPE_LATEST)
+
+    async def _config(self, request: Request) -> Response:
+        ice = [ice_server_json(s) for s in self.ice_servers]
+        return JSONResponse({"iceServers": ice, "prompt": self.default_prompt, "model": self.info.model})
+
+    async def _log(self, request: Request) -> Response:
+        session_id = request.path_params["session"]
         live = self.live.get(session_id)
         text = live.session.log.text() if live is not None else self._ended_logs.get(session_id)
         if text is None:
-            return _response(404, "no such session\n", "text/plain; charset=utf-8")
-        headers = [("Content-Disposition", f'attachment; filename="livereel-{session_id}.jsonl"')]
-        return _response(200, text, "application/x-ndjson", headers)
-
-    def _static(self, path: str) -> Response:
-        relative = unquote(path).lstrip("/") or "index.html"
-        target = None if "\0" in relative else (self.web_root / relative).resolve()
-        if target is None or not target.is_relative_to(self.web_root) or not target.is_file():
-            return _response(404, "not found\n", "text/plain; charset=utf-8")
-        kind = STATIC_TYPES.get(target.suffix) or mimetypes.guess_type(target.name)[0] or "application/octet-stream"
-        if kind.startswith("text/"):
-            kind += "; charset=utf-8"
-        return _response(200, target.read_bytes(), kind, [("Cache-Control", "no-cache")])
+            return PlainTextResponse("no such session\n", 404)
+        disposition = f'attachment; filename="livereel-{session_id}.jsonl"'
+        return Response(text, media_type="application/x-ndjson", headers={"Content-Disposition": disposition})
 
 
-def _response(status: int, body: str | bytes, content_type: str, extra: list[tuple[str, str]] = ()) -> Response:
-    body = body.encode() if isinstance(body, str) else body
-    status = http.HTTPStatus(status)
-    headers = Headers(
-        [
-            ("Date", email.utils.formatdate(usegmt=True)),
-            ("Connection", "close"),
-            ("Content-Length", str(len(body))),
-            ("Content-Type", content_type),
-            *SECURITY_HEADERS,
-            *extra,
-        ]
-    )
-    return Response(status.value, status.phrase, headers, body)
+class _Guard:
+    """ASGI middleware: `refusal(request)` turns a request or socket away before it reaches
+    a route (for a socket, as an HTTP answer to its handshake); every answer gets HEADERS."""
+
+    def __init__(self, app: ASGIApp, refusal: Callable[[HTTPConnection], Response | None]) -> None:
+        self.app = app
+        self.refusal = refusal
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] in ("http.response.start", "websocket.http.response.start"):
+                headers = MutableHeaders(scope=message)
+                for name, value in HEADERS:
+                    headers.append(name, value)
+            await send(message)
+
+        refusal = self.refusal(HTTPConnection(scope))
+        app = self.app if refusal is None else refusal
+        await app(scope, receive, send_with_headers)
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn that leaves SIGINT and SIGTERM to whoever runs the loop (`_serve` below, or a
+    test): ours close every session first."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def _receive(ws: WebSocket) -> str | bytes:
+    """The next message; WebSocketDisconnect once the socket is closed (by either side)."""
+    message = await ws.receive()
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    return message["text"] if message.get("text") is not None else message["bytes"]
+
+
+async def _send(ws: WebSocket, text: str) -> None:
+    """Send `text` unless the socket is closed (a client may go at any time)."""
+    if ws.application_state is WebSocketState.CONNECTED:
+        with contextlib.suppress(WebSocketDisconnect):
+            await ws.send_text(text)
+
+
+async def _close_socket(ws: WebSocket, code: int, reason: str = "") -> None:
+    """Close `ws` with `code` unless it is closed already."""
+    if ws.application_state is WebSocketState.CONNECTED and ws.client_state is WebSocketState.CONNECTED:
+        with contextlib.suppress(WebSocketDisconnect):
+            await ws.close(code, reason)
 
 
 def _origin(origin: str) -> str:
@@ -466,8 +545,8 @@ def _is_loopback_name(name: str) -> bool:
         return False
 
 
-def _server_full(limit: int) -> Error:
-    return Error(code="server_full", detail=f"server full: all {limit} sessions are in use; try again later")
+def _server_full(reason: str) -> Error:
+    return Error(code="server_full", detail=f"server full: {reason}; try again in a moment")
 
 
 # ---------------------------------------------------------------- command line
@@ -482,7 +561,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--checkpoint", default="default",
         help='"default" (shipped model), "debug" (tiny, random), a path, or a Wan checkpoint folder'
     )
-    parser.add_argument("--max-sessions", type=int, default=2, help="streams served at once; more are refused")
+    parser.add_argument(
+        "--max-sessions", type=int, default=4,
+        help="at most this many streams at once; fewer where this machine cannot make them all in real time "
+             "(measured at start and under load: a viewer past that is refused, with the reason)")
+    parser.add_argument(
+        "--admission", choices=("measured", "limit"), default="measured",
+        help="measured: admit a viewer only while every stream stays real time (the rounds of chunks timed at "
+             "start and under load); limit: up to --max-sessions whatever the speed (streams then repeat frames)")
     add_sampling_arguments(parser)
     add_wan_arguments(parser)
     add_engine_argument(parser)
@@ -547,6 +633,9 @@ def main(args: argparse.Namespace) -> int:
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/") or parts.query:
             log.error("--allow-origin %r: give scheme://host[:port], as a browser's Origin header has it", origin)
             return 2
+    if args.record_dir is not None and (why := _unwritable(args.record_dir)):
+        log.error("--record-dir %s: cannot write session logs there (%s)", args.record_dir, why)
+        return 2
 
     from model import CheckpointError, load_model  # (torch: only once the flags are good)
     from model.generate import next_frames_batch
@@ -575,9 +664,16 @@ def main(args: argparse.Namespace) -> int:
     else:
         sampling.generator(model, seed=0).next_frames()
     log.info("model %r ready; warm-up took %.2f s", args.checkpoint, time.perf_counter() - start)
-    for noisy in ("websockets", "aioice", "aiortc"):  # a line per HTTP request / ICE check
+    for noisy in ("aioice", "aiortc"):  # a line per ICE check
         logging.getLogger(noisy).setLevel(logging.WARNING)
     info = StreamInfo.of(model, sampling)
+    # Admission by capacity: time rounds of 1, 2, ... sessions now, on this device as it is
+    capacity = Capacity(limit=args.max_sessions, budget=info.frames_per_chunk / info.fps, batched=True)
+    if args.admission == "measured":
+        start = time.perf_counter()
+        capacity.measure(lambda seed: sampling.generator(model, seed=seed), next_frames_batch,
+                         progress=lambda line: log.info("measuring capacity: %s", line))
+        log.info("capacity measured in %.1f s: %s", time.perf_counter() - start, capacity.describe())
     server = Server(
         lambda seed: sampling.generator(model, seed=seed),
         info,
@@ -589,8 +685,20 @@ def main(args: argparse.Namespace) -> int:
         default_prompt=args.prompt,
         token=args.token,
         allowed_origins=args.allow_origin,
+        capacity=capacity,
     )
     return asyncio.run(_serve(server, args.port))
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why `folder` cannot take files (made if missing), or None if it can."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
 
 
 async def _serve(server: Server, port: int) -> int:
@@ -601,9 +709,9 @@ async def _serve(server: Server, port: int) -> int:
         return 1
     host = f"[{server.host}]" if ":" in server.host else server.host
     log.info(
-        "serving %s (%d px, %d fps) at http://%s:%d/%s (up to %d sessions)",
+        "serving %s (%d px, %d fps) at http://%s:%d/%s (%d sessions in real time, at most %d)",
         server.info.model, server.info.size, server.info.fps, host, port,
-        "?token=..." if server.token else "", server.scheduler.max_sessions,
+        "?token=..." if server.token else "", server.capacity.sessions, server.scheduler.max_sessions,
     )
     if not server.loopback:
         log.warning(

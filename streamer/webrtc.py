@@ -160,8 +160,9 @@ class Peer:
     """One browser: its peer connection, track and control channel, bound to a session.
 
     `on_end(reason)` runs once when the connection fails, closes or falls silent;
-    `wake()` when a control may have made the session runnable again (resume, reset).
-    Control messages are rate-limited per peer (`limiter`).
+    `wake()` when a control may have made the session runnable again (resume, reset);
+    `on_frame(held)` for each frame the track plays (`held`: a repeat, generation was
+    late). Control messages are rate-limited per peer (`limiter`).
     """
 
     def __init__(
@@ -174,6 +175,7 @@ class Peer:
         wake: Callable[[], None],
         on_end: Callable[[str], None],
         limiter: RateLimiter | None = None,
+        on_frame: Callable[[bool], None] | None = None,
     ) -> None:
         self.session = session
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers))
@@ -183,6 +185,7 @@ class Peer:
         self._metrics = metrics
         self._wake = wake
         self._on_end = on_end
+        self._on_frame = on_frame
         self._limiter = limiter or RateLimiter()
         self._ended = False
         self._watch_task: asyncio.Task | None = None
@@ -276,6 +279,8 @@ class Peer:
         self._metrics.frames_sent.inc()
         if played.held:
             self._metrics.frames_held.inc()
+        if self._on_frame is not None:
+            self._on_frame(played.held)
         for applied, seconds in played.applied:
             self._metrics.control_seconds.observe(seconds)
             self.send(applied)

@@ -22,6 +22,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from email.message import Message
 
 import numpy as np
 import pytest_asyncio
@@ -241,16 +242,16 @@ class Played:
         await until(lambda: len(self.frames) >= target, f"{n} more new frames played")
 
 
-def get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+def get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, Message, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
     conn.request("GET", path, headers=headers or {})
     response = conn.getresponse()
-    result = response.status, dict(response.getheaders()), response.read()
+    result = response.status, response.headers, response.read()  # (header names in any case)
     conn.close()
     return result
 
 
-async def fetch(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+async def fetch(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, Message, bytes]:
     return await asyncio.to_thread(get, port, path, headers)
 
 

@@ -534,7 +534,8 @@ async def test_no_path_leaves_the_web_root(started, tmp_path):
     ]  # fmt: skip
     for target in attacks:
         status, data = await asyncio.to_thread(raw_get, port, target)
-        assert status == 404 and b"TOP-SECRET" not in data, target
+        # (a raw NUL byte is not HTTP: the server's parser refuses the request line, 400, before any route)
+        assert status == (400 if b"\x00" in target else 404) and b"TOP-SECRET" not in data, target
 
 
 # ---------------------------------------------------------------- access

@@ -242,7 +242,10 @@ async def test_health_metrics_and_config(debug_model, started):
     server = real_server(debug_model, ice_servers=[parse_ice_server("turn:ann:s%3Acret@turn.example.org:3478")])
     port = await started(server)
     status, _, body = await fetch(port, "/healthz")
-    assert status == 200 and json.loads(body) == {"status": "ok", "sessions": 0, "max_sessions": 2}
+    health = json.loads(body)
+    assert status == 200 and health["status"] == "ok" and (health["sessions"], health["max_sessions"]) == (0, 2)
+    # admission: unmeasured (no start-up timing in this server), it admits up to the limit
+    assert (health["capacity"], health["admitting"], health["reason"]) == (2, True, "1 of 2 real-time sessions")
     status, headers, body = await fetch(port, "/metrics")
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
     names = {f.name for f in text_string_to_metric_families(body.decode())}
@@ -334,6 +337,18 @@ def test_serve_refuses_a_bad_ice_server(caplog):
 
     assert main(serve_args("--checkpoint", "debug", "--ice-server", "http://example.org")) == 2
     assert "--ice-server" in caplog.text
+
+
+def test_serve_refuses_a_record_dir_it_cannot_write_before_loading(tmp_path, caplog):
+    from streamer.server import main
+
+    (tmp_path / "a-file").write_text("")
+    for folder in ("/proc/nope", str(tmp_path / "a-file" / "logs")):
+        caplog.clear()  # (a checkpoint that is not there: loading first would exit 1, naming it)
+        assert main(serve_args("--checkpoint", str(tmp_path / "nothing"), "--record-dir", folder)) == 2
+        assert f"--record-dir {folder}: cannot write" in caplog.text and "checkpoint" not in caplog.text
+    assert main(serve_args("--checkpoint", str(tmp_path / "nothing"), "--record-dir", str(tmp_path / "new"))) == 1
+    assert (tmp_path / "new").is_dir() and not list((tmp_path / "new").iterdir())  # made, and left empty
 
 
 @pytest.mark.asyncio

@@ -316,8 +316,9 @@ function showNote(text) {
 // Plain words for the server's error messages; the code and detail go to the event log.
 function errorWords(msg) {
   if (msg.code === "server_full") {
-    const n = /all (\d+) sessions/.exec(msg.detail)?.[1];
-    return `All ${n ?? "the"} sessions are in use; try again in a moment.`;
+    // "server full: <why>; try again in a moment": the why, as a sentence
+    const why = /^server full: (.*?)(; try again.*)?$/.exec(msg.detail)?.[1] || "all sessions are in use";
+    return `${why[0].toUpperCase()}${why.slice(1)}; try again in a moment.`;
   }
   if (msg.code === "rate_limited") return "Too many controls at once: some were dropped.";
   if (msg.code === "generation_failed") return "The model failed, so this session is over.";

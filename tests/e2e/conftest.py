@@ -11,14 +11,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from served import start_server, stop_server  # noqa: F401 (the e2e tests import them from here)
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM_ARGS = [
@@ -31,7 +27,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--autoplay-policy=no-user-gesture-required",
 ]
-SERVER_START_TIMEOUT = 120.0
 
 
 @pytest.fixture(scope="session")
@@ -53,57 +48,13 @@ def artifacts() -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(checkpoint: str, max_sessions: int, workdir) -> tuple[subprocess.Popen, str]:
-    """`livereel serve` on a free loopback port, once /healthz answers: (process, url)."""
-    port = free_port()
-    log_path = workdir / "serve.log"
-    cmd = [
-        sys.executable, "-m", "streamer.cli", "serve",
-        "--checkpoint", checkpoint,
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--max-sessions", str(max_sessions),
-        "--record-dir", str(workdir / "sessions"),
-    ]  # fmt: skip
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + SERVER_START_TIMEOUT
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"livereel serve exited with {proc.returncode}:\n{log_path.read_text()}")
-        try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=2) as r:
-                if r.status == 200:
-                    return proc, url
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"livereel serve not up in {SERVER_START_TIMEOUT} s:\n{log_path.read_text()}")
-        time.sleep(0.25)
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 @pytest.fixture(scope="module")
 def server_url(checkpoint, tmp_path_factory):
     """`livereel serve --checkpoint CHECKPOINT` on a free loopback port."""
     workdir = tmp_path_factory.mktemp("serve")
-    proc, url = start_server(checkpoint, 3, workdir)
+    # up to 3 pages at once whatever this machine's speed (--admission limit): these tests check
+    # behaviour; admission by measured capacity has its own test (tests/test_admission.py)
+    proc, url = start_server(checkpoint, 3, workdir, "--admission", "limit")
     try:
         yield url
     finally:

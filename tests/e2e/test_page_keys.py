@@ -217,10 +217,10 @@ def test_a_refused_viewer_and_a_stopped_server_get_plain_words(browser, one_sess
     refused.goto(url)
     error = refused.locator("#error")
     refused.wait_for_function(
-        "() => document.getElementById('error').textContent.includes('sessions are in use')", timeout=WAIT_MS
+        "() => document.getElementById('error').textContent.includes('is in use')", timeout=WAIT_MS
     )
-    assert error.inner_text() == "All 1 sessions are in use; try again in a moment."
-    assert "All 1 sessions are in use" in refused.locator("#veil-text").inner_text()
+    assert error.inner_text() == "The one session this server allows is in use; try again in a moment."
+    assert "The one session this server allows is in use" in refused.locator("#veil-text").inner_text()
     assert "server_full" not in error.inner_text() + refused.locator("#veil-text").inner_text()
     refused.close()
 
