@@ -22,6 +22,7 @@ import math
 import multiprocessing
 import os
 import platform
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -324,10 +325,17 @@ def table(report: dict) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
+    from model.eval import check_folder
+    from model.sample import check_output
+
+    try:  # flags and output paths first: a bad one is refused before minutes of work
         sampling = sampling_from_args(args)
+        if args.json is not None:
+            check_output(args.json, "--json")
+        if args.plots is not None:
+            check_folder(args.plots, "--plots")
     except ValueError as e:
-        log.error("%s", e)
+        print(f"livereel bench: {e}", file=sys.stderr)
         return 2
     from bench.timing import choose_threads
 
@@ -380,7 +388,6 @@ def main(args: argparse.Namespace) -> int:
     print(engines.table(report["engines"]))
     print(report["meta"]["note"])
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
         log.info("wrote %s", args.json)
     return 0

@@ -132,6 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--t5", action="store_true", help="also time one encode of a random umT5-XXL")
     p.add_argument("--json", type=Path, help="write the figures here")
     args = p.parse_args(argv)
+    if args.json:
+        from model.sample import check_output
+
+        try:  # before the minutes of timing
+            check_output(args.json, "--json")
+        except ValueError as e:
+            p.error(str(e))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     height, width = (int(v) for v in args.resolution.lower().split("x"))
     device = torch.device(args.device)

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1216,6 +1217,23 @@ def _error(msg: str) -> int:
     return 2
 
 
+def check_folder(path: str | Path, flag: str) -> Path:
+    """An output folder's path, checked before any work: a folder, or one that can be made
+    (a folder is made and removed in its nearest existing parent, which also catches what
+    permission bits do not, e.g. /proc for root). ValueError names the flag."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path}: is a file; give a folder")
+    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{flag} {path}: {existing} is a file, not a folder")
+    try:
+        Path(tempfile.mkdtemp(prefix=".livereel-check-", dir=existing)).rmdir()
+    except OSError as e:
+        raise ValueError(f"{flag} {path}: cannot write in {existing} ({e.strerror or e})") from None
+    return path
+
+
 def _model_source(checkpoint: str, seed: int, sampling: Sampling, engine: str = "eager"):
     """(model, make_generator, size, fps, frames_per_chunk) for a model checkpoint run by
     `engine`; make_generator(memory=False) switches the memory bank off."""
@@ -1231,6 +1249,17 @@ def _model_source(checkpoint: str, seed: int, sampling: Sampling, engine: str = 
 
 
 def main(args: argparse.Namespace) -> int:
+    from model.sample import check_output
+
+    try:  # output paths first: a bad one is refused before minutes of work
+        if args.train_classifier is not None:
+            check_folder(args.train_classifier, "--train-classifier")
+        if args.json is not None:
+            check_output(args.json, "--json")
+        if args.plots is not None:
+            check_folder(args.plots, "--plots")
+    except ValueError as e:
+        return _error(str(e))
     if args.train_classifier is not None:
         torch.set_num_threads(1)
         cfg = train_classifier(args.train_classifier)
@@ -1303,7 +1332,6 @@ def main(args: argparse.Namespace) -> int:
             "classifier": json.loads((Path(args.classifier) / "config.json").read_text()).get("accuracy"),
             **results,
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(_json_safe(doc), indent=1) + "\n")
         print(f"wrote {args.json}")
     return 0

@@ -27,6 +27,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("bench.run", "latency, throughput and efficiency benchmarks"),
     "inspect": ("model.inspect", "what a checkpoint holds and what else it needs to run"),
 }
+EXIT_AT_ONCE = {"demo"}
+"""Commands whose libraries leave daemon threads behind (Gradio's server): the process
+ends at once after the command's own cleanup, not through the interpreter's shutdown,
+which stops such a thread where it stands; inside C++ code (numpy, torch) that aborts the
+process ("terminate called without an active exception", exit -6)."""
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -93,13 +98,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        return int(module.main(args) or 0)
+        code = int(module.main(args) or 0)
     except KeyboardInterrupt:
         print(f"livereel {args.command}: interrupted", file=sys.stderr)
-        return 130
+        code = 130
     except Terminated:
         print(f"livereel {args.command}: terminated", file=sys.stderr)
-        return 143
+        code = 143
+    if args.command in EXIT_AT_ONCE:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

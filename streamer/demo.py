@@ -12,7 +12,11 @@ Thin on purpose: every frame comes from `Generator.next_frames()`, every control
 - pacing: generation runs at most `LEAD_SEGMENTS` segments ahead of the wall clock, so
   the time from a control to the screen stays a couple of seconds and never grows;
 - admission: at most `max_sessions` streams run at once (the Start event's concurrency
-  limit); later ones wait in Gradio's queue and are told so.
+  limit); later ones wait in Gradio's queue and are told so;
+- shutdown: Ctrl-C and SIGTERM reach `main` (streamer/cli.py makes both exceptions),
+  which ends every stream, waits for the chunk in progress and removes the demo's
+  temporary folder; the process then ends at once (cli.py's EXIT_AT_ONCE: Gradio's
+  daemon threads would abort the interpreter's shutdown).
 
 Inputs are checked here, at the edge; a bad one gets an error message and the stream
 goes on.
@@ -22,9 +26,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import errno
 import logging
 import math
 import shutil
+import socket
 import sys
 import tempfile
 import threading
@@ -130,6 +136,7 @@ class DemoStream:
         self.id = uuid.uuid4().hex[:12]
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._busy = threading.Lock()  # held while a chunk or segment is made: `finish` waits on it
         self._staged: dict[str, tuple[tuple, float]] = {"prompt": ((prompt, 0), time.monotonic())}
         self._unseen: list[tuple[int, str, float]] = []  # (frame, what, received) not yet streamed
         self.pan, self.zoom = (0.0, 0.0), 0.0  # the latest camera command (staged or applied)
@@ -184,6 +191,15 @@ class DemoStream:
     def stop(self) -> None:
         self._stop.set()
 
+    def finish(self, timeout: float) -> bool:
+        """Stop, and wait up to `timeout` s for the chunk or segment in progress; True
+        once no model work or segment write is running or can start."""
+        self._stop.set()
+        if not self._busy.acquire(timeout=timeout):
+            return False
+        self._busy.release()
+        return True
+
     @property
     def stopped(self) -> bool:
         return self._stop.is_set()
@@ -228,23 +244,26 @@ class DemoStream:
         lead = LEAD_SEGMENTS * per_segment * cfg.frames_per_chunk / cfg.fps
         clock = time.monotonic()  # when frame 0 is due on screen
         written: list[Path] = []
-        while not self.stopped:
-            first, frames = self.frames_made, []
-            for _ in range(per_segment):
-                ahead = self.frames_made / cfg.fps - (time.monotonic() - clock)
-                if ahead < 0:
-                    clock = time.monotonic() - self.frames_made / cfg.fps
-                elif ahead > lead:
-                    self._stop.wait(ahead - lead)
+        while True:
+            with self._busy:  # not across the yield: Gradio may never ask for the next segment
                 if self.stopped:
                     break
-                frames.append(self.chunk())
-            if not frames:
-                break
-            path = write_segment(np.concatenate(frames), folder / f"{first:09d}.ts", cfg.fps, first, crf)
-            self._note_streamed(self.frames_made)
-            log.debug("stream %s: segment of frames %d-%d, %.2f s ahead of the clock", self.id, first,
-                      self.frames_made - 1, self.frames_made / cfg.fps - (time.monotonic() - clock))
+                first, frames = self.frames_made, []
+                for _ in range(per_segment):
+                    ahead = self.frames_made / cfg.fps - (time.monotonic() - clock)
+                    if ahead < 0:
+                        clock = time.monotonic() - self.frames_made / cfg.fps
+                    elif ahead > lead:
+                        self._stop.wait(ahead - lead)
+                    if self.stopped:
+                        break
+                    frames.append(self.chunk())
+                if not frames:
+                    break
+                path = write_segment(np.concatenate(frames), folder / f"{first:09d}.ts", cfg.fps, first, crf)
+                self._note_streamed(self.frames_made)
+                log.debug("stream %s: segment of frames %d-%d, %.2f s ahead of the clock", self.id, first,
+                          self.frames_made - 1, self.frames_made / cfg.fps - (time.monotonic() - clock))
             # Gradio has read a segment by the time it asks for the next one.
             for old in written[:-1]:
                 old.unlink(missing_ok=True)
@@ -277,14 +296,19 @@ class DemoStream:
 
 
 # ---------------------------------------------------------------------------- the app
-class _Streams:
+class Streams:
     """The demo's streams by Gradio session hash: the running one, or the last one (its
-    log stays downloadable until the tab closes)."""
+    log stays downloadable until the tab closes); and the demo's temporary folder (each
+    running stream's segments, saved event logs), removed by `close`."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._streams: dict[str, DemoStream] = {}
         self._running: set[str] = set()
+        self._ended = threading.Condition(self._lock)
+        self._closed = False
+        self._folder = tempfile.TemporaryDirectory(prefix="livereel-demo-", ignore_cleanup_errors=True)
+        self.folder = Path(self._folder.name)
 
     def get(self, key: str) -> DemoStream | None:
         with self._lock:
@@ -296,6 +320,8 @@ class _Streams:
 
     def begin(self, key: str, stream: DemoStream) -> None:
         with self._lock:
+            if self._closed:
+                raise InputError("The demo is shutting down.")
             if key in self._running:
                 raise InputError("This tab is already streaming: press Stop first.")
             self._streams[key] = stream
@@ -304,6 +330,7 @@ class _Streams:
     def end(self, key: str) -> None:
         with self._lock:
             self._running.discard(key)
+            self._ended.notify_all()
 
     def drop(self, key: str) -> None:
         with self._lock:
@@ -311,19 +338,38 @@ class _Streams:
         if stream is not None:
             stream.stop()
 
+    def close(self, timeout: float = 5.0, drain: float = 1.0) -> None:
+        """End every stream: wait up to `timeout` s in all for the chunks being made (so
+        that no segment is being written into the folder removed here), then up to
+        `drain` s for Gradio to resume each stopped stream, which ends it (and logs so);
+        remove the temporary folder. Later Starts are refused."""
+        with self._lock:
+            self._closed = True
+            streams = list(self._streams.values())
+        end = time.monotonic() + timeout
+        try:
+            for stream in streams:
+                if not stream.finish(max(0.0, end - time.monotonic())):
+                    log.warning("stream %s: still in a chunk after %.0f s; not waiting for it", stream.id, timeout)
+            with self._lock:
+                self._ended.wait_for(lambda: not self._running, timeout=drain)
+        finally:  # a second Ctrl-C cuts the wait short, not the cleanup
+            self._folder.cleanup()
+
 
 def _session(request: gr.Request) -> str:
     return request.session_hash or "anonymous"
 
 
 def build_app(model, sampling: Sampling = Sampling(), max_sessions: int = 2, *,
-              segment_seconds: float = SEGMENT_SECONDS, crf: int = CRF) -> gr.Blocks:
-    """The demo's Blocks, queued, ready to `launch()`. `model` is a loaded LiveReel."""
+              segment_seconds: float = SEGMENT_SECONDS, crf: int = CRF,
+              streams: Streams | None = None) -> gr.Blocks:
+    """The demo's Blocks, queued, ready to `launch()`. `model` is a loaded LiveReel;
+    `streams` (a new one if not given) holds the streams, and its `close()` ends them."""
     if max_sessions < 1:
         raise ValueError(f"max_sessions must be >= 1 (got {max_sessions})")
     cfg = model.config
-    streams = _Streams()
-    logs = tempfile.TemporaryDirectory(prefix="livereel-demo-logs-")
+    streams = Streams() if streams is None else streams
     chunk_s = cfg.frames_per_chunk / cfg.fps
 
     def current(request: gr.Request) -> DemoStream:
@@ -350,12 +396,14 @@ def build_app(model, sampling: Sampling = Sampling(), max_sessions: int = 2, *,
         stream = DemoStream(model, sampling, seed, prompt)
         streams.begin(key, stream)
         log.info("stream %s: started (session %s, %d running)", stream.id, key[:8], streams.running())
+        folder = streams.folder / stream.id
         try:
-            with tempfile.TemporaryDirectory(prefix="livereel-demo-") as folder:
-                for path in stream.segments(Path(folder), segment_seconds, crf):
-                    yield str(path), stream.status()
+            folder.mkdir()
+            for path in stream.segments(folder, segment_seconds, crf):
+                yield str(path), stream.status()
         finally:
             stream.stop()
+            shutil.rmtree(folder, ignore_errors=True)
             streams.end(key)
             log.info("stream %s: ended after %d frames", stream.id, stream.frames_made)
 
@@ -405,7 +453,7 @@ def build_app(model, sampling: Sampling = Sampling(), max_sessions: int = 2, *,
         stream = streams.get(_session(request))
         if stream is None:
             raise InputError("No stream yet: press Start first.")
-        path = Path(logs.name) / f"livereel-{stream.id}.jsonl"
+        path = streams.folder / f"livereel-{stream.id}.jsonl"
         path.write_text(stream.log.text(), encoding="utf-8")
         return str(path)
 
@@ -475,6 +523,21 @@ def build_app(model, sampling: Sampling = Sampling(), max_sessions: int = 2, *,
 
 
 # ---------------------------------------------------------------------------- command
+def port_problem(host: str, port: int) -> str | None:
+    """Why the demo could not listen on `host:port`, or None: a bind test, as uvicorn
+    binds (SO_REUSEADDR, so a port in TIME_WAIT counts as free), before the model loads."""
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                return f"port {port} is in use; choose another with --port"
+            return f"cannot listen on {host}:{port} ({e.strerror or e}); check --host and --port"
+    return None
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=7860, help="port to serve on")
     p.add_argument("--host", default="127.0.0.1",
@@ -494,11 +557,18 @@ def main(args: argparse.Namespace) -> int:
     if args.max_sessions < 1:
         print("livereel demo: --max-sessions must be >= 1", file=sys.stderr)
         return 2
+    if not 1 <= args.port <= 65535:
+        print(f"livereel demo: --port must be 1 to 65535 (got {args.port})", file=sys.stderr)
+        return 2
     try:
         sampling = sampling_from_args(args)
         wan = wan_options_from_args(args)
     except ValueError as e:
         print(f"livereel demo: {e}", file=sys.stderr)
+        return 2
+    problem = port_problem(args.host, args.port)
+    if problem:
+        print(f"livereel demo: {problem}", file=sys.stderr)
         return 2
     missing = [tool for tool in ("ffmpeg", "ffprobe") if shutil.which(tool) is None]
     if missing:
@@ -512,6 +582,19 @@ def main(args: argparse.Namespace) -> int:
     except (CheckpointError, EngineError) as e:
         print(f"livereel demo: {e}", file=sys.stderr)
         return 1
-    app = build_app(model, sampling, args.max_sessions)
-    app.launch(server_name=args.host, server_port=args.port)
-    return 0
+    streams = Streams()
+    app = build_app(model, sampling, args.max_sessions, streams=streams)
+    try:
+        try:
+            app.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True)
+        except OSError:  # taken since the check, or (Gradio checks 127.0.0.1 too) on IPv4 loopback
+            print(f"livereel demo: port {args.port} is in use; choose another with --port", file=sys.stderr)
+            return 2
+        # Gradio's own wait would catch Ctrl-C and wait up to 5 s for open streams; this one
+        # lets Ctrl-C and SIGTERM (an exception here: streamer/cli.py) through to the cleanup.
+        while app.is_running:
+            time.sleep(0.1)
+        return 0
+    finally:  # not app.close(): it waits up to 5 s for the tabs' open connections; and the
+        # process then ends without the interpreter's shutdown (streamer/cli.py, EXIT_AT_ONCE)
+        streams.close()

@@ -197,3 +197,32 @@ def test_wan_bench_runs_tiny_on_a_cpu(tmp_path):
     for r in runs:
         assert r["dit_ms"] > 0 and r["decode_ms"] > 0 and r["fps"] > 0 and r["switch_s"] > 0
         assert r["memory_bytes"]["chunk_10"] == r["memory_bytes"]["last_chunk"]
+
+
+def test_bad_output_paths_are_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    import model
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the output paths were checked")
+
+    monkeypatch.setattr(model, "load_model", no_work)
+    monkeypatch.setattr(run, "load_checkpoint", no_work)
+    a_file = tmp_path / "a.txt"
+    a_file.write_text("")
+    for argv, flag in [(["--json", str(tmp_path / "missing" / "bench.json")], "--json"),
+                       (["--json", str(tmp_path)], "--json"),
+                       (["--plots", str(a_file)], "--plots"),
+                       (["--plots", str(a_file / "plots")], "--plots"),
+                       (["--plots", "/proc/livereel-plots"], "--plots")]:
+        assert run.main(bench_args("--checkpoint", "debug", "--smoke", *argv)) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith(f"livereel bench: {flag} ") and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
+def test_wan_bench_refuses_a_bad_json_path(tmp_path, capsys):
+    from bench.wan import main
+
+    with pytest.raises(SystemExit) as exit:
+        main(["--size", "tiny", "--json", str(tmp_path / "missing" / "wan.json")])
+    assert exit.value.code == 2 and "--json" in capsys.readouterr().err

@@ -7,7 +7,11 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 
 import av
@@ -19,7 +23,8 @@ from gradio_client.exceptions import AppError
 from gradio_client.utils import Status
 
 from model.sampling import Sampling
-from streamer.demo import DemoStream, InputError, add_arguments, build_app, check_prompt, check_seed, main, write_segment
+from streamer.demo import (DemoStream, InputError, Streams, add_arguments, build_app, check_prompt, check_seed,
+                           main, write_segment)
 from streamer.replay import load_log
 
 PROMPT = "a red ball bouncing over grassland by day"
@@ -220,3 +225,85 @@ def test_missing_checkpoint_exits_nonzero_with_the_reason(capsys):
 def test_build_app_refuses_bad_limits(debug_model):
     with pytest.raises(ValueError, match="max_sessions"):
         build_app(debug_model, max_sessions=0)
+
+
+def demo_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)  # the real flags, so the test follows new ones
+    return parser.parse_args(list(argv))
+
+
+def test_a_port_in_use_is_named_before_the_model_loads(monkeypatch, capsys):
+    import model
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model loaded before the port was checked")
+
+    monkeypatch.setattr(model, "load_model", no_load)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(demo_args("--port", str(port), "--checkpoint", "debug")) == 2
+    assert capsys.readouterr().err == f"livereel demo: port {port} is in use; choose another with --port\n"
+    assert main(demo_args("--port", "0", "--checkpoint", "debug")) == 2
+    assert "--port must be 1 to 65535" in capsys.readouterr().err
+    assert main(demo_args("--host", "nosuch.invalid", "--port", str(free_port()), "--checkpoint", "debug")) == 2
+    assert "cannot listen on nosuch.invalid" in capsys.readouterr().err
+
+
+def test_closing_the_streams_waits_for_the_chunk_and_removes_the_folder(debug_model):
+    """What the demo does on Ctrl-C / SIGTERM, without the server: a stream mid-segment
+    ends, no model work runs after `close`, and the temporary folder is gone."""
+    sampling = Sampling(steps=1, warm_start=0, guidance=1.0)
+    streams = Streams()
+    stream = DemoStream(debug_model, sampling, seed=0, prompt=PROMPT)
+    streams.begin("tab", stream)
+    folder = streams.folder / stream.id
+    folder.mkdir()
+    segments = stream.segments(folder, segment_seconds=0.5)
+    assert next(segments).exists()  # the generator now rests at a yield, as between Gradio's calls
+    streams.close()
+    made = stream.frames_made
+    assert stream.stopped and not streams.folder.exists()
+    assert list(segments) == [] and stream.frames_made == made  # resumed, it makes nothing more
+    with pytest.raises(InputError, match="shutting down"):
+        streams.begin("other", DemoStream(debug_model, sampling, seed=0, prompt=PROMPT))
+
+
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+                         ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_and_sigterm_end_a_playing_demo_cleanly(tmp_path, sig, code, word):
+    """`livereel demo` streaming to a tab: exit 130 / 143 with one line, no traceback, no
+    C++ abort (a thread left in the model at exit), no livereel-demo-* folder left."""
+    port = free_port()
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # the child's temporary folders, where we can see them
+    p = subprocess.Popen([sys.executable, "-m", "streamer.cli", "demo", "--checkpoint", "debug", "--engine", "eager",
+                          "--steps", "1", "--port", str(port)], env=env, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         # a shell's background job ignores SIGINT and its children inherit that:
+                         # give the child a terminal's default
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        def up() -> bool:
+            assert p.poll() is None, p.communicate()
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(up, "the demo to serve")
+        tab = Client(f"http://127.0.0.1:{port}/", download_files=False, verbose=False)
+        stream = tab.submit(PROMPT, 0, api_name="/start")
+        wait_for(lambda: segments(stream) >= 1, "the first segment")
+        assert [f for f in tmp_path.glob("livereel-demo-*/*") if f.is_dir()]  # a stream's segments folder
+        p.send_signal(sig)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == code, err
+    assert "Traceback" not in err and "terminate called" not in err, err
+    assert err.strip().splitlines()[-1] == f"livereel demo: {word}"
+    assert list(tmp_path.glob("livereel-demo-*")) == []

@@ -314,3 +314,38 @@ def test_the_paraphrase_file_words_the_held_out_scenes_otherwise():
     for a, b in zip(grammar, free):
         for p, q in zip(a, b):
             assert ev.world.parse_prompt(q) == ev.world.parse_prompt(p) and q != p, q
+
+
+def test_cli_refuses_bad_output_paths_before_any_work(tmp_path, monkeypatch, capsys):
+    """--json OUT, --plots DIR and --train-classifier DIR: one line naming the flag, exit 2,
+    before the classifier or a model loads."""
+    import argparse
+
+    import model
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the output paths were checked")
+
+    monkeypatch.setattr(model, "load_model", no_work)
+    monkeypatch.setattr(ev, "load_classifier", no_work)
+    monkeypatch.setattr(ev, "train_classifier", no_work)
+    parser = argparse.ArgumentParser()
+    ev.add_arguments(parser)
+    a_file = tmp_path / "a.txt"
+    a_file.write_text("")
+    for argv, flag in [(["--json", str(tmp_path / "missing" / "out.json")], "--json"),
+                       (["--json", str(tmp_path)], "--json"),
+                       (["--plots", str(a_file)], "--plots"),
+                       (["--plots", str(a_file / "plots")], "--plots"),
+                       (["--plots", "/proc/livereel-plots"], "--plots"),  # refused even for root
+                       (["--train-classifier", str(a_file / "classifier")], "--train-classifier")]:
+        assert ev.main(parser.parse_args(["--checkpoint", "debug", *argv])) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith(f"livereel eval: error: {flag} ") and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]  # nothing made
+
+
+def test_check_folder_accepts_a_folder_to_be_made(tmp_path):
+    assert ev.check_folder(tmp_path / "new" / "plots", "--plots") == tmp_path / "new" / "plots"
+    assert ev.check_folder(tmp_path, "--plots") == tmp_path
+    assert list(tmp_path.iterdir()) == []  # the check made nothing that stays
