@@ -26,11 +26,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import errno
 import logging
 import math
 import shutil
-import socket
 import sys
 import tempfile
 import threading
@@ -523,21 +521,6 @@ def build_app(model, sampling: Sampling = Sampling(), max_sessions: int = 2, *,
 
 
 # ---------------------------------------------------------------------------- command
-def port_problem(host: str, port: int) -> str | None:
-    """Why the demo could not listen on `host:port`, or None: a bind test, as uvicorn
-    binds (SO_REUSEADDR, so a port in TIME_WAIT counts as free), before the model loads."""
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as e:
-            if e.errno == errno.EADDRINUSE:
-                return f"port {port} is in use; choose another with --port"
-            return f"cannot listen on {host}:{port} ({e.strerror or e}); check --host and --port"
-    return None
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=7860, help="port to serve on")
     p.add_argument("--host", default="127.0.0.1",
@@ -566,6 +549,8 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"livereel demo: {e}", file=sys.stderr)
         return 2
+    from streamer.server import port_problem
+
     problem = port_problem(args.host, args.port)
     if problem:
         print(f"livereel demo: {problem}", file=sys.stderr)

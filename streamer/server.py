@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import hmac
 import ipaddress
 import logging
@@ -636,6 +637,9 @@ def main(args: argparse.Namespace) -> int:
     if args.record_dir is not None and (why := _unwritable(args.record_dir)):
         log.error("--record-dir %s: cannot write session logs there (%s)", args.record_dir, why)
         return 2
+    if args.port and (why := port_problem(args.host, args.port)):  # before the model loads
+        log.error("%s", why)
+        return 2
 
     from model import CheckpointError, load_model  # (torch: only once the flags are good)
     from model.generate import next_frames_batch
@@ -688,6 +692,21 @@ def main(args: argparse.Namespace) -> int:
         capacity=capacity,
     )
     return asyncio.run(_serve(server, args.port))
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why a server (serve, demo) could not listen on `host:port`, or None: a bind test, as uvicorn
+    binds (SO_REUSEADDR, so a port in TIME_WAIT counts as free), before the model loads."""
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                return f"port {port} is in use; choose another with --port"
+            return f"cannot listen on {host}:{port} ({e.strerror or e}); check --host and --port"
+    return None
 
 
 def _unwritable(folder: Path) -> str | None:

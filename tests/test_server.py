@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from fractions import Fraction
 
 import pytest
@@ -349,6 +350,18 @@ def test_serve_refuses_a_record_dir_it_cannot_write_before_loading(tmp_path, cap
         assert f"--record-dir {folder}: cannot write" in caplog.text and "checkpoint" not in caplog.text
     assert main(serve_args("--checkpoint", str(tmp_path / "nothing"), "--record-dir", str(tmp_path / "new"))) == 1
     assert (tmp_path / "new").is_dir() and not list((tmp_path / "new").iterdir())  # made, and left empty
+
+
+def test_serve_names_a_port_in_use_before_loading(tmp_path, caplog):
+    from streamer.server import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # (a checkpoint that is not there: loading first would exit 1, naming it)
+        assert main(serve_args("--checkpoint", str(tmp_path / "nothing"), "--port", str(port))) == 2
+    assert f"port {port} is in use; choose another with --port" in caplog.text and "checkpoint" not in caplog.text
 
 
 @pytest.mark.asyncio
