@@ -359,6 +359,41 @@ def _session(request: gr.Request) -> str:
     return request.session_hash or "anonymous"
 
 
+def explain_words(text: str) -> str:
+    """What a closed-vocabulary model makes of `text`'s words, as one Markdown line (the
+    page's hint beside its prompt box, in words)."""
+    from model.world import explain_prompt
+
+    understood, ignored, overridden, first = [], [], [], {}
+    for w in explain_prompt(text):
+        if w["attribute"] and w["used"]:
+            first[w["attribute"]] = w["text"]
+            understood.append(f"*{w['text']}* → {w['attribute']} {w['value']}")
+        elif w["attribute"]:
+            overridden.append(f"*{w['text']}* (“{first[w['attribute']]}” already set the {w['attribute']})")
+        elif not w["stop"]:
+            ignored.append(f"*{w['text']}*")
+    parts = [f"**understood:** {', '.join(understood) or 'no word'}"]
+    if ignored:
+        parts.append(f"**ignored:** {', '.join(ignored)}")
+    if overridden:
+        parts.append(f"**overridden:** {', '.join(overridden)}")
+    return " · ".join(parts)
+
+
+def vocabulary_markdown() -> str:
+    """Every word a livereel model knows, as a Markdown table (the demo's "What this model knows")."""
+    from model.world import vocabulary
+
+    rows = ["| | values (and other words for them) |", "| --- | --- |"]
+    for attribute, values in vocabulary().items():
+        cells = [f"**{v}**" + (f" ({', '.join(p for p in phrases if p != v)})" if len(phrases) > 1 or phrases[0] != v
+                               else "") for v, phrases in values.items()]
+        rows.append(f"| {attribute} | {'; '.join(cells)} |")
+    return ("It knows these words and no others. A prompt replaces the whole scene: what it leaves out, the "
+            "model chooses.\n\n" + "\n".join(rows))
+
+
 def build_app(model, sampling: Sampling = Sampling(), max_sessions: int = 2, *,
               segment_seconds: float = SEGMENT_SECONDS, crf: int = CRF,
               streams: Streams | None = None) -> gr.Blocks:
@@ -475,6 +510,10 @@ def build_app(model, sampling: Sampling = Sampling(), max_sessions: int = 2, *,
             with gr.Column(scale=2):
                 prompt = gr.Textbox(DEFAULT_PROMPT, label="prompt", max_lines=3,
                                     info=f"1 to {MAX_PROMPT_CHARS} characters; Enter switches now")
+                closed = getattr(model, "closed_vocabulary", False)  # Wan's umT5 reads any wording
+                words = gr.Markdown(explain_words(DEFAULT_PROMPT) if closed else "", visible=closed)
+                with gr.Accordion("What this model knows", open=False, visible=closed):
+                    gr.Markdown(vocabulary_markdown() if closed else "")
                 with gr.Row():
                     switch_btn = gr.Button("Switch now", variant="primary")
                     blend_btn = gr.Button("Blend")
@@ -515,6 +554,9 @@ def build_app(model, sampling: Sampling = Sampling(), max_sessions: int = 2, *,
                       concurrency_limit=None)
         reset_btn.click(reset, seed, message, api_name="reset", concurrency_limit=None)
         log_btn.click(save_log, None, log_file, api_name="log", concurrency_limit=None)
+        if closed:  # as the user types: which words the model will understand
+            prompt.change(explain_words, prompt, words, api_name="explain", concurrency_limit=None,
+                          show_progress="hidden")
         app.unload(unload)
     app.queue(default_concurrency_limit=None)
     return app

@@ -22,9 +22,10 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 from gradio_client.utils import Status
 
+from model import world
 from model.sampling import Sampling
 from streamer.demo import (DemoStream, InputError, Streams, add_arguments, build_app, check_prompt, check_seed,
-                           main, write_segment)
+                           main, vocabulary_markdown, write_segment)
 from streamer.replay import load_log
 
 PROMPT = "a red ball bouncing over grassland by day"
@@ -150,6 +151,24 @@ def test_stream_switch_prompt_bad_input_and_queue(demo_url, debug_model, tmp_pat
     # Identical up to the switch, different from the frame it took effect at.
     same = [np.array_equal(a, b) for a, b in zip(steered[: switched + 1], plain)]
     assert same == [True] * switched + [False]
+
+
+def test_the_vocabulary_hint_says_which_words_the_model_understood(demo_url):
+    client = Client(demo_url, download_files=False, verbose=False)
+    hint = client.predict("a sunny beach with palm trees, make it snow at night", api_name="/explain")
+    assert hint.startswith("**understood:** *sunny* → weather clear, *trees* → biome forest, *at night* → time night")
+    assert "**ignored:** *beach*, *palm*, *make*" in hint and "*snow* (“trees” already set the biome)" in hint
+    assert client.predict("hello there", api_name="/explain") == "**understood:** no word · **ignored:** *hello*, *there*"
+    table = vocabulary_markdown()
+    for attribute, values in world.vocabulary().items():
+        assert f"| {attribute} |" in table and all(f"**{v}**" in table for v in values)
+
+
+def test_no_vocabulary_hint_for_an_open_vocabulary_model(debug_model, monkeypatch):
+    monkeypatch.setattr(type(debug_model), "closed_vocabulary", False)  # as a Wan model says
+    app = build_app(debug_model)
+    assert "explain" not in {d.get("api_name") for d in app.config["dependencies"]}
+    assert not any(getattr(b, "label", None) == "What this model knows" and b.visible for b in app.blocks.values())
 
 
 def test_stream_logs_controls_at_session_frames(debug_model):
