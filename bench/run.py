@@ -325,8 +325,7 @@ def table(report: dict) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from model.eval import check_folder
-    from model.sample import check_output
+    from model.sample import check_folder, check_output
 
     try:  # flags and output paths first: a bad one is refused before minutes of work
         sampling = sampling_from_args(args)

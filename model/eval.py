@@ -1217,23 +1217,6 @@ def _error(msg: str) -> int:
     return 2
 
 
-def check_folder(path: str | Path, flag: str) -> Path:
-    """An output folder's path, checked before any work: a folder, or one that can be made
-    (a folder is made and removed in its nearest existing parent, which also catches what
-    permission bits do not, e.g. /proc for root). ValueError names the flag."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{flag} {path}: is a file; give a folder")
-    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
-    if not existing.is_dir():
-        raise ValueError(f"{flag} {path}: {existing} is a file, not a folder")
-    try:
-        Path(tempfile.mkdtemp(prefix=".livereel-check-", dir=existing)).rmdir()
-    except OSError as e:
-        raise ValueError(f"{flag} {path}: cannot write in {existing} ({e.strerror or e})") from None
-    return path
-
-
 def _model_source(checkpoint: str, seed: int, sampling: Sampling, engine: str = "eager"):
     """(model, make_generator, size, fps, frames_per_chunk) for a model checkpoint run by
     `engine`; make_generator(memory=False) switches the memory bank off."""
@@ -1249,7 +1232,7 @@ def _model_source(checkpoint: str, seed: int, sampling: Sampling, engine: str = 
 
 
 def main(args: argparse.Namespace) -> int:
-    from model.sample import check_output
+    from model.sample import check_folder, check_output
 
     try:  # output paths first: a bad one is refused before minutes of work
         if args.train_classifier is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import tempfile
 from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
@@ -23,16 +24,37 @@ MAX_PROMPT_CHARS = 500  # as the page's and the timelines' (streamer/controls.py
 
 
 def check_output(path: str | Path, flag: str = "-o") -> Path:
-    """An output file's path, checked before any work: its folder exists and is writable,
-    and it is not a folder itself. ValueError names the flag."""
+    """An output file's path, checked before any work: its folder exists and takes files
+    (a file is made and removed there, which also catches what permission bits do not,
+    e.g. /proc for root), and it is not a folder itself. ValueError names the flag."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise ValueError(f"{flag} {path}: is a folder; give a file name")
     if not parent.is_dir():
         raise ValueError(f"{flag} {path}: no folder {parent}")
-    if not os.access(parent, os.W_OK):
-        raise ValueError(f"{flag} {path}: cannot write in {parent}")
+    try:
+        with tempfile.NamedTemporaryFile(prefix=".livereel-check-", dir=parent):
+            pass
+    except OSError as e:
+        raise ValueError(f"{flag} {path}: cannot write in {parent} ({e.strerror or e})") from None
+    return path
+
+
+def check_folder(path: str | Path, flag: str) -> Path:
+    """An output folder's path, checked before any work: a folder, or one that can be made
+    (a folder is made and removed in its nearest existing parent, which also catches what
+    permission bits do not, e.g. /proc for root). ValueError names the flag."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path}: is a file; give a folder")
+    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{flag} {path}: {existing} is a file, not a folder")
+    try:
+        Path(tempfile.mkdtemp(prefix=".livereel-check-", dir=existing)).rmdir()
+    except OSError as e:
+        raise ValueError(f"{flag} {path}: cannot write in {existing} ({e.strerror or e})") from None
     return path
 
 

@@ -346,6 +346,12 @@ def test_cli_refuses_bad_output_paths_before_any_work(tmp_path, monkeypatch, cap
 
 
 def test_check_folder_accepts_a_folder_to_be_made(tmp_path):
-    assert ev.check_folder(tmp_path / "new" / "plots", "--plots") == tmp_path / "new" / "plots"
-    assert ev.check_folder(tmp_path, "--plots") == tmp_path
+    from model.sample import check_folder, check_output
+
+    assert check_folder(tmp_path / "new" / "plots", "--plots") == tmp_path / "new" / "plots"
+    assert check_folder(tmp_path, "--plots") == tmp_path
+    assert check_output(tmp_path / "out.json", "--json") == tmp_path / "out.json"
+    assert not list(tmp_path.iterdir())  # the checks leave nothing
+    with pytest.raises(ValueError, match="--json /proc/x.json: cannot write in /proc"):
+        check_output("/proc/x.json", "--json")  # (permission bits say yes to root there)
     assert list(tmp_path.iterdir()) == []  # the check made nothing that stays
