@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
