@@ -37,7 +37,6 @@ import errno
 import hmac
 import ipaddress
 import logging
-import mimetypes
 import os
 import secrets
 import signal
@@ -110,7 +109,18 @@ HEADERS = [
     ("Connection", "close"),  # one request a connection: the page makes a handful, and no idle ones linger
 ]
 """Headers of every answer."""
-mimetypes.add_type("text/javascript", ".js")  # (what HTML names; Python < 3.12 guesses application/javascript)
+
+
+class _WebFiles(StaticFiles):
+    """web/ as StaticFiles serves it, JavaScript as text/javascript (what HTML names): the
+    process-wide `mimetypes` table says otherwise on Python < 3.12, and Gradio's app sets
+    application/javascript in it when it serves."""
+
+    def file_response(self, full_path, *args, **kwargs) -> Response:
+        response = super().file_response(full_path, *args, **kwargs)
+        if str(full_path).endswith(".js"):
+            response.headers["content-type"] = "text/javascript; charset=utf-8"
+        return response
 
 
 class Metrics:
@@ -403,7 +413,7 @@ class Server:
                 Route("/metrics", self._metrics),
                 Route("/config.json", self._config),
                 Route("/sessions/{session}/log.jsonl", self._log),
-                Mount("/", StaticFiles(directory=self.web_root, html=True)),  # html: / is index.html
+                Mount("/", _WebFiles(directory=self.web_root, html=True)),  # html: / is index.html
             ]
         )
 
