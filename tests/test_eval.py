@@ -40,13 +40,18 @@ def test_measure_shift_integer(d):
     assert abs(dx - d[0]) < 0.1 and abs(dy - d[1]) < 0.1
 
 
+SUBPIXEL = 0.25
+"""px: the measure cleans thin features (falling weather) first, which bends sub-pixel
+shifts on clean textures by up to 0.2 px (0.1 without), and halves its error on the world."""
+
+
 @pytest.mark.parametrize("d", [(1.3, -0.6), (-2.5, 0.25)])
 def test_measure_shift_subpixel_fourier(d):
     g = _texture("grassland").mean(-1)
     ky, kx = np.fft.fftfreq(g.shape[0])[:, None], np.fft.fftfreq(g.shape[1])[None, :]
     shifted = np.fft.ifft2(np.fft.fft2(g) * np.exp(2j * np.pi * (kx * d[0] + ky * d[1]))).real  # g(x + d)
     dx, dy = ev.measure_shift(g[150:278, 150:278], shifted[150:278, 150:278])
-    assert abs(dx - d[0]) < 0.1 and abs(dy - d[1]) < 0.1
+    assert abs(dx - d[0]) < SUBPIXEL and abs(dy - d[1]) < SUBPIXEL
 
 
 @pytest.mark.parametrize("biome", world.BIOMES)
@@ -54,7 +59,7 @@ def test_measure_shift_subpixel_world_camera(biome):
     cams = np.array([[200.0, 300.0, 0.0], [202.3, 298.6, 0.0]])
     a, b = (world.render_background(biome, cams).permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
     dx, dy = ev.measure_shift(a, b)
-    assert abs(dx - 2.3) < 0.1 and abs(dy + 1.4) < 0.1
+    assert abs(dx - 2.3) < SUBPIXEL and abs(dy + 1.4) < SUBPIXEL
 
 
 def test_measure_shift_with_object_in_view():
@@ -252,8 +257,8 @@ def test_cli_ground_truth_writes_every_field(tmp_path):
     assert gt["switch"]["latency_frames_max"] <= 1
     assert gt["bad_frames"]["black"] == 0 and gt["bad_frames"]["noise"] == 0
     # the measure's own error on the world (the object, a quarter of the view since v2, and
-    # falling weather move on their own): 0.3-0.5 px/frame with v1's small object, about 2 now
-    assert gt["camera"]["pan_error_px"] < 2.5 and gt["camera"]["pan_direction_accuracy"] >= 0.85
+    # falling weather move on their own): about 0.5 px/frame with thin features cleaned first
+    assert gt["camera"]["pan_error_px"] < 1.0 and gt["camera"]["pan_direction_accuracy"] >= 0.9
     assert gt["camera"]["zoom_direction_accuracy"] >= 0.95
     assert gt["revisit"]["psnr_trimmed"] == "inf" or gt["revisit"]["psnr_trimmed"] > 30  # JSON has no inf
     assert set(gt["drift"]) >= {"windows", "adherence_first", "adherence_last", "sharpness_ratio_last_first"}
