@@ -18,6 +18,7 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("streamer.server", "stream live to the browser over WebRTC"),
+    "worker": ("streamer.cluster.join", "join a Ray cluster as a worker of `serve --ray` (cluster mode)"),
     "demo": ("streamer.demo", "run the Gradio demo"),
     "export": ("streamer.export", "render a timeline JSON to an MP4"),
     "replay": ("streamer.replay", "render a recorded session log to an MP4"),

@@ -124,6 +124,14 @@ class Answer(Message):
     session: str
 
 
+class Reconnect(Message):
+    """Signaling, cluster mode: the session moved to another worker (its own failed or left) and
+    goes on there; send a new offer on this socket, from a new peer connection."""
+
+    type: Literal["reconnect"] = "reconnect"
+    detail: str
+
+
 class Word(Message):
     """What a closed-vocabulary model makes of one word or phrase of a prompt
     (model/world.py `explain_prompt`): `attribute` and `value` when it knows it (`used`

@@ -9,7 +9,9 @@
     GET /metrics                  Prometheus text                                    token
 
 Each offer makes a Session (its own Generator), a Peer (aiortc) and a place in the
-device's Scheduler. The server binds 127.0.0.1 unless told otherwise; there it keeps
+device's Scheduler. In cluster mode (`--ray`, streamer/cluster/) a `SessionBackend` makes
+them on worker processes instead: this server then relays each offer and its answer,
+keeps the signaling socket, and reports the workers' load. The server binds 127.0.0.1 unless told otherwise; there it keeps
 only loopback ICE candidates and needs no STUN. For other networks pass
 `--host 0.0.0.0 --ice-server stun:HOST:PORT` (and a TURN server where peers sit
 behind NATs); the browser gets the same list from /config.json.
@@ -46,7 +48,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 from urllib.parse import urlsplit
 
 import uvicorn
@@ -73,6 +75,7 @@ from streamer.controls import (
     Offer,
     ProtocolError,
     RateLimiter,
+    Reconnect,
     parse_signal,
 )
 from streamer.admission import Capacity, Decision
@@ -176,6 +179,46 @@ class _Live:
     answer: str
 
 
+@dataclass(frozen=True)
+class Opened:
+    """A session a backend started: its id and the SDP answer for the viewer."""
+
+    session: str
+    answer: str
+    worker: str | None = None
+    """Where it runs (cluster mode)."""
+
+
+class SessionBackend(Protocol):
+    """Sessions made somewhere else than this process (cluster mode: streamer/cluster/
+    gateway.py). With one, the Server keeps the page, the access rules and the signaling
+    socket, and relays each offer to `open` and the answer back; media and controls go
+    between the viewer and wherever the session runs."""
+
+    async def open(self, sdp: str, prompt: str, seed: int | None) -> Opened | Error:
+        """Start a session answering `sdp`, or say why not (code "server_full": refused for room)."""
+
+    async def watch(self, session: str) -> dict:
+        """The session's next notice for its viewer: {"type": "ended", "reason": ...}, or
+        {"type": "reconnect", "detail": ...} (it moved: its viewer is to offer again)."""
+
+    async def reconnect(self, session: str, sdp: str) -> Opened | Error:
+        """A moved session's viewer offers again: the answer from its new place."""
+
+    async def close(self, session: str) -> None:
+        """The viewer left."""
+
+    async def health(self) -> dict:
+        """For /healthz (the load of every worker); also refreshes what `collector` reports."""
+
+    async def log(self, session: str) -> str | None:
+        """A session's event log (JSON lines), live or recently ended; None if unknown."""
+
+    @property
+    def collector(self) -> Any:
+        """A prometheus_client collector of the backend's own metrics (per-worker load)."""
+
+
 class Server:
     """Sessions over WebRTC for one model on one device.
 
@@ -189,7 +232,7 @@ class Server:
 
     def __init__(
         self,
-        make_generator: Callable[[int], Any],
+        make_generator: Callable[[int], Any] | None,
         info: StreamInfo,
         *,
         host: str = "127.0.0.1",
@@ -203,6 +246,7 @@ class Server:
         control_rate: float = CONTROL_RATE,
         step_many: Callable[[list], list] | None = None,
         capacity: Capacity | None = None,
+        backend: SessionBackend | None = None,
     ) -> None:
         self.make_generator = make_generator
         self.info = info
@@ -219,7 +263,13 @@ class Server:
         """Admission: unmeasured (as tests build it) it admits up to `max_sessions`."""
         self.scheduler = Scheduler(max_sessions=max_sessions, on_chunk=self._on_chunk, step_many=step_many,
                                    on_step=self.capacity.observe_round)
-        self.metrics = Metrics(lambda: len(self.scheduler), self.capacity)
+        self.backend = backend
+        """Where sessions run when not here (cluster mode; None: in this process)."""
+        self.relayed: set[str] = set()
+        """Sessions of the backend's whose viewers are connected here."""
+        self.metrics = Metrics(lambda: len(self.scheduler) if backend is None else len(self.relayed), self.capacity)
+        if backend is not None:
+            self.metrics.registry.register(backend.collector)
         self.live: dict[str, _Live] = {}
         self._opening = 0  # offers past the admission check, not yet in the scheduler
         self._ended_logs: OrderedDict[str, str] = OrderedDict()
@@ -252,7 +302,8 @@ class Server:
             ws_ping_interval=PING_SECONDS,
             ws_ping_timeout=PING_SECONDS,
         )
-        self.scheduler.start()
+        if self.backend is None:
+            self.scheduler.start()
         self._uvicorn = _Uvicorn(config)
         self._serving = asyncio.create_task(self._uvicorn.serve(sockets=[sock]))
         while not self._uvicorn.started:  # (a few turns of the loop)
@@ -283,8 +334,9 @@ class Server:
             except TimeoutError:
                 log.warning("sessions still closing after %g s", timeout)
             self._uvicorn = None
-        left = None if deadline is None else max(deadline - time.monotonic(), 0.1)
-        await asyncio.to_thread(self.scheduler.stop, left)
+        if self.backend is None:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.1)
+            await asyncio.to_thread(self.scheduler.stop, left)
 
     # ------------------------------------------------------------ signaling
 
@@ -307,6 +359,9 @@ class Server:
         except ProtocolError as e:
             await self._refuse(ws, e.reply)
             return
+        if self.backend is not None:
+            await self._relay(ws, offer)
+            return
         live = await self._open(ws, offer.sdp, offer.prompt or self.default_prompt, offer.seed)
         if live is None:
             return
@@ -322,6 +377,65 @@ class Server:
             pass
         finally:
             await self._close(live)
+
+    async def _relay(self, ws: WebSocket, offer: Offer) -> None:
+        """Cluster mode: the backend starts the session, the viewer gets its answer; then this
+        socket stays open until either side ends the session. Where the session moves (its
+        worker failed), the viewer is told to `reconnect` and its next offer goes there."""
+        opened = await self.backend.open(offer.sdp, offer.prompt or self.default_prompt, offer.seed)
+        if isinstance(opened, Error):
+            await self._refuse(ws, opened)
+            return
+        self.relayed.add(opened.session)
+        self.metrics.sessions_started.inc()
+        log.info("session %s: started on worker %s (%d relayed here)", opened.session, opened.worker,
+                 len(self.relayed))
+        receiving = watching = None
+        replies = RateLimiter(rate=1.0, burst=1)  # to anything more on the socket
+        try:
+            await _send(ws, Answer(sdp=opened.answer, session=opened.session).to_json())
+            receiving = asyncio.ensure_future(_receive(ws))
+            watching = asyncio.ensure_future(self.backend.watch(opened.session))
+            moved = False  # told to reconnect: the next message is an offer
+            while True:
+                done, _ = await asyncio.wait({receiving, watching}, return_when=asyncio.FIRST_COMPLETED)
+                if watching in done:
+                    notice = watching.result()
+                    if notice["type"] != "reconnect":
+                        log.info("session %s: %s; closing", opened.session, notice.get("reason"))
+                        await _close_socket(ws, 1000, str(notice.get("reason", ""))[:100])
+                        return
+                    log.info("session %s: %s; asking the viewer to reconnect", opened.session, notice["detail"])
+                    await _send(ws, Reconnect(detail=notice["detail"]).to_json())
+                    moved = True
+                    watching = asyncio.ensure_future(self.backend.watch(opened.session))
+                if receiving not in done:
+                    continue
+                raw = receiving.result()  # raises WebSocketDisconnect once the viewer leaves
+                receiving = asyncio.ensure_future(_receive(ws))
+                if moved:
+                    try:
+                        again = await self.backend.reconnect(opened.session, parse_signal(raw).sdp)
+                    except ProtocolError as e:
+                        await _send(ws, e.reply.to_json())
+                        continue
+                    if isinstance(again, Error):
+                        await _send(ws, again.to_json())
+                        await _close_socket(ws, 1011, again.code)
+                        return
+                    moved = False
+                    await _send(ws, Answer(sdp=again.answer, session=opened.session).to_json())
+                elif replies.admit():
+                    detail = "one offer per socket; controls go on the data channel"
+                    await _send(ws, Error(code="unexpected", detail=detail).to_json())
+        except WebSocketDisconnect:
+            pass
+        finally:
+            for task in (receiving, watching):
+                if task is not None:
+                    task.cancel()
+            self.relayed.discard(opened.session)
+            await self.backend.close(opened.session)
 
     async def _open(self, ws: WebSocket, sdp: str, prompt: str, seed: int | None) -> _Live | None:
         """A running session answering `sdp`, or None after replying with an error."""
@@ -459,11 +573,15 @@ class Server:
         return JSONResponse({"error": reason, "detail": detail}, status)
 
     async def _health(self, request: Request) -> Response:
+        if self.backend is not None:
+            return JSONResponse({"status": "ok", **await self.backend.health()})
         sessions, limit = len(self.scheduler), self.scheduler.max_sessions
         return JSONResponse({"status": "ok", "sessions": sessions, "max_sessions": limit,
                              **self.capacity.snapshot(sessions + self._opening)})
 
     async def _metrics(self, request: Request) -> Response:
+        if self.backend is not None:
+            await self.backend.health()  # (refreshes the per-worker figures)
         return Response(self.metrics.text(), media_type=CONTENT_TYPE_LATEST)
 
     async def _config(self, request: Request) -> Response:
@@ -473,7 +591,10 @@ class Server:
     async def _log(self, request: Request) -> Response:
         session_id = request.path_params["session"]
         live = self.live.get(session_id)
-        text = live.session.log.text() if live is not None else self._ended_logs.get(session_id)
+        if self.backend is not None:
+            text = await self.backend.log(session_id)
+        else:
+            text = live.session.log.text() if live is not None else self._ended_logs.get(session_id)
         if text is None:
             return PlainTextResponse("no such session\n", 404)
         disposition = f'attachment; filename="livereel-{session_id}.jsonl"'
@@ -609,6 +730,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="another web origin (scheme://host[:port]) whose pages may open sessions, repeatable "
         "(the page's own origin always may)",
     )
+    cluster = parser.add_argument_group("cluster mode (Ray; needs the cluster extra: pip install 'livereel[cluster]')")
+    cluster.add_argument(
+        "--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+        help="run sessions on GenWorker actors of a Ray cluster, this process relaying signaling only: a local "
+             "cluster of --workers workers, or the cluster at ADDRESS (host:port of its head; workers join it "
+             "with `livereel worker`, or this process starts --workers of them there)")
+    cluster.add_argument("--workers", type=int, default=2,
+                         help="GenWorker actors this process starts (each: the model and --slots sessions)")
+    cluster.add_argument("--slots", type=int, default=2, help="sessions each worker streams at once")
+    cluster.add_argument("--worker-cpus", type=float, default=None,
+                         help="CPU cores Ray reserves for each worker (default: this machine's cores / --workers)")
+    cluster.add_argument("--worker-gpus", type=float, default=0.0, help="GPUs Ray reserves for each worker")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -650,6 +783,10 @@ def main(args: argparse.Namespace) -> int:
     if args.port and (why := port_problem(args.host, args.port)):  # before the model loads
         log.error("%s", why)
         return 2
+    if args.ray is not None:
+        from streamer.cluster.gateway import main as cluster_main
+
+        return cluster_main(args, sampling, wan, ice_servers)
 
     from model import CheckpointError, load_model  # (torch: only once the flags are good)
     from model.generate import next_frames_batch
@@ -755,7 +892,7 @@ async def _serve(server: Server, port: int) -> int:
     await stop.wait()
     for sig in signals:  # a second signal ends the process at once
         loop.remove_signal_handler(sig)
-    sessions, start = len(server.live), time.monotonic()
+    sessions, start = len(server.live) + len(server.relayed), time.monotonic()
     log.info("shutting down: closing %d session(s)", sessions)
     await server.stop(timeout=SHUTDOWN_SECONDS)
     log.info("stopped: %d session(s) closed in %.1f s", sessions, time.monotonic() - start)

@@ -43,7 +43,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -140,6 +140,7 @@ class EventLog:
         self._lock = threading.Lock()
         self._lines: list[str] = []
         self._file = path.open("w", encoding="utf-8") if path is not None else None
+        self._listener: Callable[[int, str], None] | None = None
         self.add(header)
 
     def add(self, event: dict[str, Any]) -> None:
@@ -149,6 +150,16 @@ class EventLog:
             if self._file is not None:
                 self._file.write(line + "\n")
                 self._file.flush()
+            if self._listener is not None:
+                self._listener(len(self._lines) - 1, line)
+
+    def listen(self, listener: Callable[[int, str], None]) -> None:
+        """Call `listener(index, line)` for each line written so far and every later one, in
+        order (under the log's lock: it must be quick; cluster mode relays lines with it)."""
+        with self._lock:
+            self._listener = listener
+            for index, line in enumerate(self._lines):
+                listener(index, line)
 
     def text(self) -> str:
         with self._lock:
@@ -292,6 +303,15 @@ class Session:
 
     def close(self) -> None:
         self.log.close()
+
+    def resume_at(self, chunks: int) -> None:
+        """Go on from a generator restored to where another process's stream stood after
+        `chunks` chunks (cluster mode's failover): its controls are applied already, so
+        nothing is staged, and frames are counted on from there. Before the first step."""
+        with self._lock:
+            self._staged.clear()
+            self.chunks_made = chunks
+            self.frames_made = chunks * self.info.frames_per_chunk
 
     # ------------------------------------------------------------ worker thread
 

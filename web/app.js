@@ -75,11 +75,13 @@ stream.addEventListener("state", (e) => {
   state.connection = s;
   const pill = $("state");
   pill.dataset.state = s;
-  pill.textContent = { connecting: "connecting", live: "live", closed: "offline", failed: "error" }[s] ?? s;
+  pill.textContent =
+    { connecting: "connecting", live: "live", reconnecting: "reconnecting", closed: "offline", failed: "error" }[s] ?? s;
   $("veil").hidden = s === "live";
   $("veil-text").textContent =
-    s === "connecting" ? "Connecting…" : s === "live" ? "" : reason ? `${reason} Reconnect to start again.` : "Offline";
-  if (s === "connecting" || s === "live") showError("");
+    s === "connecting" ? "Connecting…" : s === "reconnecting" ? "Reconnecting…" : s === "live" ? ""
+      : reason ? `${reason} Reconnect to start again.` : "Offline";
+  if (s === "connecting" || s === "reconnecting" || s === "live") showError("");
   else if (reason) showError(reason);
   if (s !== "live") releaseAll();
 });

@@ -2,10 +2,13 @@
 // the video, and the `control` data channel. No UI here; app.js listens to events.
 //
 // Events (CustomEvent, details in `event.detail`):
-//   "state"    {state: "connecting" | "live" | "closed" | "failed", reason?, error?}
+//   "state"    {state: "connecting" | "live" | "reconnecting" | "closed" | "failed", reason?, error?}
 //              reason: a plain sentence; error: the server's error message, when it
 //              refused or ended the session with one. A stream that has ended tells
 //              why once: later closes (socket, channel, peer) of the same end are quiet.
+//              "reconnecting": in cluster mode the session's worker failed and the session
+//              goes on on another one; the stream offers there by itself (a new peer
+//              connection, the same signaling socket and session).
 //   "message"  a parsed server message from the data channel or the socket
 //   "frame"    {now, metadata} for every presented video frame
 
@@ -28,26 +31,7 @@ export class Stream extends EventTarget {
     this.close();
     this.timings = { start: performance.now() };
     this._setState("connecting");
-    const pc = new RTCPeerConnection({ iceServers: this.iceServers });
-    this.pc = pc;
-    pc.addTransceiver("video", { direction: "recvonly" });
-    const channel = pc.createDataChannel("control");
-    this.channel = channel;
-    channel.onmessage = (e) => this._onMessage(e.data);
-    channel.onclose = () => this._mediaEnded(pc, "The stream stopped.");
-    pc.ontrack = (e) => {
-      this.video.srcObject = e.streams[0] ?? new MediaStream([e.track]);
-      this.video.play().catch(() => {});
-      this._watchFrames();
-    };
-    pc.onconnectionstatechange = () => {
-      if (this.pc !== pc) return;
-      const s = pc.connectionState;
-      if (s === "connected") this._setState("live");
-      else if (s === "failed") this._setState("failed", "The video connection failed.");
-      else if (s === "closed" || s === "disconnected") this._mediaEnded(pc, "The video connection was lost.");
-    };
-
+    const pc = this._newPeer();
     await pc.setLocalDescription(await pc.createOffer());
     await iceGatheringDone(pc);
     const url = new URL("/ws", location.href);
@@ -72,6 +56,44 @@ export class Stream extends EventTarget {
     if (Number.isInteger(seed)) offer.seed = seed;
     this.timings.offerSent = performance.now();
     ws.send(JSON.stringify(offer));
+  }
+
+  /** A new peer connection (recvonly video, the control channel) as this.pc. */
+  _newPeer() {
+    const pc = new RTCPeerConnection({ iceServers: this.iceServers });
+    this.pc = pc;
+    pc.addTransceiver("video", { direction: "recvonly" });
+    const channel = pc.createDataChannel("control");
+    this.channel = channel;
+    channel.onmessage = (e) => this._onMessage(e.data);
+    channel.onclose = () => this._mediaEnded(pc, "The stream stopped.");
+    pc.ontrack = (e) => {
+      this.video.srcObject = e.streams[0] ?? new MediaStream([e.track]);
+      this.video.play().catch(() => {});
+      this._watchFrames();
+    };
+    pc.onconnectionstatechange = () => {
+      if (this.pc !== pc) return;
+      const s = pc.connectionState;
+      if (s === "connected") this._setState("live");
+      else if (s === "failed") this._setState("failed", "The video connection failed.");
+      else if (s === "closed" || s === "disconnected") this._mediaEnded(pc, "The video connection was lost.");
+    };
+    return pc;
+  }
+
+  /** Cluster mode: the session moved to another worker. Offer there from a new peer
+   * connection on the same socket (the old one's events are ignored from now on). */
+  async _reconnect(ws, detail) {
+    const old = this.pc;
+    this._setState("reconnecting", detail ? `Reconnecting: ${detail}.` : "Reconnecting.");
+    const pc = this._newPeer();
+    if (old) old.close();
+    await pc.setLocalDescription(await pc.createOffer());
+    await iceGatheringDone(pc);
+    if (this.ws !== ws || this.pc !== pc || ws.readyState !== WebSocket.OPEN) return;
+    this.timings.reconnect = performance.now();
+    ws.send(JSON.stringify({ type: "offer", sdp: pc.localDescription.sdp }));
   }
 
   /** Send a control message (an object) on the data channel; false if not open. */
@@ -138,6 +160,9 @@ export class Stream extends EventTarget {
       );
     }
     if (msg.type === "error") this._setState("failed", msg.detail, msg);
+    if (msg.type === "reconnect") {
+      this._reconnect(this.ws, msg.detail).catch((err) => this._setState("failed", `cannot reconnect: ${err.message}`));
+    }
     this._emit("message", msg);
   }
 
