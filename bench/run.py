@@ -6,6 +6,7 @@ over WebRTC), chunk time and memory over a long stream, achieved FLOP/s against 
 measured matmul peak, the no-cache and unbounded-cache baselines, and throughput with
 1, 2 and 4 sessions, batched and unbatched. A table on stdout, every figure in the
 JSON (`--json`), PNG plots (`--plots`). `--smoke` runs everything tiny, in seconds.
+`--cluster` measures cluster mode instead (bench/cluster.py).
 
 Wall-clock figures stretch when other processes share the CPUs; CPU-time figures
 (the thread's own) barely do. Both are reported, and every comparison is made
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from bench import cluster
 from bench.timing import torch_threads
 from model.config import get_config
 from model.engine_choice import CHOICES, add_engine_argument
@@ -100,6 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--widths", type=width_specs, default=[], metavar="DIM/HEADS,...",
                         help="also time the checkpoint's DiT made wider, random weights (e.g. 256/4,384/6): "
                              "chunk time, real-time factor, share of the matmul peak, speed-up over no cache")
+    cluster.add_arguments(parser)
 
 
 def engine_list(text: str) -> list[str]:
@@ -336,6 +339,8 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"livereel bench: {e}", file=sys.stderr)
         return 2
+    if args.cluster:
+        return cluster.main(args, sampling)
     from bench.timing import choose_threads
 
     from model import load_model

@@ -226,3 +226,40 @@ def test_wan_bench_refuses_a_bad_json_path(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit:
         main(["--size", "tiny", "--json", str(tmp_path / "missing" / "wan.json")])
     assert exit.value.code == 2 and "--json" in capsys.readouterr().err
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(300)
+def test_cluster_smoke_reports_every_figure(tmp_path, capsys):
+    """`livereel bench --cluster --smoke`: a local Ray cluster of 1 then 2 workers (the debug
+    model, 2 slots each) filled with aiortc viewers; every figure there, positive and finite,
+    and the 2-worker run's failover moved the killed worker's sessions to the freed one."""
+    pytest.importorskip("ray")
+    import math
+
+    out, plots = tmp_path / "cluster.json", tmp_path / "plots"
+    assert run.main(bench_args("--cluster", "--smoke", "--engine", "eager", "--json", str(out),
+                               "--plots", str(plots))) == 0
+    report = json.loads(out.read_text())
+    assert report["meta"]["checkpoint"] == "debug" and report["meta"]["workers"] == [1, 2]
+    assert list(report["counts"]) == ["1", "2"]
+
+    def positive(x) -> bool:
+        return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+    for n, res in report["counts"].items():
+        assert res["workers"] == int(n) and res["sessions"] == 2 * int(n) == len(res["per_session"])
+        assert all(positive(res[k]) for k in ("start_s", "aggregate_fps", "fps"))
+        assert all(positive(res["per_session_fps"][k]) for k in ("mean", "min", "max"))
+        assert all(positive(s[k]) for s in res["per_session"] for k in ("fresh_fps", "window_s", "chunk_ms"))
+        for what in ("place_answer_s", "place_hello_s"):
+            assert res[what]["n"] == res["sessions"] and positive(res[what]["median"]), what
+    assert report["counts"]["1"]["failover"] is None  # nowhere to move with one worker
+    fail = report["counts"]["2"]["failover"]
+    assert fail["killed"] == "w0" and fail["sessions"] == 2 and fail["moved_to"] == ["w1"]
+    for what in ("reconnect_s", "answer_s", "first_frame_s"):
+        assert fail[what]["n"] == 2 and positive(fail[what]["median"]), what
+    assert fail["reconnect_s"]["min"] <= fail["answer_s"]["min"] <= fail["first_frame_s"]["min"]
+    assert [p.name for p in plots.iterdir()] == ["cluster.png"]
+    table = capsys.readouterr().out
+    assert "aggregate fresh fps" in table and "kill -> first frame" in table
