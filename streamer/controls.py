@@ -122,6 +122,8 @@ class Answer(Message):
     type: Literal["answer"] = "answer"
     sdp: str
     session: str
+    worker: str | None = None
+    """Cluster mode: the worker the session runs on (after a move, its new one)."""
 
 
 class Reconnect(Message):

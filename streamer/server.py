@@ -393,7 +393,7 @@ class Server:
         receiving = watching = None
         replies = RateLimiter(rate=1.0, burst=1)  # to anything more on the socket
         try:
-            await _send(ws, Answer(sdp=opened.answer, session=opened.session).to_json())
+            await _send(ws, Answer(sdp=opened.answer, session=opened.session, worker=opened.worker).to_json())
             receiving = asyncio.ensure_future(_receive(ws))
             watching = asyncio.ensure_future(self.backend.watch(opened.session))
             moved = False  # told to reconnect: the next message is an offer
@@ -424,7 +424,7 @@ class Server:
                         await _close_socket(ws, 1011, again.code)
                         return
                     moved = False
-                    await _send(ws, Answer(sdp=again.answer, session=opened.session).to_json())
+                    await _send(ws, Answer(sdp=again.answer, session=opened.session, worker=again.worker).to_json())
                 elif replies.admit():
                     detail = "one offer per socket; controls go on the data channel"
                     await _send(ws, Error(code="unexpected", detail=detail).to_json())

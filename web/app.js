@@ -89,6 +89,11 @@ stream.addEventListener("state", (e) => {
 stream.addEventListener("message", (e) => {
   const msg = e.detail;
   switch (msg.type) {
+    case "answer": // cluster mode names the worker (again after a move)
+      state.worker = msg.worker ?? null;
+      $("worker").hidden = !msg.worker;
+      $("worker").textContent = msg.worker ? `· worker ${msg.worker}` : "";
+      break;
     case "hello":
       state.hello = msg;
       state.session = msg.session;

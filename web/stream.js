@@ -154,6 +154,7 @@ export class Stream extends EventTarget {
     const msg = JSON.parse(raw);
     if (msg.type === "answer") {
       this.session = msg.session;
+      this.worker = msg.worker ?? null; // cluster mode: where the session runs
       this.timings.answer = performance.now();
       this.pc.setRemoteDescription({ type: "answer", sdp: msg.sdp }).catch((err) =>
         this._setState("failed", `bad answer: ${err.message}`),

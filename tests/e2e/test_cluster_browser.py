@@ -48,6 +48,7 @@ def test_plays_steers_and_survives_the_kill_of_its_worker(browser, cluster_url, 
     session = page.evaluate("() => window.livereel.state.session")
     serving = [w for w in health(cluster_url)["workers"] if w["sessions"] == 1]
     assert len(serving) == 1, health(cluster_url)
+    assert page.locator("#worker").inner_text() == f"· worker {serving[0]['worker']}"  # the page names it
     reached(page, 16)
     frame = page.evaluate("() => window.livereel.state.stats.frame")
     os.kill(serving[0]["pid"], signal.SIGKILL)  # the worker's process, as a crash would end it
@@ -58,6 +59,7 @@ def test_plays_steers_and_survives_the_kill_of_its_worker(browser, cluster_url, 
     reached(page, frame + 32)  # the stream goes on, past where it stood
     moved = [w for w in health(cluster_url)["workers"] if w["sessions"] == 1]
     assert [w["worker"] for w in moved] != [w["worker"] for w in serving] and len(moved) == 1
+    assert page.locator("#worker").inner_text() == f"· worker {moved[0]['worker']}"  # and its new one
     assert page.evaluate("() => window.livereel.state.session") == session
     page.evaluate("() => window.livereel.stream.send({type: 'camera', pan: [-0.5, 0], zoom: 0})")
     applied(page, "a.what === 'camera' && a.pan[0] === -0.5")  # controls reach the new worker
