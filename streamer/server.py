@@ -700,7 +700,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--admission", choices=("measured", "limit"), default="measured",
         help="measured: admit a viewer only while every stream stays real time (the rounds of chunks timed at "
-             "start and under load); limit: up to --max-sessions whatever the speed (streams then repeat frames)")
+             "start and under load); limit: up to --max-sessions whatever the speed (streams then repeat frames); "
+             "with --ray, each worker's sessions the same way, up to its --slots")
     add_sampling_arguments(parser)
     add_wan_arguments(parser)
     add_engine_argument(parser)
@@ -742,6 +743,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cluster.add_argument("--worker-cpus", type=float, default=None,
                          help="CPU cores Ray reserves for each worker (default: this machine's cores / --workers)")
     cluster.add_argument("--worker-gpus", type=float, default=0.0, help="GPUs Ray reserves for each worker")
+    add_snapshot_argument(cluster)
+
+
+def add_snapshot_argument(parser: Any) -> None:
+    """--snapshot-every (serve --ray and livereel worker)."""
+    from streamer.cluster import SNAPSHOT_CHUNKS
+
+    parser.add_argument(
+        "--snapshot-every", type=int, default=SNAPSHOT_CHUNKS, metavar="CHUNKS",
+        help="a worker sends each session's stream state to the controller every this many chunks, so a failover "
+             "replays at most that many (0: never; a failover then replays the session's whole log)")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -73,13 +73,32 @@ def test_placement_prefers_a_worker_running_the_same_model_and_settings():
     assert place(workers, key="steps=2").id == "w0"  # none of that key with room: any worker
 
 
+def test_placement_admits_no_more_than_a_worker_streams_in_real_time():
+    workers = _workers(0, 0)  # 2 slots each
+    workers[0].capacity, workers[1].capacity = 1, 2  # as measured and reported
+    assert place(workers).id == "w0"
+    workers[0].sessions = {"a"}
+    assert place(workers).id == "w1"  # w0 has a free slot but streams 1 session in real time
+    workers[1].sessions = {"b", "c"}
+    assert place(workers) is None
+    assert full_reason(workers) == "the 2 workers stream 3 sessions in real time (4 slots) and all are in use"
+    assert place(workers, moving=True).id == "w0"  # a failover may use the slot: slowed, not ended
+    workers[1].sessions = {"b"}
+    workers[1].behind = True  # its session repeats frames: none more meanwhile
+    assert place(workers) is None
+    assert full_reason(workers) == "the sessions of 2 workers are behind real time; one more would slow them"
+    workers[1].behind = False
+    assert place(workers).id == "w1"
+
+
 def test_serve_ray_checks_its_flags_before_starting_anything():
     import subprocess
     import sys
 
     for flags, says in ((["--slots", "0"], "--slots must be at least 1"),
                         (["--workers", "0"], "--workers must be at least 1"),
-                        (["--worker-cpus", "0"], "--worker-cpus must be above 0")):
+                        (["--worker-cpus", "0"], "--worker-cpus must be above 0"),
+                        (["--snapshot-every", "-1"], "--snapshot-every must be 0 (none) or more chunks")):
         r = subprocess.run([sys.executable, "-m", "streamer.cli", "serve", "--ray", "--port", "0", *flags],
                            capture_output=True, text=True, timeout=WAIT)
         assert r.returncode == 2 and says in r.stderr, r.stderr
@@ -134,6 +153,8 @@ async def test_workers_join_a_cluster_and_a_stopped_one_hands_its_session_over(t
             assert all(p.poll() is None for p in procs.values()), {n: (tmp_path / f"{n}.log").read_text()
                                                                    for n in procs}
             await asyncio.sleep(0.5)
+        # each worker measured at start how many sessions it streams in real time (--admission measured)
+        assert all(1 <= w["real_time_sessions"] <= w["slots"] for w in await workers())
         client = await clients(port).open()
         await client.frames_after(8)
         (serving,) = [w["worker"] for w in await workers() if w["sessions"]]
@@ -177,8 +198,9 @@ def cluster():
     init_ray(None, num_cpus=2, log_to_driver=False)
     try:
         controller = start_controller(detached=False)
+        # admission by slots: placement is what these tests check (the measured kind: test_admission_*)
         workers = start_workers([f"w{i}" for i in range(WORKERS)], "debug", _sampling(), SLOTS, num_cpus=0.5,
-                                engine="eager", timeout=2 * WAIT)
+                                engine="eager", timeout=2 * WAIT, admission="limit")
         yield controller, workers, time.perf_counter() - start
     finally:
         ray.shutdown()
@@ -396,8 +418,9 @@ async def test_a_killed_workers_sessions_resume_elsewhere_with_the_same_frames(c
     controller = cluster[0]
     # Workers whose sessions step alone (unbatched), so that frames are bit-equal to a replay's;
     # the gateway asks for their key, so placement puts its sessions there first.
+    # They snapshot their sessions every 2 chunks: a restore starts from the latest snapshot.
     solo = start_workers(["s0", "s1"], "debug", _sampling(), SLOTS, num_cpus=0.25, engine="eager", batch=False,
-                         keep_frames=1024, timeout=WAIT)
+                         keep_frames=1024, timeout=WAIT, admission="limit", snapshot_every=2)
     health = await controller.health.remote()
     key = next(w["key"] for w in health["workers"] if w["worker"] == "s0")
     info = await controller.info.remote()
@@ -439,6 +462,10 @@ async def test_a_killed_workers_sessions_resume_elsewhere_with_the_same_frames(c
     for x in (a, b):
         assert await controller.where.remote(x.session) == {"worker": "s1", "epoch": 1}
         assert [m["type"] for _, m in signals[x.session]] == ["reconnect", "answer"]
+        move, latest = await controller.moves.remote(x.session)
+        print(f"moved: {move}; latest snapshot at chunk {latest['snapshot']}")
+        assert move["worker"] == "s1" and 0 <= move["replayed"] <= 2 < move["chunk"]  # from a snapshot
+        assert latest["snapshot"] is not None and latest["snapshot"] > move["chunk"] - move["replayed"]
     assert await controller.where.remote(c.session) == {"worker": where_c, "epoch": 0}
     assert signals[c.session] == []  # undisturbed
 

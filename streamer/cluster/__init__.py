@@ -5,9 +5,11 @@ and machines, on Ray Core actors (research/scale-out.md, issue #17).
                               │  open(sdp) / close / watch / health / log
                               ▼
                           Controller actor (named "livereel-controller")
-                              registry, placement, admission, session table, log store
+                              registry, placement, admission, session table,
+                              session store (event logs, snapshots)
                               │  open(session, epoch, sdp)          ▲ register, report,
-                              ▼                                     │ append_log, ended
+                              ▼  restore(log, snapshot)             │ append_log, snapshot,
+                                                                    │ commit, ended
                           GenWorker actors (one per device): the model, a Scheduler with
                           K slots, and their sessions' aiortc peers
     browser ◄═══════ WebRTC media + `control` data channel ═══════ GenWorker
@@ -23,3 +25,6 @@ dependency (the `cluster` extra).
 NAMESPACE = "livereel"
 """The Ray namespace of livereel's named actors."""
 CONTROLLER_NAME = "livereel-controller"
+SNAPSHOT_CHUNKS = 20
+"""Chunks between two snapshots of a session (10 s of the shipped model's video): a
+failover replays at most this many chunks after the latest one."""

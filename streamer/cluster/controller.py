@@ -4,20 +4,25 @@
   half second (`report`); a worker whose reports stop for DEAD_SECONDS, or whose calls
   fail with a Ray actor error, is dropped.
 - Placement and admission (streamer/cluster/placement.py): fill warm workers first,
-  prefer one running the same model and settings, never past a worker's slots; with
-  every slot taken an offer is refused ("all 6 sessions of 3 workers are in use").
+  prefer one running the same model and settings, never past a worker's slots nor its
+  measured real-time capacity; with no room an offer is refused ("all 6 sessions of 3
+  workers are in use").
 - The session table: session id -> (worker, epoch). The epoch fences a session's past
   owner: log lines sent under an older epoch are refused.
-- The event-log store: each line of each session's log, sent by its worker as it is
+- The session store: each line of each session's log, sent by its worker as it is
   written (`append_log`, numbered); kept for live sessions and the ENDED_LOGS_KEPT last
-  ended ones, and with a `record_dir` appended to ID.jsonl there as well.
+  ended ones, and with a `record_dir` appended to ID.jsonl there as well; and each live
+  session's latest snapshot (`snapshot`: its stream's state every few chunks, from its
+  worker; model/snapshot.py).
 - Notices for the gateway: `watch(session)` returns when the session ends on its
   worker's side, so the gateway closes the viewer's signaling socket, or when it moved.
 - Failover. The controller holds a call on every worker that never returns
   (`until_stopped`), so a dead worker process is known at once (a Ray actor error);
   a worker whose load reports stop for DEAD_SECONDS counts as dead too. Each of its
-  sessions is fenced (epoch + 1) and placed on another worker, which restores it from
-  the stored log and its last committed chunk (`GenWorker.restore`); the gateway then
+  sessions is fenced (epoch + 1) and placed on another worker (within slots: past its
+  measured real-time capacity if need be), which restores it from its latest snapshot
+  and the controls logged since, up to its last committed chunk (`GenWorker.restore`;
+  the whole log where there is no snapshot yet); the gateway then
   tells the viewer to offer again (`reconnect`), and the new offer goes to the new
   owner (`reoffer`). Where no worker has room, the session ends with that reason.
 - Drain (`drain`): a worker asked to leave takes no new session, and its sessions move
@@ -66,6 +71,10 @@ class _Session:
     key: str
     chunks: int = 0
     """Chunks made, as last committed by its worker."""
+    snapshot: tuple[int, bytes] | None = None
+    """Its latest snapshot: (chunks made then, the stream's state; model/snapshot.py)."""
+    moves: list = field(default_factory=list)
+    """Each move to another worker: {"worker", "chunk", "replayed", "ms"}."""
     leaving: Any = None
     """A draining worker still playing it until its viewer is back (its handle)."""
     notices: asyncio.Queue = field(default_factory=asyncio.Queue)
@@ -145,6 +154,8 @@ class Controller:
         state = worker.state
         state.reported = time.monotonic()
         state.chunk_seconds = load["chunk_seconds"]  # (which sessions it holds: the table says)
+        state.capacity = load.get("capacity")
+        state.behind = bool(load.get("behind", False))
 
     async def drain(self, worker_id: str, hand_over: bool = True) -> int:
         """Take no new sessions on this worker; with `hand_over`, move its sessions to other
@@ -177,6 +188,8 @@ class Controller:
                 "sessions": w.state.used,
                 "slots": w.state.slots,
                 "key": w.state.key,
+                "real_time_sessions": w.state.real_time,
+                "behind": w.state.behind,
                 "chunk_ms": None if w.state.chunk_seconds is None else round(w.state.chunk_seconds * 1000, 1),
                 "draining": w.state.draining,
                 "last_report_s": round(now - w.state.reported, 2),
@@ -185,8 +198,11 @@ class Controller:
         ]
         states = [w.state for w in self.workers.values()]
         slots = sum(s.slots for s in states if not s.draining)
+        snapshots = [s.snapshot for s in self.sessions.values() if s.snapshot is not None]
         return {"sessions": len(self.sessions), "slots": slots, "workers": workers,
-                "admitting": place(states) is not None}
+                "real_time_sessions": sum(s.real_time for s in states if not s.draining),
+                "admitting": place(states) is not None, "reason": full_reason(states) if place(states) is None else "",
+                "snapshots": len(snapshots), "snapshot_bytes": sum(len(data) for _, data in snapshots)}
 
     # ------------------------------------------------------------ sessions
 
@@ -260,6 +276,13 @@ class Controller:
         if session is not None and session.epoch == epoch:
             session.chunks = max(session.chunks, chunks)
 
+    def snapshot(self, session_id: str, epoch: int, chunks: int, data: bytes) -> None:
+        """A worker's snapshot of a session after `chunks` chunks (the latest is kept)."""
+        session = self.sessions.get(session_id)
+        if session is not None and session.epoch == epoch and (session.snapshot is None
+                                                               or chunks > session.snapshot[0]):
+            session.snapshot = (chunks, data)
+
     async def reoffer(self, session_id: str, sdp: str) -> dict:
         """A moved session's viewer offers again: as `open` answers."""
         session = self.sessions.get(session_id)
@@ -290,6 +313,14 @@ class Controller:
         """{"worker", "epoch"} of a live session (for tests and tools)."""
         session = self.sessions.get(session_id)
         return None if session is None else {"worker": session.worker, "epoch": session.epoch}
+
+    def moves(self, session_id: str) -> list[dict] | None:
+        """A live session's moves so far ({"worker", "chunk", "replayed", "ms"} each) and its
+        latest snapshot's chunk: for tests, tools and the bench."""
+        session = self.sessions.get(session_id)
+        if session is None:
+            return None
+        return [*session.moves, {"snapshot": None if session.snapshot is None else session.snapshot[0]}]
 
     # ------------------------------------------------------------ here
 
@@ -324,7 +355,7 @@ class Controller:
         is `leaving` (draining: it plays on until the viewer is back)."""
         start, epoch = time.perf_counter(), session.epoch
         states = [w.state for w in self.workers.values()]
-        state = place(states, session.key)
+        state = place(states, session.key, moving=True)
         if state is None:
             session.notices.put_nowait({"type": "ended", "reason": f"{why}, and {full_reason(states)}"})
             return
@@ -332,7 +363,7 @@ class Controller:
         state.opening += 1
         try:
             reply = await worker.handle.restore.remote(session.id, epoch, list(self.logs[session.id].lines),
-                                                       session.chunks)
+                                                       session.chunks, session.snapshot)
         except Exception as e:  # a Ray error: that worker died as well
             reply = {"error": "generation_failed", "detail": f"worker {state.id} failed: {type(e).__name__}"}
         finally:
@@ -349,9 +380,11 @@ class Controller:
             session.leaving = leaving.handle
         session.worker = state.id
         session.chunks = reply["chunk"]
+        session.moves.append({"worker": state.id, "chunk": reply["chunk"], "replayed": reply["replayed"],
+                              "ms": round((time.perf_counter() - start) * 1000, 1)})
         state.sessions.add(session.id)
-        log.info("session %s: moved to worker %s at chunk %d in %.0f ms (epoch %d)", session.id, state.id,
-                 reply["chunk"], (time.perf_counter() - start) * 1000, epoch)
+        log.info("session %s: moved to worker %s at chunk %d in %.0f ms (%d chunks replayed; epoch %d)",
+                 session.id, state.id, reply["chunk"], (time.perf_counter() - start) * 1000, reply["replayed"], epoch)
         session.notices.put_nowait({"type": "reconnect", "worker": state.id,
                                     "detail": f"{why}; it goes on on worker {state.id}"})
 

@@ -166,6 +166,9 @@ def main(args: argparse.Namespace, sampling: Any, wan: Any, ice_servers: list) -
     if args.slots < 1:
         log.error("--slots must be at least 1")
         return 2
+    if args.snapshot_every < 0:
+        log.error("--snapshot-every must be 0 (none) or more chunks")
+        return 2
     cores = os.cpu_count() or 1
     worker_cpus = args.worker_cpus if args.worker_cpus is not None else cores / max(args.workers, 1)
     if worker_cpus <= 0:
@@ -188,7 +191,8 @@ def main(args: argparse.Namespace, sampling: Any, wan: Any, ice_servers: list) -
             workers = start_workers([f"{prefix}{i}" for i in range(args.workers)], args.checkpoint, sampling,
                                     args.slots, num_cpus=worker_cpus, num_gpus=args.worker_gpus, engine=args.engine,
                                     wan=wan, ice_servers=ice_servers, loopback_only=_loopback(args.host),
-                                    threads=max(1, int(worker_cpus)))
+                                    threads=max(1, int(worker_cpus)), admission=args.admission,
+                                    snapshot_every=args.snapshot_every)
         except TimeoutError as e:
             log.error("%s", e)
             return 1

@@ -22,6 +22,7 @@ import time
 from model.engine_choice import add_engine_argument
 from model.sampling import add_sampling_arguments, sampling_from_args
 from model.wan.config import add_wan_arguments, wan_options_from_args
+from streamer.server import add_snapshot_argument
 from streamer.webrtc import parse_ice_server
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="STUN/TURN server for its peers, repeatable: stun:HOST:PORT or turn:USER:PASS@HOST:PORT")
     parser.add_argument("--record-dir", default=None,
                         help="where the controller writes session logs, if this worker starts it")
+    parser.add_argument(
+        "--admission", choices=("measured", "limit"), default="measured",
+        help="measured: take a new session only while every one of its sessions stays real time (rounds of chunks "
+             "timed at start and under load); limit: up to --slots whatever the speed")
+    add_snapshot_argument(parser)
     add_sampling_arguments(parser)
     add_wan_arguments(parser)
     add_engine_argument(parser)
@@ -59,6 +65,9 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if args.slots < 1:
         log.error("--slots must be at least 1")
+        return 2
+    if args.snapshot_every < 0:
+        log.error("--snapshot-every must be 0 (none) or more chunks")
         return 2
     cpus = args.cpus if args.cpus is not None else float(os.cpu_count() or 1)
     try:
@@ -78,7 +87,8 @@ def main(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         worker = spawn_worker(worker_id, args.checkpoint, sampling, args.slots, num_cpus=cpus, num_gpus=args.gpus,
                               engine=args.engine, wan=wan, ice_servers=ice_servers, loopback_only=False,
-                              threads=max(1, int(cpus)))
+                              threads=max(1, int(cpus)), admission=args.admission,
+                              snapshot_every=args.snapshot_every)
         ray.get(worker.start.remote())
         log.info("worker %s: serving %d slots in the cluster at %s (ready in %.1f s)", worker_id, args.slots,
                  args.address, time.perf_counter() - start)

@@ -6,18 +6,20 @@ runs, the worker
 - sends each line of each session's event log to the controller as it is written
   (`Controller.append_log`, numbered, so the store is whole and in order however the
   calls arrive), so a log outlives its worker;
-- reports its load (sessions, slots, chunk time) every REPORT_SECONDS, which is also
-  its heartbeat;
-- commits each chunk of each session (`Controller.commit`: the chunks made so far);
+- reports its load (sessions, slots, chunk time, the sessions it streams in real time as
+  it measured at start, whether its sessions are behind) every REPORT_SECONDS, which is
+  also its heartbeat;
+- commits each chunk of each session (`Controller.commit`: the chunks made so far), and
+  every `snapshot_every` chunks sends the session's stream state (`Controller.snapshot`);
 - tells the controller when a session ends on its side (the peer left or went silent,
   the model failed): `Controller.ended`.
 
 Failover (and a draining worker's hand-over): `restore` rebuilds a session another
-worker was running, from its stored
-event log and its committed chunk count: a Generator with the logged seed is driven
-through the logged controls chunk by chunk (as `livereel replay` does), which brings it
-to the state the dead worker's had, so the chunks it makes next are the ones the stream
-would have had. The viewer's new offer then comes to `attach`.
+worker was running, from its latest snapshot (model/snapshot.py) or, before the first,
+a Generator with the logged seed, driven on through the controls logged since, chunk by
+chunk as `livereel replay` does, up to its committed chunk count: that is the state the
+dead worker's had, so the chunks it makes next are the ones the stream would have had.
+The viewer's new offer then comes to `attach`.
 
 Ray runs this actor's async methods on one event loop, the loop aiortc and the
 scheduler's results use; the model runs on the scheduler's thread, as in one process.
@@ -36,7 +38,7 @@ from typing import Any
 import ray
 from aiortc import RTCIceServer
 
-from streamer.cluster import CONTROLLER_NAME, NAMESPACE
+from streamer.cluster import CONTROLLER_NAME, NAMESPACE, SNAPSHOT_CHUNKS
 from streamer.controls import CONTROL_RATE, Error, ProtocolError, RateLimiter
 from streamer.session import Session, StreamInfo
 from streamer.webrtc import Peer
@@ -73,15 +75,22 @@ class GenWorker:
         threads: int = 1,
         batch: bool = True,
         keep_frames: int = 0,
+        snapshot_every: int = SNAPSHOT_CHUNKS,
+        admission: str = "measured",
     ) -> None:
         """`batch`: sessions of one key share batched steps (as `serve`; False: each steps
         alone, whose frames are bit-equal to a replay's); `keep_frames`: keep each session's
-        last that many frames made, for `kept_frames` (tests)."""
+        last that many frames made, for `kept_frames` (tests); `snapshot_every`: chunks
+        between two snapshots of a session sent to the controller (0: none, a failover
+        replays the whole log); `admission`: "measured" (time rounds of 1, 2, ... sessions
+        at start and take no more than run in real time, as `serve` does: streamer/
+        admission.py) or "limit" (up to `slots` whatever the speed)."""
         import torch
 
         from model import load_model
         from model.engine_choice import apply_engine
         from model.generate import next_frames_batch
+        from streamer.admission import Capacity
 
         torch.set_num_threads(threads)  # one device's share of the cores
         os.environ.setdefault("TQDM_DISABLE", "1")  # (the replay of a restore)
@@ -96,6 +105,16 @@ class GenWorker:
         sampling.generator(self.model, seed=0).next_frames()  # one-off costs now, not in a viewer's wait
         log.info("worker %s: model %r ready; warm-up took %.2f s", worker_id, checkpoint, time.perf_counter() - start)
         self.info = StreamInfo.of(self.model, sampling)
+        self.capacity = Capacity(limit=slots, budget=self.info.frames_per_chunk / self.info.fps, batched=batch)
+        if admission == "measured":
+            start = time.perf_counter()
+            self.capacity.measure(lambda seed: sampling.generator(self.model, seed=seed),
+                                  next_frames_batch if batch else None)
+            log.info("worker %s: capacity measured in %.1f s: %s", worker_id, time.perf_counter() - start,
+                     self.capacity.describe())
+        elif admission != "limit":
+            raise ValueError(f"admission must be 'measured' or 'limit' (got {admission!r})")
+        self.snapshot_every = snapshot_every
         self.key = f"{checkpoint}|{engine}|{sorted(sampling.to_dict().items())}|batch={batch}"
         self.ice_servers = ice_servers or []
         self.loopback_only = loopback_only
@@ -114,15 +133,13 @@ class GenWorker:
     async def start(self, controller_name: str = CONTROLLER_NAME) -> dict:
         """Start the scheduler on this actor's loop and register with the controller;
         returns what was registered."""
-        from streamer.admission import Capacity
         from streamer.scheduler import Scheduler
         from streamer.server import Metrics
 
         if self.scheduler is None:
-            self.capacity = Capacity(limit=self.slots, budget=self.info.frames_per_chunk / self.info.fps,
-                                     batched=True)
             self.scheduler = Scheduler(max_sessions=self.slots, step_many=self._step_many,
-                                       device=f"worker-{self.id}", on_chunk=self._commit)
+                                       device=f"worker-{self.id}", on_chunk=self._commit,
+                                       on_step=self.capacity.observe_round)
             self.metrics = Metrics(lambda: len(self.scheduler), self.capacity)
             self.scheduler.start()
         self.controller = ray.get_actor(controller_name, namespace=NAMESPACE)
@@ -164,13 +181,15 @@ class GenWorker:
         self._report()
         return {"sdp": answer}
 
-    async def restore(self, session_id: str, epoch: int, lines: list[str], chunks: int) -> dict:
+    async def restore(self, session_id: str, epoch: int, lines: list[str], chunks: int,
+                      snapshot: tuple[int, bytes] | None = None) -> dict:
         """Take over a session from its stored log `lines` (JSON lines: header, controls), at
         least `chunks` chunks in (its last commit; more where the log shows controls of
-        later chunks). It runs from now on; its viewer comes back through `attach`.
-        Returns {"chunk": where it goes on} or {"error", "detail"}."""
-        from streamer.export import render
-
+        later chunks), starting from its latest `snapshot` (chunks made when it was taken,
+        the bytes of model/snapshot.py) where there is one, else from its first chunk.
+        It runs from now on; its viewer comes back through `attach`.
+        Returns {"chunk": where it goes on, "replayed": chunks made to get there} or
+        {"error", "detail"}."""
         if self.scheduler.full:
             return {"error": "server_full", "detail": f"worker {self.id}: all {self.slots} slots in use"}
         header, events = json.loads(lines[0]), [json.loads(line) for line in lines[1:]]
@@ -179,16 +198,30 @@ class GenWorker:
         chunks = max([chunks] + [e["frame"] // k + 1 for e in controls])  # every logged control applied
         start = time.perf_counter()
 
-        def replay():
-            generator = self.sampling.generator(self.model, seed=int(header["seed"]))
-            if header.get("prompt") and not any(e["what"] == "prompt" and e["frame"] == 0 for e in controls):
-                generator.set_prompt(header["prompt"])
-            for _ in render(generator, controls, chunks * k, desc="restore"):
-                pass
-            return generator
+        from model.snapshot import load as load_snapshot
+        from streamer.export import apply_event
+
+        def replay() -> tuple[Any, int]:
+            generator, first = None, 0
+            if snapshot is not None and snapshot[0] <= chunks:
+                try:
+                    generator = load_snapshot(self.model, snapshot[1])
+                    first = snapshot[0]
+                except ValueError as e:  # (never from our own workers; the log alone still restores it)
+                    log.warning("session %s: its snapshot is unusable (%s); replaying the whole log", session_id, e)
+            if generator is None:
+                generator = self.sampling.generator(self.model, seed=int(header["seed"]))
+                if header.get("prompt") and not any(e["what"] == "prompt" and e["frame"] == 0 for e in controls):
+                    generator.set_prompt(header["prompt"])
+            later = sorted((e for e in controls if e["frame"] >= first * k), key=lambda e: e["frame"])
+            for c in range(first, chunks):  # as `livereel replay` renders, from chunk `first` on
+                while later and later[0]["frame"] <= c * k:
+                    apply_event(generator, later.pop(0))
+                generator.next_frames()
+            return generator, chunks - first
 
         try:
-            generator = await asyncio.to_thread(replay)
+            generator, replayed = await asyncio.to_thread(replay)
         except Exception as e:  # the model could not replay this log: say so, keep serving
             log.exception("cannot restore session %s", session_id)
             return {"error": "generation_failed", "detail": f"cannot restore the session: {e}"[:500]}
@@ -203,10 +236,11 @@ class GenWorker:
         self._keep(session)
         self.scheduler.add(session, on_error=lambda e: self._failed(session_id, e))
         self.live[session_id] = _Live(session, None, epoch)
-        log.info("worker %s: session %s restored at chunk %d (replayed in %.2f s)", self.id, session_id, chunks,
+        log.info("worker %s: session %s restored at chunk %d (%s, %d chunks replayed in %.2f s)", self.id,
+                 session_id, chunks, "from its snapshot" if replayed < chunks else "from its log", replayed,
                  time.perf_counter() - start)
         self._report()
-        return {"chunk": chunks}
+        return {"chunk": chunks, "replayed": replayed}
 
     async def attach(self, session_id: str, epoch: int, sdp: str) -> dict:
         """A restored session's viewer offers again: {"sdp": answer} or {"error", "detail"}."""
@@ -246,13 +280,19 @@ class GenWorker:
         self._report()
 
     def load(self) -> dict:
-        """What the controller places by: sessions, slots, the latest chunk time."""
+        """What the controller places by: sessions, slots, the latest chunk time, how many
+        sessions it streams in real time now (measured at start, scaled by the load it
+        measures since) and whether its sessions are behind real time."""
+        from streamer.admission import MAX_HELD
+
         times = [lv.session.chunk_seconds_avg for lv in self.live.values() if lv.session.chunk_seconds_avg]
         return {
             "sessions": sorted(self.live),
             "slots": self.slots,
             "chunk_seconds": max(times) if times else None,
             "frames_sent": sum(lv.session.frames_sent for lv in self.live.values()),
+            "capacity": self.capacity.sessions if self.capacity.round_seconds else None,
+            "behind": bool(self.capacity.round_seconds) and self.capacity.held_share > MAX_HELD,
         }
 
     async def ping(self) -> str:
@@ -290,10 +330,22 @@ class GenWorker:
         session.end_step = recorded
 
     def _commit(self, session: Session) -> None:
-        """After each chunk (on the scheduler's thread): the chunks made so far, to the controller."""
+        """After each chunk (on the scheduler's thread, between two steps: the stream's
+        state is whole): the chunks made so far to the controller, and every
+        `snapshot_every` chunks the stream's state."""
         live = self.live.get(session.id)
-        if live is not None and self.controller is not None:
-            self.controller.commit.remote(session.id, live.epoch, session.chunks_made)
+        if live is None or self.controller is None:
+            return
+        made = session.chunks_made
+        self.controller.commit.remote(session.id, live.epoch, made)
+        if self.snapshot_every and made % self.snapshot_every == 0:
+            from model.snapshot import save as save_snapshot
+
+            start = time.perf_counter()
+            data = save_snapshot(session.generator)
+            self.controller.snapshot.remote(session.id, live.epoch, made, data)
+            log.debug("session %s: snapshot at chunk %d, %.1f MB in %.0f ms", session.id, made, len(data) / 2**20,
+                      (time.perf_counter() - start) * 1000)
 
     def _report(self) -> None:
         if self.controller is not None:
