@@ -126,6 +126,16 @@ class Answer(Message):
     """Cluster mode: the worker the session runs on (after a move, its new one)."""
 
 
+class Queued(Message):
+    """Signaling, cluster mode: every worker is full and this offer waits in line for a
+    place (before its answer, or a refusal once its wait is over). `position`: 1 for the
+    next to be placed; sent again as the line moves."""
+
+    type: Literal["queued"] = "queued"
+    position: int
+    detail: str
+
+
 class Reconnect(Message):
     """Signaling, cluster mode: the session moved to another worker (its own failed or left) and
     goes on there; send a new offer on this socket, from a new peer connection."""

@@ -75,6 +75,7 @@ from streamer.controls import (
     Offer,
     ProtocolError,
     RateLimiter,
+    Queued,
     Reconnect,
     parse_signal,
 )
@@ -195,8 +196,11 @@ class SessionBackend(Protocol):
     socket, and relays each offer to `open` and the answer back; media and controls go
     between the viewer and wherever the session runs."""
 
-    async def open(self, sdp: str, prompt: str, seed: int | None) -> Opened | Error:
-        """Start a session answering `sdp`, or say why not (code "server_full": refused for room)."""
+    async def open(self, sdp: str, prompt: str, seed: int | None,
+                   queued: Callable[[int, str], Any] | None = None) -> Opened | Error:
+        """Start a session answering `sdp`, or say why not (code "server_full": refused for room).
+        Where the offer waits in line for room, `await queued(position, reason)` tells its
+        viewer (position 1: next), again as the line moves; cancelled, it leaves the line."""
 
     async def watch(self, session: str) -> dict:
         """The session's next notice for its viewer: {"type": "ended", "reason": ...}, or
@@ -381,8 +385,29 @@ class Server:
     async def _relay(self, ws: WebSocket, offer: Offer) -> None:
         """Cluster mode: the backend starts the session, the viewer gets its answer; then this
         socket stays open until either side ends the session. Where the session moves (its
-        worker failed), the viewer is told to `reconnect` and its next offer goes there."""
-        opened = await self.backend.open(offer.sdp, offer.prompt or self.default_prompt, offer.seed)
+        worker failed), the viewer is told to `reconnect` and its next offer goes there.
+        While every worker is full the offer may wait in line: the viewer is told its place
+        (`queued`); leaving (closing the socket) leaves the line."""
+
+        async def queued(position: int, reason: str) -> None:
+            ahead = "you are next" if position == 1 else f"{position - 1} ahead of you"
+            await _send(ws, Queued(position=position, detail=f"waiting for a free place: {reason}; {ahead}").to_json())
+
+        opening = asyncio.ensure_future(self.backend.open(offer.sdp, offer.prompt or self.default_prompt,
+                                                          offer.seed, queued))
+        leaving = asyncio.ensure_future(_receive_until_gone(ws))
+        try:
+            await asyncio.wait({opening, leaving}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            leaving.cancel()
+            if not opening.done():
+                opening.cancel()  # the viewer left while in line (or the server stops)
+                with contextlib.suppress(asyncio.CancelledError):
+                    await opening
+        if opening.cancelled():
+            log.info("a viewer left the line")
+            return
+        opened = opening.result()
         if isinstance(opened, Error):
             await self._refuse(ws, opened)
             return
@@ -677,6 +702,13 @@ def _is_loopback_name(name: str) -> bool:
         return False
 
 
+async def _receive_until_gone(ws: WebSocket) -> None:
+    """Returns when the viewer closes its socket (what it sends meanwhile is ignored)."""
+    with contextlib.suppress(WebSocketDisconnect):
+        while True:
+            await _receive(ws)
+
+
 def _server_full(reason: str) -> Error:
     return Error(code="server_full", detail=f"server full: {reason}; try again in a moment")
 
@@ -743,6 +775,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cluster.add_argument("--worker-cpus", type=float, default=None,
                          help="CPU cores Ray reserves for each worker (default: this machine's cores / --workers)")
     cluster.add_argument("--worker-gpus", type=float, default=0.0, help="GPUs Ray reserves for each worker")
+    cluster.add_argument(
+        "--queue-seconds", type=float, default=20.0, metavar="S",
+        help="with every worker full, a viewer waits in line this long for a place (told its place as the line "
+             "moves), then is refused (0: refused at once)")
     add_snapshot_argument(cluster)
 
 

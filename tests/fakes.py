@@ -154,11 +154,16 @@ class Client:
         self.session = None
 
     async def offer(self, **fields) -> dict:
-        """Send the offer; returns the server's reply (answer or error)."""
+        """Send the offer; returns the server's first reply (answer, error, or in cluster
+        mode "queued")."""
         await self.pc.setLocalDescription(await self.pc.createOffer())
         self.ws = await websockets.connect(self.url, additional_headers=self.headers)
         await self.ws.send(json.dumps({"type": "offer", "sdp": self.pc.localDescription.sdp, **fields}))
-        reply = json.loads(await asyncio.wait_for(self.ws.recv(), WAIT))
+        return await self.reply()
+
+    async def reply(self, wait: float = WAIT) -> dict:
+        """The next message on the signaling socket (an answer is taken)."""
+        reply = json.loads(await asyncio.wait_for(self.ws.recv(), wait))
         if reply["type"] == "answer":
             self.session = reply["session"]
             await self.pc.setRemoteDescription(RTCSessionDescription(reply["sdp"], "answer"))

@@ -270,6 +270,71 @@ async def until_free(controller, worker: str) -> None:
 
 
 @pytest.mark.asyncio
+async def test_past_every_slot_viewers_wait_in_line_first_come_first_placed(cluster, started, clients):
+    """With queue_seconds, an offer past every slot waits in line: its viewer is told its
+    place, a freed slot goes to the first in line, one who leaves frees its place, and one
+    who waits too long is refused with the reason."""
+    from streamer.cluster.gateway import RayBackend
+    from streamer.server import Server
+
+    controller = cluster[0]
+    await until_idle(controller)
+    info = await controller.info.remote()
+    server = Server(None, info, max_sessions=20, backend=RayBackend(controller, queue_seconds=30))
+    port = await started(server)
+    opened = [await clients(port).open() for _ in range(WORKERS * SLOTS)]
+    first, second, third = clients(port), clients(port), clients(port)
+    replies = [await first.offer(), await second.offer(), await third.offer()]
+    assert [(r["type"], r["position"]) for r in replies] == [("queued", 1), ("queued", 2), ("queued", 3)]
+    assert replies[0]["detail"] == ("waiting for a free place: all 6 sessions of 3 workers are in use; "
+                                    "you are next")
+    assert replies[2]["detail"].endswith("; 2 ahead of you")
+    assert (await controller.health.remote())["queued"] == 3
+
+    await third.ws.close()  # leaves the line
+    await until_queued(controller, 2)
+    await opened[3].close()  # a slot frees on w1: the first in line takes it
+    answer = await first.reply()
+    assert answer["type"] == "answer" and await _where(controller, first.session) == "w1"
+    await first.expect("hello")
+    await first.frames_after(4)
+    moved_up = await second.reply()
+    assert (moved_up["type"], moved_up["position"]) == ("queued", 1)
+
+    # out of time: refused with the reason, having waited
+    short = Server(None, info, max_sessions=20, backend=RayBackend(controller, queue_seconds=1))
+    late = clients(await started(short))
+    reply = await late.offer()
+    assert reply["type"] == "queued" and reply["position"] == 2  # behind `second`
+    refused = await late.reply()
+    assert refused == {"type": "error", "code": "server_full", "detail": "server full: all 6 sessions of 3 "
+                       "workers are in use; waited 1 s in line; try again in a moment"}
+    await second.ws.close()
+    await until_queued(controller, 0)
+    for c in opened:
+        await c.close()
+    await first.close()
+
+
+async def until_queued(controller, n: int) -> None:
+    for _ in range(int(WAIT / 0.05)):
+        if (await controller.health.remote())["queued"] == n:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the line never came to {n} (health: {await controller.health.remote()})")
+
+
+async def until_idle(controller) -> None:
+    """Every session of the earlier tests closed."""
+    for _ in range(int(WAIT / 0.05)):
+        if (await controller.health.remote())["sessions"] == 0:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"sessions left over: {await controller.health.remote()}")
+
+
+
+@pytest.mark.asyncio
 async def test_healthz_and_metrics_report_each_workers_load(gateway, clients):
     server, controller = gateway
     a = await clients(server.port).open()

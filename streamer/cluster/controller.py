@@ -5,8 +5,11 @@
   fail with a Ray actor error, is dropped.
 - Placement and admission (streamer/cluster/placement.py): fill warm workers first,
   prefer one running the same model and settings, never past a worker's slots nor its
-  measured real-time capacity; with no room an offer is refused ("all 6 sessions of 3
-  workers are in use").
+  measured real-time capacity. With no room an offer waits in line (first come, first
+  placed; `open(wait=...)`, its place in line from `queue_position`) until a session
+  ends or a worker joins, and is refused once its wait is over ("all 6 sessions of 3
+  workers are in use; waited 20 s in line"); a viewer who leaves the line
+  (`leave_queue`) frees its place at once.
 - The session table: session id -> (worker, epoch). The epoch fences a session's past
   owner: log lines sent under an older epoch are refused.
 - The session store: each line of each session's log, sent by its worker as it is
@@ -118,6 +121,9 @@ class Controller:
             self._record_dir.mkdir(parents=True, exist_ok=True)
         self._registered = asyncio.Condition()
         self._watchdog: asyncio.Task | None = None
+        self._queue: list[str] = []  # tickets of offers waiting for room, first come first
+        self._left: set[str] = set()  # tickets whose viewers left the line
+        self._room = asyncio.Condition()  # notified whenever room may have appeared
 
     # ------------------------------------------------------------ workers
 
@@ -134,6 +140,7 @@ class Controller:
             self._watchdog = asyncio.ensure_future(self._watch_workers())
         async with self._registered:
             self._registered.notify_all()
+        self._roomy()
 
     async def wait_for_workers(self, n: int, timeout: float) -> int:
         """Wait until `n` workers are registered (at most `timeout` s); returns how many are."""
@@ -156,6 +163,8 @@ class Controller:
         state.chunk_seconds = load["chunk_seconds"]  # (which sessions it holds: the table says)
         state.capacity = load.get("capacity")
         state.behind = bool(load.get("behind", False))
+        if self._queue:
+            self._roomy()
 
     async def drain(self, worker_id: str, hand_over: bool = True) -> int:
         """Take no new sessions on this worker; with `hand_over`, move its sessions to other
@@ -202,16 +211,28 @@ class Controller:
         return {"sessions": len(self.sessions), "slots": slots, "workers": workers,
                 "real_time_sessions": sum(s.real_time for s in states if not s.draining),
                 "admitting": place(states) is not None, "reason": full_reason(states) if place(states) is None else "",
+                "queued": len(self._queue),
                 "snapshots": len(snapshots), "snapshot_bytes": sum(len(data) for _, data in snapshots)}
 
     # ------------------------------------------------------------ sessions
 
-    async def open(self, sdp: str, prompt: str, seed: int | None, key: str | None = None) -> dict:
+    async def open(self, sdp: str, prompt: str, seed: int | None, key: str | None = None, ticket: str = "",
+                   wait: float = 0.0) -> dict:
         """Place a new session and have its worker answer `sdp`: {"type": "answer", "sdp",
         "session", "worker"}, or {"type": "error", "code", "detail"} (code "server_full":
-        the detail is the reason alone)."""
+        the detail is the reason alone). With no room, and a `ticket` and `wait` seconds,
+        wait in line that long first (module docstring)."""
         states = [w.state for w in self.workers.values()]
-        state = place(states, key)
+        state = None if self._queue else place(states, key)  # (no one passes those in line)
+        if state is None and ticket and wait > 0:
+            state = await self._wait_in_line(ticket, key, wait)
+            if ticket in self._left:
+                self._left.discard(ticket)
+                return {"type": "error", "code": "cancelled", "detail": "the viewer left the line"}
+            if state is None:
+                states = [w.state for w in self.workers.values()]
+                return {"type": "error", "code": "server_full",
+                        "detail": f"{full_reason(states)}; waited {wait:g} s in line"}
         if state is None:
             return {"type": "error", "code": "server_full", "detail": full_reason(states)}
         worker = self.workers[state.id]
@@ -238,11 +259,23 @@ class Controller:
                  (time.perf_counter() - start) * 1000, len(state.sessions), state.slots)
         return {"type": "answer", "sdp": reply["sdp"], "session": session_id, "worker": state.id}
 
+    def queue_position(self, ticket: str) -> dict:
+        """{"position": 1 for the next in line (0: not in line), "reason": why it waits}."""
+        position = self._queue.index(ticket) + 1 if ticket in self._queue else 0
+        return {"position": position, "reason": full_reason([w.state for w in self.workers.values()])}
+
+    def leave_queue(self, ticket: str) -> None:
+        """The viewer waiting with `ticket` left: its place goes to the next."""
+        if ticket in self._queue:
+            self._left.add(ticket)
+            self._roomy()
+
     async def close(self, session_id: str) -> None:
         """The viewer left: end the session on its worker, keep its log."""
         session = self.sessions.pop(session_id, None)
         if session is None:
             return
+        self._roomy()
         await self._let_go(session)
         worker = self.workers.get(session.worker)
         if worker is not None:
@@ -261,6 +294,7 @@ class Controller:
         worker = self.workers.get(session.worker)
         if worker is not None:
             worker.state.sessions.discard(session_id)
+            self._roomy()
         session.notices.put_nowait({"type": "ended", "reason": reason})
 
     async def watch(self, session_id: str) -> dict:
@@ -323,6 +357,38 @@ class Controller:
         return [*session.moves, {"snapshot": None if session.snapshot is None else session.snapshot[0]}]
 
     # ------------------------------------------------------------ here
+
+    async def _wait_in_line(self, ticket: str, key: str | None, wait: float):
+        """Wait (at most `wait` s) until `ticket` is first in line and a worker has room: that
+        worker's state, or None (out of time, or the viewer left)."""
+        self._queue.append(ticket)
+
+        def turn() -> bool:
+            if ticket in self._left:
+                return True
+            return self._queue[0] == ticket and place([w.state for w in self.workers.values()], key) is not None
+
+        try:
+            async with self._room:
+                await asyncio.wait_for(self._room.wait_for(turn), wait)
+        except TimeoutError:
+            pass
+        finally:
+            self._queue.remove(ticket)
+            self._roomy()  # the next in line may go now
+        if ticket in self._left:
+            return None
+        return place([w.state for w in self.workers.values()], key)
+
+    def _roomy(self) -> None:
+        """Room may have appeared (a session ended, a worker joined or reported): those in
+        line look again."""
+        async def notify() -> None:
+            async with self._room:
+                self._room.notify_all()
+
+        if self._queue:
+            asyncio.ensure_future(notify())
 
     def _retire_log(self, session_id: str) -> None:
         store = self.logs.pop(session_id, None)

@@ -18,7 +18,9 @@ import argparse
 import asyncio
 import logging
 import os
+import secrets
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
@@ -31,6 +33,8 @@ log = logging.getLogger(__name__)
 
 OBJECT_STORE_BYTES = 128 * 2**20
 """The local cluster's object store: offers, answers and log lines are all that cross it."""
+QUEUE_POLL_SECONDS = 0.5
+"""How often a waiting offer's place in line is looked up (and told to its viewer)."""
 WORKER_START_SECONDS = 600.0
 """Longest wait for the workers to load their model and register."""
 
@@ -38,18 +42,36 @@ WORKER_START_SECONDS = 600.0
 class RayBackend:
     """Sessions on the cluster's workers, through its controller actor."""
 
-    def __init__(self, controller: Any, key: str | None = None) -> None:
+    def __init__(self, controller: Any, key: str | None = None, queue_seconds: float = 0.0) -> None:
         self.controller = controller
         self.key = key
         """The model and settings a viewer's session asks for (None: any worker's)."""
+        self.queue_seconds = queue_seconds
+        """How long an offer waits in line for room before it is refused (0: no line)."""
         self.last_health: dict = {"workers": []}
         self.collector = _WorkerMetrics(self)
 
-    async def open(self, sdp: str, prompt: str, seed: int | None) -> Opened | Error:
+    async def open(self, sdp: str, prompt: str, seed: int | None,
+                   queued: Callable[[int, str], Awaitable[None]] | None = None) -> Opened | Error:
         import ray
 
+        ticket = secrets.token_urlsafe(12)
+        call = asyncio.ensure_future(self._open(sdp, prompt, seed, ticket))
         try:
-            reply = await self.controller.open.remote(sdp, prompt, seed, self.key)
+            told = 0
+            while not call.done():
+                await asyncio.wait({call}, timeout=QUEUE_POLL_SECONDS)
+                if call.done() or queued is None or self.queue_seconds <= 0:
+                    continue
+                line = await self.controller.queue_position.remote(ticket)
+                if line["position"] and line["position"] != told:
+                    told = line["position"]
+                    await queued(told, line["reason"])
+            reply = call.result()
+        except asyncio.CancelledError:  # the viewer left while waiting: its place goes to the next
+            self.controller.leave_queue.remote(ticket)
+            call.add_done_callback(self._close_orphan)
+            raise
         except ray.exceptions.RayError as e:
             log.error("the controller failed: %s", e)
             return Error(code="generation_failed", detail="the cluster's controller is not reachable")
@@ -58,6 +80,14 @@ class RayBackend:
                 return _server_full(reply["detail"])
             return Error(code=reply["code"], detail=reply["detail"])
         return Opened(reply["session"], reply["sdp"], reply["worker"])
+
+    async def _open(self, sdp: str, prompt: str, seed: int | None, ticket: str) -> dict:
+        return await self.controller.open.remote(sdp, prompt, seed, self.key, ticket, self.queue_seconds)
+
+    def _close_orphan(self, call: asyncio.Future) -> None:
+        """A session placed just as its viewer left the line: end it."""
+        if not call.cancelled() and call.exception() is None and call.result()["type"] == "answer":
+            self.controller.close.remote(call.result()["session"])
 
     async def watch(self, session: str) -> dict:
         return await self.controller.watch.remote(session)
@@ -169,6 +199,9 @@ def main(args: argparse.Namespace, sampling: Any, wan: Any, ice_servers: list) -
     if args.snapshot_every < 0:
         log.error("--snapshot-every must be 0 (none) or more chunks")
         return 2
+    if not 0 <= args.queue_seconds <= 600:
+        log.error("--queue-seconds must be in [0, 600]")
+        return 2
     cores = os.cpu_count() or 1
     worker_cpus = args.worker_cpus if args.worker_cpus is not None else cores / max(args.workers, 1)
     if worker_cpus <= 0:
@@ -217,7 +250,7 @@ def main(args: argparse.Namespace, sampling: Any, wan: Any, ice_servers: list) -
             token=args.token,
             allowed_origins=args.allow_origin,
             capacity=Capacity(limit=max(slots, 1), budget=info.frames_per_chunk / info.fps, batched=True),
-            backend=RayBackend(controller),
+            backend=RayBackend(controller, queue_seconds=args.queue_seconds),
         )
         code = asyncio.run(_serve(server, args.port))
         del workers  # (kept until here: an actor whose handles are all gone ends)
