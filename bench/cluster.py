@@ -178,8 +178,9 @@ def measure_count(n: int, checkpoint: str, sampling: Any, slots: int, seconds: f
     try:
         controller = start_controller(detached=False)
         ids = [f"w{i}" for i in range(n)]
+        # every slot filled whatever the speed (--admission limit): the figures say whether they keep up
         handles = start_workers(ids, checkpoint, sampling, slots, num_cpus=worker_cpus, engine=engine,
-                                threads=max(1, int(worker_cpus)))
+                                threads=max(1, int(worker_cpus)), admission="limit")
         started = time.perf_counter() - start
         log.info("%d worker(s) of %d slots ready in %.1f s", n, slots, started)
         out = asyncio.run(_measure(controller, dict(zip(ids, handles)), slots, seconds))
@@ -224,6 +225,9 @@ async def _measure(controller: Any, workers: dict[str, Any], slots: int, seconds
                          "held_share": held / max(sent, 1), "received_fps": (len(v.frame_times) - f0) / span,
                          "chunk_ms": s1["chunk_ms"], "window_s": span})
         fresh = [r["fresh_fps"] for r in rows]
+        health = await controller.health.remote()
+        out["snapshot_mb"] = health["snapshot_bytes"] / max(health["snapshots"], 1) / 2**20 if health["snapshots"] \
+            else None
         out.update(aggregate_fps=sum(fresh),
                    per_session_fps={"mean": sum(fresh) / len(fresh), "min": min(fresh), "max": max(fresh)},
                    held_share=sum(r["held_share"] for r in rows) / len(rows), per_session=rows)
@@ -270,7 +274,10 @@ async def _failover(controller: Any, workers: dict[str, Any], viewers: list[View
                      "a moved session's first frame again")
         back.append(v.frame_times[v.frames_at_answer])
     moved_to = sorted({(await controller.where.remote(v.session))["worker"] for v in moving})
+    moves = [(await controller.moves.remote(v.session))[0] for v in moving]
     return {"killed": victim, "sessions": len(moving), "moved_to": moved_to,
+            "restore_s": summary([m["ms"] / 1000 for m in moves]),
+            "replayed_chunks": [m["replayed"] for m in moves], "at_chunk": [m["chunk"] for m in moves],
             "reconnect_s": summary([v.signal_at("reconnect") - killed for v in moving]),
             "answer_s": summary([v.signal_at("answer") - killed for v in moving]),
             "first_frame_s": summary([t - killed for t in back]), "first_frame_max_s": max(back) - killed}
@@ -307,6 +314,9 @@ def table(report: dict) -> str:
     row("failover: kill -> answer s, median", failover(lambda f: f"{f['answer_s']['median']:.3f}"))
     row("failover: kill -> first frame s, median / max",
         failover(lambda f: f"{f['first_frame_s']['median']:.3f} / {f['first_frame_max_s']:.3f}"))
+    row("failover: restore s, median (chunks replayed of)",
+        failover(lambda f: f"{f['restore_s']['median']:.3f} ({max(f['replayed_chunks'])} of {max(f['at_chunk'])})"))
+    row("snapshot MB per session", lambda r: "-" if r.get("snapshot_mb") is None else f"{r['snapshot_mb']:.2f}")
     width = max(len(label) for label, _ in rows)
     col = max(14, *(len(c) for _, cells in rows for c in cells))
     lines = [f"{'workers':{width}}  " + "  ".join(f"{n:>{col}}" for n in names)]

@@ -260,6 +260,9 @@ def test_cluster_smoke_reports_every_figure(tmp_path, capsys):
     for what in ("reconnect_s", "answer_s", "first_frame_s"):
         assert fail[what]["n"] == 2 and positive(fail[what]["median"]), what
     assert fail["reconnect_s"]["min"] <= fail["answer_s"]["min"] <= fail["first_frame_s"]["min"]
+    assert fail["restore_s"]["n"] == 2 and positive(fail["restore_s"]["median"])
+    assert all(0 <= r <= c for r, c in zip(fail["replayed_chunks"], fail["at_chunk"]))
+    assert positive(report["counts"]["2"]["snapshot_mb"])  # (3 s windows: past the first snapshot, chunk 20)
     assert [p.name for p in plots.iterdir()] == ["cluster.png"]
     table = capsys.readouterr().out
     assert "aggregate fresh fps" in table and "kill -> first frame" in table
