@@ -89,6 +89,12 @@ stream.addEventListener("state", (e) => {
 stream.addEventListener("message", (e) => {
   const msg = e.detail;
   switch (msg.type) {
+    case "queued": // cluster mode, every worker full: this viewer waits in line for a place
+      if (stream.state === "connecting" || stream.state === "reconnecting") {
+        $("veil-text").textContent = queueWords(msg.position);
+      }
+      logEvent(`queued #${msg.position}`, msg.detail);
+      break;
     case "answer": // cluster mode names the worker (again after a move)
       state.worker = msg.worker ?? null;
       $("worker").hidden = !msg.worker;
@@ -239,7 +245,8 @@ function sendCamera() {
   const y = (held.has("down") - held.has("up")) * v;
   const zoom = (held.has("in") - held.has("out")) * v;
   const key = `[${x},${y}]${zoom}`;
-  if (key === lastCamera || stream.state !== "live") return;
+  // While reconnecting the stream keeps it for the next worker (releaseAll's stop, too).
+  if (key === lastCamera || (stream.state !== "live" && stream.state !== "reconnecting")) return;
   lastCamera = key;
   send({ type: "camera", pan: [x, y], zoom });
   $("camera-now").textContent = key === "[0,0]0" ? "still" : `pan ${x.toFixed(2)}, ${y.toFixed(2)} · zoom ${zoom.toFixed(2)}`;
@@ -318,6 +325,11 @@ function showError(text, kind = "error") {
 function showNote(text) {
   if (text) showError(text, "note");
   else if ($("error").dataset.kind === "note") showError("");
+}
+
+// Where a queued viewer stands: `position` 1 is the next to get a place.
+function queueWords(position) {
+  return `Waiting for a free place: ${position > 1 ? `${position - 1} ahead` : "you are next"}`;
 }
 
 // Plain words for the server's error messages; the code and detail go to the event log.

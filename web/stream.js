@@ -9,8 +9,18 @@
 //              "reconnecting": in cluster mode the session's worker failed and the session
 //              goes on on another one; the stream offers there by itself (a new peer
 //              connection, the same signaling socket and session).
-//   "message"  a parsed server message from the data channel or the socket
+//   "message"  a parsed server message from the data channel or the socket; on the socket,
+//              before the answer, a cluster with no free place may send
+//              {type: "queued", position, detail} (position 1: next in line), again as
+//              the line moves; the state stays "connecting"
 //   "frame"    {now, metadata} for every presented video frame
+//
+// Controls survive a move: `pending` keeps each control sent and not yet acknowledged
+// by an "applied" (one per kind: prompt, camera, reset, pause/resume; a later one of a
+// kind replaces the earlier). While the session is between control channels (state
+// "reconnecting", or "live" with no open channel) `send` only keeps the message; when a
+// control channel opens, the stream sends every pending message, in the order sent.
+// What the old channel took after its worker died is sent again that way too.
 
 export class Stream extends EventTarget {
   constructor(video, { iceServers = [] } = {}) {
@@ -23,10 +33,11 @@ export class Stream extends EventTarget {
     this.session = null;
     this.state = "closed";
     this.timings = {};
+    this.pending = new Map(); // kind -> the latest control of that kind not yet acknowledged
   }
 
   /** Open a session: offer -> answer over /ws (with the server's token, if it has
-   * one), then media and the control channel. */
+   * one), then media and the control channel. Forgets the last session's pending controls. */
   async connect({ prompt, seed, token } = {}) {
     this.close();
     this.timings = { start: performance.now() };
@@ -66,6 +77,7 @@ export class Stream extends EventTarget {
     const channel = pc.createDataChannel("control");
     this.channel = channel;
     channel.onmessage = (e) => this._onMessage(e.data);
+    channel.onopen = () => this.channel === channel && this._sendPending();
     channel.onclose = () => this._mediaEnded(pc, "The stream stopped.");
     pc.ontrack = (e) => {
       this.video.srcObject = e.streams[0] ?? new MediaStream([e.track]);
@@ -96,9 +108,18 @@ export class Stream extends EventTarget {
     ws.send(JSON.stringify({ type: "offer", sdp: pc.localDescription.sdp }));
   }
 
-  /** Send a control message (an object) on the data channel; false if not open. */
+  /** Send a control message (an object) on the data channel and keep it until it is
+   * acknowledged. Between channels of a live session it is only kept (sent when the next
+   * channel opens); false when there is no session to send it to. */
   send(message) {
-    return this.sendRaw(JSON.stringify(message));
+    const open = this.channel?.readyState === "open";
+    if (!open && this.state !== "live" && this.state !== "reconnecting") return false;
+    const kind = KINDS[message.type];
+    if (kind) {
+      this.pending.delete(kind); // re-added last: the order is that of sending
+      this.pending.set(kind, message);
+    }
+    return open ? this.sendRaw(JSON.stringify(message)) : true;
   }
 
   sendRaw(text) {
@@ -111,6 +132,7 @@ export class Stream extends EventTarget {
     const { pc, ws } = this;
     this.pc = this.ws = this.channel = null;
     this.session = null;
+    this.pending.clear();
     if (ws) ws.close();
     if (pc) pc.close();
     if (this.video.srcObject) this.video.srcObject = null;
@@ -175,7 +197,16 @@ export class Stream extends EventTarget {
       return;
     }
     if (msg.type === "error" && msg.code === "generation_failed") this._setState("failed", msg.detail, msg);
+    if (msg.type === "applied") {
+      const kind = KINDS[msg.what];
+      if (acknowledges(msg, this.pending.get(kind))) this.pending.delete(kind);
+    }
     this._emit("message", msg);
+  }
+
+  /** A control channel opened: send what is not acknowledged yet (after a move). */
+  _sendPending() {
+    for (const message of this.pending.values()) this.sendRaw(JSON.stringify(message));
   }
 
   _watchFrames() {
@@ -216,6 +247,20 @@ export class Stream extends EventTarget {
 }
 
 const ENDED = new Set(["closed", "failed"]);
+// Control type (and "applied" what) -> kind: the latest control of a kind is what counts.
+const KINDS = { prompt: "prompt", camera: "camera", reset: "reset", pause: "pause", resume: "pause" };
+
+/** Whether an "applied" acknowledges the control `sent`: the same what, and for a prompt
+ * the same text, for a camera the same velocities (the server's are floats). */
+function acknowledges(applied, sent) {
+  if (!sent || sent.type !== applied.what) return false;
+  const near = (a, b) => Math.abs(a - b) <= 1e-6;
+  if (sent.type === "prompt") return applied.text === sent.text;
+  if (sent.type === "camera") {
+    return near(applied.pan[0], sent.pan[0]) && near(applied.pan[1], sent.pan[1]) && near(applied.zoom, sent.zoom);
+  }
+  return true; // any reset; a pause or resume
+}
 
 /** Resolves once ICE gathering is complete (the offer then carries every candidate). */
 function iceGatheringDone(pc) {

@@ -1,7 +1,8 @@
 """The page in a real Chromium against `livereel serve --ray` with two workers (one slot
 each, the debug model): it plays, switches prompts, pans, and when its worker's process
 is killed it says "reconnecting", offers again by itself, and plays on from the other
-worker, where its controls still work."""
+worker, where its controls still work; and the controls sent while it moved (into the
+dead worker's channel, or with no channel open) reach the new worker."""
 
 from __future__ import annotations
 
@@ -38,8 +39,21 @@ def health(url: str) -> dict:
 
 def test_plays_steers_and_survives_the_kill_of_its_worker(browser, cluster_url, capsys):
     page = open_page(browser, cluster_url, prompt="a red ball bouncing over a meadow by day")
-    page.evaluate("() => { window.states = []; window.livereel.stream.addEventListener('state', "
-                  "(e) => window.states.push(e.detail.state)); }")
+    # A camera control sent while reconnecting (after the new peer connection is made, its
+    # channel not open yet): the stream keeps it for the new worker and says it is sent.
+    page.evaluate("""() => {
+      const stream = window.livereel.stream;
+      window.states = [];
+      window.sentWhileReconnecting = null;
+      stream.addEventListener('state', (e) => {
+        window.states.push(e.detail.state);
+        if (e.detail.state !== 'reconnecting') return;
+        setTimeout(() => {
+          const sent = stream.send({type: 'camera', pan: [0, 0.25], zoom: 0});
+          window.sentWhileReconnecting = [stream.channel.readyState, sent];
+        });
+      });
+    }""")
     page.evaluate("() => window.livereel.stream.send({type: 'prompt', text: 'a blue cube in the desert at night'})")
     applied(page, "a.what === 'prompt' && a.text === 'a blue cube in the desert at night'")
     page.evaluate("() => window.livereel.stream.send({type: 'camera', pan: [0.5, 0], zoom: 0})")
@@ -52,6 +66,12 @@ def test_plays_steers_and_survives_the_kill_of_its_worker(browser, cluster_url, 
     reached(page, 16)
     frame = page.evaluate("() => window.livereel.state.stats.frame")
     os.kill(serving[0]["pid"], signal.SIGKILL)  # the worker's process, as a crash would end it
+    # A prompt from the form at once: the page does not know yet, and sends it into the old
+    # channel (or, if the notice came first, keeps it): either way it is applied after the move.
+    moved_prompt = "a green star in the snowy forest at night"
+    sent_in = page.evaluate("() => window.livereel.state.connection")
+    page.locator("#prompt").fill(moved_prompt)
+    page.locator("#prompt").press("Enter")
 
     page.wait_for_function("() => window.states.includes('reconnecting') && window.livereel.state.connection === 'live'",
                            timeout=WAIT_MS)
@@ -61,8 +81,16 @@ def test_plays_steers_and_survives_the_kill_of_its_worker(browser, cluster_url, 
     assert [w["worker"] for w in moved] != [w["worker"] for w in serving] and len(moved) == 1
     assert page.locator("#worker").inner_text() == f"· worker {moved[0]['worker']}"  # and its new one
     assert page.evaluate("() => window.livereel.state.session") == session
+    applied(page, f"a.what === 'prompt' && a.text === {json.dumps(moved_prompt)}")
+    assert page.locator("#caption").inner_text() == moved_prompt
+    assert page.evaluate("() => window.sentWhileReconnecting") == ["connecting", True]
+    applied(page, "a.what === 'camera' && a.pan[1] === 0.25")
+    assert page.evaluate("() => [...window.livereel.stream.pending.keys()]") == []  # all acknowledged
+    assert page.locator("#error").is_hidden(), page.locator("#error").inner_text()  # no "Not connected."
     page.evaluate("() => window.livereel.stream.send({type: 'camera', pan: [-0.5, 0], zoom: 0})")
     applied(page, "a.what === 'camera' && a.pan[0] === -0.5")  # controls reach the new worker
+    assert page.evaluate("() => window.livereel.stream.pending.size") == 0
     with capsys.disabled():
-        print(f"\nreconnect offer -> now: {took:.0f} ms; states: {page.evaluate('() => window.states')}")
+        print(f"\nreconnect offer -> now: {took:.0f} ms; states: {page.evaluate('() => window.states')}; "
+              f"prompt sent while {sent_in}")
     page.close()
