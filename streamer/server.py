@@ -74,8 +74,8 @@ from streamer.controls import (
     Error,
     Offer,
     ProtocolError,
-    RateLimiter,
     Queued,
+    RateLimiter,
     Reconnect,
     parse_signal,
 )

@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 
 DEAD_SECONDS = 5.0
 """A worker silent this long (no load report) is taken for dead."""
+LINE_MAX = 64
+"""Offers waiting in line at most; one more is refused at once."""
 ENDED_LOGS_KEPT = 256
 """Ended sessions whose logs stay downloadable."""
 
@@ -224,6 +226,9 @@ class Controller:
         wait in line that long first (module docstring)."""
         states = [w.state for w in self.workers.values()]
         state = None if self._queue else place(states, key)  # (no one passes those in line)
+        if state is None and ticket and wait > 0 and len(self._queue) >= LINE_MAX:
+            return {"type": "error", "code": "server_full",
+                    "detail": f"{full_reason(states)}, and {LINE_MAX} viewers are waiting in line already"}
         if state is None and ticket and wait > 0:
             state = await self._wait_in_line(ticket, key, wait)
             if ticket in self._left:
