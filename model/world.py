@@ -994,12 +994,22 @@ def render_clip(
     switch: bool | None = None,
     camera: str = "random",
     world_seed: int = WORLD_SEED,
+    object_start: str = "random",
 ) -> Clip:
     """A clip, deterministic from `seed`. `switch=None`: about 30% of clips change 1-3
-    attributes mid-clip. `camera`: "random" (a random program) or "still"."""
+    attributes mid-clip. `camera`: "random" (a random program) or "still".
+    `object_start`: "random" (the motion's phase, so where the object is at the clip's
+    first frame, drawn at random) or "fixed" (phase 0: a bouncing object starts on the
+    ground at the middle, a drifting one at the centre, an orbiting one right of it; the
+    rest of the motion still random), so that the first chunk of a stream, made from
+    noise, has one place to draw the object instead of an average over all of them."""
+    if object_start not in ("random", "fixed"):
+        raise ValueError(f"object_start must be 'random' or 'fixed' (got {object_start!r})")
     rng = np.random.default_rng([seed, 20251122])
     scene = sample_scene(rng)
     motion = MotionParams.sample(rng)
+    if object_start == "fixed":
+        motion = replace(motion, phase=0.0)
     s = size / REF_SIZE
     start = np.array([rng.uniform(0, TILE) * s, rng.uniform(0, TILE) * s,
                       0.0 if rng.random() < 0.7 else rng.uniform(-0.5, 0.5)])

@@ -263,3 +263,17 @@ def test_vocabulary_lists_every_value_and_words_that_parse_to_it():
             for p in phrases:
                 assert world.parse_prompt(p) == {attr: value}, p
     assert "crimson" in vocab["colour"]["red"] and "rain" in vocab["weather"]["rain"]
+
+
+def test_a_fixed_object_start_puts_each_motion_in_one_place_at_the_first_frame():
+    starts: dict[str, dict[str, list]] = {"random": {}, "fixed": {}}
+    for how in starts:
+        for seed in range(40):
+            clip = world.render_clip(seed, n_frames=2, size=64, camera="still", object_start=how)
+            starts[how].setdefault(clip.scenes[0].motion, []).append(clip.objects[0, :2])
+    for motion, xy in starts["fixed"].items():
+        spread = np.ptp(np.array(xy), axis=0).max()
+        assert spread < 0.1 * 64 + 1e-6, (motion, spread)  # one place (the motion's sizes still vary a little)
+    assert max(np.ptp(np.array(xy), axis=0).max() for xy in starts["random"].values()) > 0.2 * 64
+    with pytest.raises(ValueError, match="object_start"):
+        world.render_clip(0, n_frames=2, size=64, object_start="centre")

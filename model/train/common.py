@@ -24,7 +24,9 @@ class ClipPool:
     resumed run does not render again. Seeds are disjoint from the eval's held-out ones."""
 
     def __init__(self, n_clips: int, n_frames: int, size: int, fps: int, path: Path,
-                 seed_offset: int = 1_000_000):
+                 seed_offset: int = 1_000_000, object_start: str = "random"):
+        """`object_start`: as `world.render_clip` (a cached pool is reused as it is: a
+        run's pool is made once, with the run's settings)."""
         from model.world import render_clip
 
         self.path = path
@@ -36,7 +38,7 @@ class ClipPool:
                 return
         frames, camera, velocity, captions, objects = [], [], [], [], []
         for i in tqdm(range(n_clips), desc="rendering world clips", unit="clip"):
-            clip = render_clip(seed_offset + i, n_frames=n_frames, size=size, fps=fps)
+            clip = render_clip(seed_offset + i, n_frames=n_frames, size=size, fps=fps, object_start=object_start)
             frames.append(clip.frames)
             camera.append(clip.camera)
             velocity.append(clip.velocity)
