@@ -151,6 +151,12 @@ class Capacity:
             recent = [held for when, held in self._played if when >= now - LAG_SECONDS]
         return sum(recent) / len(recent) if len(recent) >= MIN_FRAMES else 0.0
 
+    @property
+    def behind(self) -> bool:
+        """The sessions playing now repeat more than `MAX_HELD` of their frames (measured
+        capacity only: a never-measured one admits by its limit alone)."""
+        return bool(self.round_seconds) and self.held_share > MAX_HELD
+
     # ------------------------------------------------------------ decisions
 
     def decide(self, running: int) -> Decision:
@@ -162,7 +168,7 @@ class Capacity:
         if running >= cap:
             return Decision(False, f"this machine streams {cap} session{'s' if cap > 1 else ''} in real time "
                                    f"and {'all are' if cap > 1 else 'it is'} in use")
-        if running and self.round_seconds and self.held_share > MAX_HELD:
+        if running and self.behind:
             return Decision(False, "the sessions streaming now are behind real time; one more would slow them")
         return Decision(True, f"{running + 1} of {cap} real-time sessions")
 

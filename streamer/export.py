@@ -139,16 +139,19 @@ def apply_event(gen, event: dict) -> None:
         gen.reset(int(event["seed"]))
 
 
-def render(gen, events: list[dict], n_frames: int, desc: str = "render") -> Iterator[np.ndarray]:
+def render(gen, events: list[dict], n_frames: int, desc: str = "render",
+           first_chunk: int = 0) -> Iterator[np.ndarray]:
     """Frames of a stream whose controls are `events` (dicts with a "frame"), each staged at
-    the first chunk boundary at or after its frame. Yields uint8 (H, W, 3) frames."""
+    the first chunk boundary at or after its frame. Yields uint8 (H, W, 3) frames.
+    `first_chunk`: `gen` stands after that many chunks already (a restored snapshot): the
+    frames from there on, under the events from there on."""
     k = gen.config.frames_per_chunk
-    pending = sorted(events, key=lambda e: e["frame"])
+    pending = sorted((e for e in events if e["frame"] >= first_chunk * k), key=lambda e: e["frame"])
     i = 0
     n_chunks = math.ceil(n_frames / k)
-    made = 0
-    with tqdm(total=n_frames, desc=desc, unit="frame") as bar:
-        for c in range(n_chunks):
+    made = first_chunk * k
+    with tqdm(total=n_frames - made, desc=desc, unit="frame") as bar:
+        for c in range(first_chunk, n_chunks):
             while i < len(pending) and pending[i]["frame"] <= c * k:
                 apply_event(gen, pending[i])
                 i += 1

@@ -199,7 +199,7 @@ class GenWorker:
         start = time.perf_counter()
 
         from model.snapshot import load as load_snapshot
-        from streamer.export import apply_event
+        from streamer.export import render
 
         def replay() -> tuple[Any, int]:
             generator, first = None, 0
@@ -213,11 +213,8 @@ class GenWorker:
                 generator = self.sampling.generator(self.model, seed=int(header["seed"]))
                 if header.get("prompt") and not any(e["what"] == "prompt" and e["frame"] == 0 for e in controls):
                     generator.set_prompt(header["prompt"])
-            later = sorted((e for e in controls if e["frame"] >= first * k), key=lambda e: e["frame"])
-            for c in range(first, chunks):  # as `livereel replay` renders, from chunk `first` on
-                while later and later[0]["frame"] <= c * k:
-                    apply_event(generator, later.pop(0))
-                generator.next_frames()
+            for _ in render(generator, controls, chunks * k, desc="restore", first_chunk=first):
+                pass
             return generator, chunks - first
 
         try:
@@ -283,8 +280,6 @@ class GenWorker:
         """What the controller places by: sessions, slots, the latest chunk time, how many
         sessions it streams in real time now (measured at start, scaled by the load it
         measures since) and whether its sessions are behind real time."""
-        from streamer.admission import MAX_HELD
-
         times = [lv.session.chunk_seconds_avg for lv in self.live.values() if lv.session.chunk_seconds_avg]
         return {
             "sessions": sorted(self.live),
@@ -292,7 +287,7 @@ class GenWorker:
             "chunk_seconds": max(times) if times else None,
             "frames_sent": sum(lv.session.frames_sent for lv in self.live.values()),
             "capacity": self.capacity.sessions if self.capacity.round_seconds else None,
-            "behind": bool(self.capacity.round_seconds) and self.capacity.held_share > MAX_HELD,
+            "behind": self.capacity.behind,
         }
 
     async def ping(self) -> str:
