@@ -155,9 +155,11 @@ def test_object_weights_cover_the_object_and_the_flag_trains(vae_run, tmp_path):
     assert (w[0, 0, 0, 5, 5] == 6.0) and (w[0, 0, 0, 12, 12] == 1.0)
     assert torch.equal(object_weights(objects, 16, 8, 0.0), torch.ones(1, 2, 1, 16, 16))  # off: plain mean
     run = tmp_path / "objects"
-    assert cli(dit_args(run, vae_run, 2) + ["--object-weight", "5"]) == 0
+    assert cli(dit_args(run, vae_run, 2) + ["--object-weight", "5", "--first-chunk-weight", "4"]) == 0
     with pytest.raises(SystemExit, match="object-weight"):
         cli(dit_args(tmp_path / "bad", vae_run, 2) + ["--object-weight", "-1"])
+    with pytest.raises(SystemExit, match="first-chunk-weight"):
+        cli(dit_args(tmp_path / "bad", vae_run, 2) + ["--first-chunk-weight", "0"])
 
 
 @pytest.mark.parametrize("flags, message", [

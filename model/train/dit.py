@@ -80,6 +80,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--object-weight", type=float, default=0.0,
                    help="extra loss weight on the latent pixels around the world's object (0: none; "
                         "e.g. 10 gives the object, ~2%% of the picture, ~20%% of the loss)")
+    p.add_argument("--first-chunk-weight", type=float, default=1.0,
+                   help="loss weight of each clip's first chunk (no context, no prior: the regime of a "
+                        "stream's first chunk and of the chunk after a prompt switch, the only one "
+                        "where the prompt alone must draw the picture) against 1 for the others")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--device", default="cpu",
                    help="where the DiT trains: cpu, cuda or cuda:N (the pool is made on the CPU)")
@@ -324,6 +328,8 @@ def train(args: argparse.Namespace) -> Path:
     n_chunks = frames // d.chunk_frames
     sampling = Sampling()  # the rollouts: the shipped sampler
     warm_losses: list[float] = []  # the generated chunk's loss, rollout steps since the last log row
+    chunk_weight = torch.ones(1, frames, device=device)
+    chunk_weight[:, :d.chunk_frames] = args.first_chunk_weight
     for step in bar:
         x0, cam, prompts, mask, prior, objects = pool.batch(rng, args.batch, frames, d.chunk_frames)
         x0, mask, objects = x0.to(device), mask.to(device), objects.to(device)
@@ -365,6 +371,7 @@ def train(args: argparse.Namespace) -> Path:
         v = v.float()
         w = object_weights(objects, d.latent_size, cfg.vae.downsample, args.object_weight)
         per_frame = (F.mse_loss(v, target, reduction="none").mean(2, keepdim=True) * w).sum((2, 3, 4)) / w.sum((2, 3, 4))
+        mask = mask * chunk_weight
         loss = (per_frame * mask).sum() / mask.sum()
         if rollout:
             k_frames = slice(k * d.chunk_frames, (k + 1) * d.chunk_frames)
@@ -475,6 +482,8 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"--rollout-share must be in [0, 1] (got {args.rollout_share})")
     if not (0.0 <= args.object_weight <= 1000.0):
         raise SystemExit(f"--object-weight must be in [0, 1000] (got {args.object_weight})")
+    if not (0.0 < args.first_chunk_weight <= 1000.0):
+        raise SystemExit(f"--first-chunk-weight must be in (0, 1000] (got {args.first_chunk_weight})")
     if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
         raise SystemExit(f"--device must be cpu, cuda or cuda:N (got {args.device!r})")
     device = torch.device(args.device)
