@@ -350,6 +350,68 @@ def vae_ceiling(vae, classifier: AttributeClassifier, seeds: Sequence[int] = CEI
     return {a: float(np.mean(pred[a] == np.array(world.VOCAB[a], dtype=object)[labels[a]])) for a in CLASSIFIED}
 
 
+BINDING_SEEDS = range(1_000_100, 1_000_116)  # world clips no training or eval stream renders
+BINDING_TS = (0.6, 0.8, 1.0)
+
+
+@torch.no_grad()
+def prompt_binding(model, classifier: AttributeClassifier, seeds: Sequence[int] = BINDING_SEEDS,
+                   ts: Sequence[float] = BINDING_TS) -> dict:
+    """Teacher-forced: does the DiT take the object's colour from the prompt, or copy it?
+
+    On world clips (still camera) the last chunk is noised to t, the chunks before it
+    clean (context, as streaming keeps them); the DiT's one-step prediction of the clean
+    chunk (x - t v) is decoded and its object's colour classified, under the clip's own
+    caption and under the same caption with only the colour changed. Per t, for the
+    whole clip ("context") and for its first chunk alone ("first_chunk": no context, no
+    prior, the regime of a stream's first chunk and of a switch without a re-cache):
+    `prompt`: share of frames in the caption's colour; `changed`: in the changed colour
+    under the changed caption (the prompt obeyed); `copied`: in the picture's colour
+    under it (the context copied). A model that binds the prompt keeps `changed` near
+    `prompt`; one that copies shows `copied` instead, and draws no object from noise
+    (`first_chunk` at t = 1). The training path's forward, so livereel models only."""
+    from dataclasses import replace
+
+    from model.camera import CameraCond
+    from model.prior import clip_pixel_prior
+    from model.vae import from_uint8, to_uint8
+
+    cfg, d = model.config, model.config.dit
+    colours = world.VOCAB["colour"]
+    unit = torch.tensor([cfg.pixels_per_token, cfg.pixels_per_token, 1.0])
+    gen = torch.Generator().manual_seed(0)
+    counts = {(part, t): np.zeros(4) for part in ("context", "first_chunk") for t in ts}  # prompt, changed, copied, n
+    for i, seed in enumerate(seeds):
+        clip = world.render_clip(seed, n_frames=d.max_frames, size=cfg.image_size, fps=cfg.fps, switch=False,
+                                 camera="still")
+        scene = clip.scenes[0]
+        other = replace(scene, colour=colours[(colours.index(scene.colour) + 1 + i % (len(colours) - 1))
+                                              % len(colours)])
+        captions = [world.caption(sc, np.random.default_rng([seed, 5]), template=0) for sc in (scene, other)]
+        text = model.text.encode(captions)
+        x0 = model.vae.to_dit(model.vae.encode(from_uint8(torch.from_numpy(clip.frames))[None]))
+        cam = CameraCond(torch.from_numpy(clip.camera)[None] / unit, torch.from_numpy(clip.velocity)[None] / unit)
+        noise = torch.randn(x0.shape, generator=gen)
+        for part, n in (("context", d.max_frames), ("first_chunk", d.chunk_frames)):
+            x, c = x0[:, :n], CameraCond(cam.pos[:, :n], cam.motion[:, :n])
+            prior = clip_pixel_prior(model.vae, x, c, d.chunk_frames, d.grid) if d.warp_prior else None
+            for t in ts:
+                tt = torch.zeros(1, n)
+                tt[:, -d.chunk_frames:] = t
+                xt = (1 - tt[..., None, None, None]) * x + tt[..., None, None, None] * noise[:, :n]
+                both = lambda z: z.expand(2, *z.shape[1:])  # noqa: E731 (true and changed caption)
+                v = model.dit(both(xt), both(tt), text, CameraCond(both(c.pos), both(c.motion)),
+                              prior=None if prior is None else both(prior))
+                pred = (both(xt) - both(tt)[..., None, None, None] * v)[:, -d.chunk_frames:]
+                frames = to_uint8(model.vae.decode(model.vae.from_dit(pred))).numpy()  # (2, K, H, W, 3)
+                got = classify(frames.reshape(-1, *frames.shape[2:]), classifier)["colour"].reshape(2, -1)
+                counts[part, t] += [(got[0] == scene.colour).sum(), (got[1] == other.colour).sum(),
+                                    (got[1] == scene.colour).sum(), got.shape[1]]
+    return {part: {f"{t:g}": {k: float(v / counts[part, t][3]) for k, v in
+                              zip(("prompt", "changed", "copied"), counts[part, t][:3])} for t in ts}
+            for part in ("context", "first_chunk")}
+
+
 def _gray(frames: np.ndarray) -> np.ndarray:
     """Luma in 0..255, float64 (..., H, W)."""
     f = np.asarray(frames, np.float64)
@@ -1079,6 +1141,11 @@ def table_rows(result: dict) -> list[tuple[str, str]]:
     if "vae_ceiling" in result:
         rows.append(("adherence through the VAE alone (ceiling)",
                      " ".join(f"{a} {_fmt(v, '%')}" for a, v in result["vae_ceiling"].items())))
+    for part, label in (("context", "after context"), ("first_chunk", "first chunk")):
+        for t, b in result.get("prompt_binding", {}).get(part, {}).items():
+            rows.append((f"object colour from the prompt, teacher-forced, {label}, t={t}: "
+                         "caption / changed word / copied",
+                         f"{_fmt(b['prompt'], '%')} / {_fmt(b['changed'], '%')} / {_fmt(b['copied'], '%')}"))
     dr = result.get("drift", {})
     if dr:
         rows += [
@@ -1307,6 +1374,10 @@ def main(args: argparse.Namespace) -> int:
             recs = [play(run, make(memory=False), size, fps, bar) for run in revisit]
         results["model"]["revisit_memory_off"] = revisit_of(recs)
         results["model"]["vae_ceiling"] = vae_ceiling(model.vae, classifier, size=size)
+        from model.checkpoint import LiveReel
+
+        if isinstance(model, LiveReel):
+            results["model"]["prompt_binding"] = prompt_binding(model, classifier)
 
     print(format_table(results))
     if args.plots is not None:

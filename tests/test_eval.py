@@ -273,9 +273,12 @@ def test_cli_scores_a_model_with_and_without_memory(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "revisit PSNR / SSIM, memory off" in res.stdout
     model = json.loads(out.read_text())["model"]
-    for key in ("adherence", "switch", "camera", "revisit", "revisit_memory_off", "drift", "vae_ceiling"):
+    for key in ("adherence", "switch", "camera", "revisit", "revisit_memory_off", "drift", "vae_ceiling",
+                "prompt_binding"):
         assert key in model
     assert set(model["revisit_memory_off"]) == {"psnr", "psnr_trimmed", "ssim"}
+    assert set(model["prompt_binding"]) == {"context", "first_chunk"}
+    assert "object colour from the prompt, teacher-forced, first chunk, t=1" in res.stdout
 
 
 class _Lossless(torch.nn.Module):
@@ -360,3 +363,58 @@ def test_check_folder_accepts_a_folder_to_be_made(tmp_path):
     with pytest.raises(ValueError, match="--json /proc/x.json: cannot write in /proc"):
         check_output("/proc/x.json", "--json")  # (permission bits say yes to root there)
     assert list(tmp_path.iterdir()) == []  # the check made nothing that stays
+
+
+class _Identity(torch.nn.Module):
+    """A 'VAE' whose latents are the pixels themselves."""
+
+    def encode(self, x):
+        return x
+
+    decode = to_dit = from_dit = encode
+
+
+class _FakeDiT:
+    """A DiT whose one-step prediction of the noised last chunk is known: `copy` draws the
+    last context frame (a blank picture without context), `bind` renders the caption's
+    scene (the world's own picture of the prompt, wherever the context says otherwise)."""
+
+    def __init__(self, mode: str, size: int, chunk: int):
+        self.mode, self.size, self.chunk = mode, size, chunk
+
+    def __call__(self, xt, t, text, cam, prior=None):
+        K = self.chunk
+        if self.mode == "copy":
+            src = xt[:, -K - 1 : -K] if xt.shape[1] > K else torch.zeros_like(xt[:, :1])
+            target = src.expand(-1, K, -1, -1, -1)
+        else:
+            motion = world.MotionParams.sample(np.random.default_rng(3))
+            base = Scene("forest", "day", "clear", "ball", "red", "drifting")
+            frames = [world.render_frames([world.scene_from_prompt(c, base)] * K, np.zeros((K, 3)), np.arange(K),
+                                          motion, self.size) for c in text]
+            target = torch.from_numpy(np.stack(frames)).movedim(-1, -3).float() / 127.5 - 1
+        v = torch.zeros_like(xt)
+        tl = t[:, -K:, None, None, None]
+        v[:, -K:] = (xt[:, -K:] - target) / tl
+        return v
+
+
+@pytest.mark.parametrize("mode", ["copy", "bind"])
+def test_prompt_binding_tells_a_model_that_copies_from_one_that_reads_the_prompt(classifier, mode):
+    import dataclasses
+    from types import SimpleNamespace
+
+    from model.config import ModelConfig
+
+    cfg = ModelConfig()
+    cfg = dataclasses.replace(cfg, dit=dataclasses.replace(cfg.dit, warp_prior=False))
+    fake = SimpleNamespace(config=cfg, vae=_Identity(), text=SimpleNamespace(encode=list),
+                           dit=_FakeDiT(mode, cfg.image_size, cfg.dit.chunk_frames))
+    got = ev.prompt_binding(fake, classifier, seeds=range(1_000_100, 1_000_106), ts=(1.0,))
+    ctx, first = got["context"]["1"], got["first_chunk"]["1"]
+    if mode == "copy":  # the picture's colour whatever the caption says; nothing without context
+        assert ctx["prompt"] >= 0.9 and ctx["copied"] >= 0.9 and ctx["changed"] <= 0.1
+        assert first["prompt"] <= 0.5
+    else:  # the caption's colour, changed or not, with context or without
+        for b in (ctx, first):
+            assert b["prompt"] >= 0.9 and b["changed"] >= 0.9 and b["copied"] <= 0.1
