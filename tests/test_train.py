@@ -32,6 +32,7 @@ def test_dit_trains_resumes_and_exports(vae_run, tmp_path):
     assert json.loads((run / "state.json").read_text())["step"] == 2
     rows = list(csv.DictReader((run / "probe.csv").open()))
     assert [r["step"] for r in rows] == ["2"] and float(rows[0]["std"]) >= 0
+    assert all(0 <= float(rows[0][k]) <= 1 for k in ("colour_first_chunk", "colour_changed_word", "colour_copied"))
     assert (run / "samples" / "step000002.mp4").stat().st_size > 0
     with pytest.raises(SystemExit, match="--resume"):
         cli(dit_args(run, vae_run, 4))

@@ -220,6 +220,17 @@ def rollout_probe(model: LiveReel, path: Path, seconds: float = 3.0, pan: float 
             "std": float(np.std(np.stack(frames).astype(np.float32)))}
 
 
+def binding_probe(model: LiveReel) -> dict:
+    """The eval's teacher-forced prompt binding (`model.eval.prompt_binding`) at t = 1:
+    the object's colour drawn from the caption by a first chunk alone, and with context
+    the share following a changed colour word against the share copying the picture."""
+    from model.eval import load_classifier, prompt_binding
+
+    b = prompt_binding(model, load_classifier(), ts=(1.0,))
+    return {"colour_first_chunk": b["first_chunk"]["1"]["prompt"],
+            "colour_changed_word": b["context"]["1"]["changed"], "colour_copied": b["context"]["1"]["copied"]}
+
+
 @torch.no_grad()
 def rollout_context(model: LiveReel, cam: CameraCond, prompts: list[str], chunks: int, seed: int,
                     sampling: Sampling) -> tuple[torch.Tensor, torch.Tensor]:
@@ -401,7 +412,8 @@ def train(args: argparse.Namespace) -> Path:
             log.info("step %d/%d loss %.4f, %.2f s/step, %.1f h to go", step + 1, args.steps, loss.item(),
                      rate, rate * (args.steps - step - 1) / 3600)
         if (step + 1) % args.sample_every == 0 or done:
-            probe = rollout_probe(ema_model(model, ema), run / "samples" / f"step{step + 1:06d}.mp4")
+            current = ema_model(model, ema)
+            probe = {**rollout_probe(current, run / "samples" / f"step{step + 1:06d}.mp4"), **binding_probe(current)}
             new = not probe_csv.exists()
             with probe_csv.open("a", newline="") as f:
                 w = csv.writer(f)
