@@ -377,6 +377,7 @@ def prompt_binding(model, classifier: AttributeClassifier, seeds: Sequence[int] 
     from model.vae import from_uint8, to_uint8
 
     cfg, d = model.config, model.config.dit
+    dev = next(model.parameters()).device  # a training run's model may sit on CUDA
     colours = world.VOCAB["colour"]
     unit = torch.tensor([cfg.pixels_per_token, cfg.pixels_per_token, 1.0])
     gen = torch.Generator().manual_seed(0)
@@ -389,21 +390,22 @@ def prompt_binding(model, classifier: AttributeClassifier, seeds: Sequence[int] 
                                               % len(colours)])
         captions = [world.caption(sc, np.random.default_rng([seed, 5]), template=0) for sc in (scene, other)]
         text = model.text.encode(captions)
-        x0 = model.vae.to_dit(model.vae.encode(from_uint8(torch.from_numpy(clip.frames))[None]))
-        cam = CameraCond(torch.from_numpy(clip.camera)[None] / unit, torch.from_numpy(clip.velocity)[None] / unit)
-        noise = torch.randn(x0.shape, generator=gen)
+        x0 = model.vae.to_dit(model.vae.encode(from_uint8(torch.from_numpy(clip.frames).to(dev))[None]))
+        cam = CameraCond((torch.from_numpy(clip.camera)[None] / unit).to(dev),
+                         (torch.from_numpy(clip.velocity)[None] / unit).to(dev))
+        noise = torch.randn(x0.shape, generator=gen).to(dev)
         for part, n in (("context", d.max_frames), ("first_chunk", d.chunk_frames)):
             x, c = x0[:, :n], CameraCond(cam.pos[:, :n], cam.motion[:, :n])
             prior = clip_pixel_prior(model.vae, x, c, d.chunk_frames, d.grid) if d.warp_prior else None
             for t in ts:
-                tt = torch.zeros(1, n)
+                tt = torch.zeros(1, n, device=dev)
                 tt[:, -d.chunk_frames:] = t
                 xt = (1 - tt[..., None, None, None]) * x + tt[..., None, None, None] * noise[:, :n]
                 both = lambda z: z.expand(2, *z.shape[1:])  # noqa: E731 (true and changed caption)
                 v = model.dit(both(xt), both(tt), text, CameraCond(both(c.pos), both(c.motion)),
                               prior=None if prior is None else both(prior))
                 pred = (both(xt) - both(tt)[..., None, None, None] * v)[:, -d.chunk_frames:]
-                frames = to_uint8(model.vae.decode(model.vae.from_dit(pred))).numpy()  # (2, K, H, W, 3)
+                frames = to_uint8(model.vae.decode(model.vae.from_dit(pred))).cpu().numpy()  # (2, K, H, W, 3)
                 got = classify(frames.reshape(-1, *frames.shape[2:]), classifier)["colour"].reshape(2, -1)
                 counts[part, t] += [(got[0] == scene.colour).sum(), (got[1] == other.colour).sum(),
                                     (got[1] == scene.colour).sum(), got.shape[1]]

@@ -409,7 +409,8 @@ def test_prompt_binding_tells_a_model_that_copies_from_one_that_reads_the_prompt
     cfg = ModelConfig()
     cfg = dataclasses.replace(cfg, dit=dataclasses.replace(cfg.dit, warp_prior=False))
     fake = SimpleNamespace(config=cfg, vae=_Identity(), text=SimpleNamespace(encode=list),
-                           dit=_FakeDiT(mode, cfg.image_size, cfg.dit.chunk_frames))
+                           dit=_FakeDiT(mode, cfg.image_size, cfg.dit.chunk_frames),
+                           parameters=lambda: iter([torch.zeros(1)]))  # on the CPU
     got = ev.prompt_binding(fake, classifier, seeds=range(1_000_100, 1_000_106), ts=(1.0,))
     ctx, first = got["context"]["1"], got["first_chunk"]["1"]
     if mode == "copy":  # the picture's colour whatever the caption says; nothing without context

@@ -36,7 +36,11 @@ def test_dit_trains_resumes_and_exports(vae_run, tmp_path):
     assert (run / "samples" / "step000002.mp4").stat().st_size > 0
     with pytest.raises(SystemExit, match="--resume"):
         cli(dit_args(run, vae_run, 4))
+    old = ["step", "camera_err_px", "direction_ok", "std"]  # a probe.csv from before the binding figures
+    (run / "probe.csv").write_text(",".join(old) + "\n" + ",".join(rows[0][k] for k in old) + "\n")
     assert cli(dit_args(run, vae_run, 4) + ["--resume"]) == 0
+    rows = list(csv.DictReader((run / "probe.csv").open()))
+    assert [r["step"] for r in rows] == ["2", "4"] and all(list(r) == old and None not in r.values() for r in rows)
     meta = json.loads((run / "state.json").read_text())
     assert meta["step"] == 4 and meta["hours"] > 0
     out = tmp_path / "exported"

@@ -82,8 +82,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "e.g. 10 gives the object, ~2%% of the picture, ~20%% of the loss)")
     p.add_argument("--first-chunk-weight", type=float, default=1.0,
                    help="loss weight of each clip's first chunk (no context, no prior: the regime of a "
-                        "stream's first chunk and of the chunk after a prompt switch, the only one "
-                        "where the prompt alone must draw the picture) against 1 for the others")
+                        "stream's first chunk, the only one where the prompt alone must draw the "
+                        "picture) against 1 for the others")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--device", default="cpu",
                    help="where the DiT trains: cpu, cuda or cuda:N (the pool is made on the CPU)")
@@ -414,12 +414,17 @@ def train(args: argparse.Namespace) -> Path:
         if (step + 1) % args.sample_every == 0 or done:
             current = ema_model(model, ema)
             probe = {**rollout_probe(current, run / "samples" / f"step{step + 1:06d}.mp4"), **binding_probe(current)}
-            new = not probe_csv.exists()
+            row = {"step": step + 1, **{k: f"{v:.4f}" for k, v in probe.items()}}
+            # a run resumed from older code keeps its file's columns (newer figures left out)
+            header = None
+            if probe_csv.exists():
+                with probe_csv.open(newline="") as f:
+                    header = next(csv.reader(f), None)
             with probe_csv.open("a", newline="") as f:
-                w = csv.writer(f)
-                if new:
-                    w.writerow(["step", *probe])
-                w.writerow([step + 1, *(f"{v:.4f}" for v in probe.values())])
+                w = csv.DictWriter(f, fieldnames=header or list(row), extrasaction="ignore")
+                if header is None:
+                    w.writeheader()
+                w.writerow(row)
             log.info("step %d probe %s", step + 1, probe)
     final = ema_model(model, ema)
     out = save_model(final, run / "result")
