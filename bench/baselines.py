@@ -22,7 +22,7 @@ from torch import Tensor
 from model.camera import CameraCond
 from model.config import DiTConfig
 from model.generate import Generator, Span, _Clock, extend_covered
-from model.prior import pixel_prior
+from model.prior import pixel_prior, with_object_hint
 from model.rope import apply_rope
 from model.sampling import Sampling
 from model.text import TextCond
@@ -46,7 +46,7 @@ class NoCacheStream:
         K = d.chunk_frames
         x = torch.randn(1, K, d.latent_channels, d.latent_size, d.latent_size, generator=g)
         cam = CameraCond(torch.zeros(1, K, 3), torch.zeros(1, K, 3))
-        prior = torch.zeros(1, K, d.latent_channels + 1, d.latent_size, d.latent_size)
+        prior = torch.zeros(1, K, d.prior_channels, d.latent_size, d.latent_size)
         self.history = [(x, cam, prior)] * min(chunks, self.context_chunks + 1)  # only the visible ones matter
         self.gen.apply_controls()  # at chunk 0: no re-cache
         self.gen.chunk_index = chunks
@@ -79,8 +79,10 @@ class NoCacheStream:
             last = self.history[-1] if self.history else None
             frame = last[0][:, -1] if last else torch.zeros_like(x[:, 0])
             frame_pos = last[1].pos[:, -1] if last else torch.zeros(1, 3)
-            mine = pixel_prior(gen.model.vae, frame, frame_pos, torch.full((1,), float(last is not None)),
-                               cam.pos, d.grid)
+            valid = torch.full((1,), float(last is not None))
+            mine = pixel_prior(gen.model.vae, frame, frame_pos, valid, cam.pos, d.grid)
+            if d.object_hint:
+                mine = with_object_hint(mine, gen.model.centre_hint(valid, K))
             prior = torch.cat([c[2] for c in ctx] + [mine], 1)
         n_ctx = len(ctx) * K
         n = gen.cfg_batch  # with guidance: the clip again under the empty prompt, side by side
@@ -90,8 +92,9 @@ class NoCacheStream:
         if prior is not None and gen.warm_start and gen.chunk_index > 0 and not any(
                 a["what"] in ("prompt", "reset") for a in gen.applied):
             s = gen.sigmas[gen.warm_start]
-            k, cover = gen.warm_start, mine[:, :, -1:]
-            x = (1 - s) * extend_covered(mine[:, :, :-1], cover) + s * x
+            C = d.latent_channels
+            k, cover = gen.warm_start, mine[:, :, C:C + 1]
+            x = (1 - s) * extend_covered(mine[:, :, :C], cover) + s * x
         prepare = clock.lap()
         for t, t_next in zip(gen.sigmas[k:-1], gen.sigmas[k + 1:]):
             clip = torch.cat(clean + [x], dim=1).repeat(n, 1, 1, 1, 1)

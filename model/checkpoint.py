@@ -27,7 +27,7 @@ from model.conditioning import TextCond
 from model.errors import CheckpointError
 from model.config import ModelConfig, get_config
 from model.dit import DiT
-from model.prior import pixel_prior
+from model.prior import object_disk, pixel_prior, with_object_hint
 from model.text import TextEncoder
 from model.vae import VAE
 
@@ -77,9 +77,25 @@ class LiveReel(nn.Module):
         d = self.config.dit
         prior = None
         if d.warp_prior and d.prior_space == "pixel":
-            prior = self.pixel_prior(self.vae, cache.frame[::rows], cache.frame_pos[::rows],
-                                     cache.frame_valid[::rows], camera.pos[::rows], d.grid).repeat_interleave(rows, 0)
+            valid = cache.frame_valid[::rows]
+            prior = self.pixel_prior(self.vae, cache.frame[::rows], cache.frame_pos[::rows], valid,
+                                     camera.pos[::rows], d.grid)
+            if d.object_hint:  # a stream's first chunk (nothing to warp): draw the object at the centre
+                prior = with_object_hint(prior, self.centre_hint(valid, prior.shape[1]))
+            prior = prior.repeat_interleave(rows, 0)
         self.dit.begin_chunk(cache, camera, first_frame, prior=prior)
+
+    def centre_hint(self, valid: torch.Tensor, frames: int) -> torch.Tensor:
+        """The object hint (B, frames, h, w) of streams whose prior is `valid` (B,): a disk
+        of the world's typical object size at the view's centre where nothing came before
+        (valid 0), none elsewhere."""
+        from model.world import typical_object_radius
+
+        d, down = self.config.dit, self.config.vae.downsample
+        centre = torch.tensor(d.latent_size / 2.0, device=valid.device)
+        radius = torch.tensor(typical_object_radius(self.config.image_size) / down, device=valid.device)
+        disk = object_disk(centre, centre, radius, d.latent_size).to(valid.dtype)
+        return (disk * (1 - valid)[:, None, None, None]).expand(-1, frames, -1, -1)
 
     pixel_prior = staticmethod(pixel_prior)  # model/prior.py; an engine (model/engine.py) replaces it
 

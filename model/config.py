@@ -103,6 +103,9 @@ class DiTConfig:
     camera_scale: float = 8.0  # per-frame motion (tokens/frame) is multiplied by this before its MLP
     warp_prior: bool = True  # input: the previous frame warped by the camera motion (model/prior.py)
     prior_space: str = "pixel"  # where the prior is warped: "latent" or "pixel" (decode, warp, encode)
+    # input: one more prior channel, a soft disk where the object should be drawn on a chunk
+    # that starts from nothing (a stream's first chunk): the prompt says what, this says where
+    object_hint: bool = False
 
     def __post_init__(self) -> None:
         c = "DiTConfig"
@@ -114,6 +117,9 @@ class DiTConfig:
         _check(self.mlp_ratio > 0, c, "mlp_ratio", "must be positive", self.mlp_ratio)
         _check(self.prior_space in ("latent", "pixel"), c, "prior_space", "must be 'latent' or 'pixel'",
                self.prior_space)
+        _check(not self.object_hint or (self.warp_prior and self.prior_space == "pixel"), c, "object_hint",
+               "needs warp_prior with prior_space 'pixel' (the hint is a channel of the warped prior)",
+               self.object_hint)
         _check(self.latent_size % self.patch == 0, c, "patch",
                f"must divide latent_size={self.latent_size}", self.patch)
         _check(self.dim % self.heads == 0, c, "heads", f"must divide dim={self.dim}", self.heads)
@@ -139,6 +145,11 @@ class DiTConfig:
     @property
     def grid(self) -> int:  # tokens per side of a latent frame
         return self.latent_size // self.patch
+
+    @property
+    def prior_channels(self) -> int:
+        """Channels of the warped prior input: the latent, its coverage, and the object hint."""
+        return self.latent_channels + 1 + int(self.object_hint)
 
     @property
     def tokens_per_frame(self) -> int:
@@ -299,7 +310,7 @@ def flops_per_token(cfg: DiTConfig, context_tokens: int, text_tokens: int, kv_on
     per_layer = 2 * (4 * d * d + 2 * d * h + 2 * d * d)  # qkv+out, mlp, cross q+out
     per_layer += 2 * 2 * d * (context_tokens + text_tokens)  # QK^T and AV
     embed = 2 * cfg.latent_channels * cfg.patch**2 * d  # patch in
-    embed += 2 * (cfg.latent_channels + 1) * cfg.patch**2 * d if cfg.warp_prior else 0  # the prior in
+    embed += 2 * cfg.prior_channels * cfg.patch**2 * d if cfg.warp_prior else 0  # the prior in
     full_layers, out = cfg.depth, 2 * cfg.latent_channels * cfg.patch**2 * d  # patch out
     ada_blocks, final_ada = cfg.depth * 6 * d * d, 2 * d * d
     if kv_only:

@@ -253,7 +253,7 @@ class DiT(nn.Module):
         self.patch_embed = nn.Linear(cfg.latent_channels * cfg.patch**2, D)
         # the warped previous frame and its coverage mask (zero-initialised: a model starts,
         # or a run resumed from one without it goes on, as if it were not there)
-        self.prior_embed = nn.Linear((cfg.latent_channels + 1) * cfg.patch**2, D) if cfg.warp_prior else None
+        self.prior_embed = nn.Linear(cfg.prior_channels * cfg.patch**2, D) if cfg.warp_prior else None
         self.t_embed = nn.Sequential(nn.Linear(256, D), nn.SiLU(), nn.Linear(D, D))
         self.cam_embed = nn.Sequential(nn.Linear(3, D), nn.SiLU(), nn.Linear(D, D))
         self.text_pool = nn.Linear(cfg.text_dim, D)
@@ -302,7 +302,7 @@ class DiT(nn.Module):
     def begin_chunk(self, cache, camera: CameraCond, first_frame: int | None = None,
                     prior: Tensor | None = None) -> None:
         """Prepare `cache` for the chunk whose per-frame camera is `camera` (once per chunk):
-        its read, and the chunk's warped prior: `prior` (B, K, C + 1, h, w) where the caller
+        its read, and the chunk's warped prior: `prior` (B, K, prior_channels, h, w) where the caller
         made it (pixel space, model/prior.py), else the cache's last frame warped in latent space."""
         world = token_positions(camera.pos, self.cfg.grid)
         cache.begin_chunk(world, camera.pos[:, -1, :2], self.rope.tables, first_frame)
@@ -339,7 +339,7 @@ class DiT(nn.Module):
         that of the other rows only.
         prior_source: the training path's frames to warp into the priors (default: x); the
         clean clip there, since streaming warps the clean last frame of the chunk before.
-        prior: the training path's priors (B, F, C + 1, h, w) made by the caller (pixel space,
+        prior: the training path's priors (B, F, prior_channels, h, w) made by the caller (pixel space,
         `model.prior.clip_pixel_prior`); overrides `prior_source`.
         """
         if cache is None:

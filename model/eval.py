@@ -373,7 +373,7 @@ def prompt_binding(model, classifier: AttributeClassifier, seeds: Sequence[int] 
     from dataclasses import replace
 
     from model.camera import CameraCond
-    from model.prior import clip_pixel_prior
+    from model.prior import clip_pixel_prior, object_disk, with_object_hint
     from model.vae import from_uint8, to_uint8
 
     cfg, d = model.config, model.config.dit
@@ -397,6 +397,11 @@ def prompt_binding(model, classifier: AttributeClassifier, seeds: Sequence[int] 
         for part, n in (("context", d.max_frames), ("first_chunk", d.chunk_frames)):
             x, c = x0[:, :n], CameraCond(cam.pos[:, :n], cam.motion[:, :n])
             prior = clip_pixel_prior(model.vae, x, c, d.chunk_frames, d.grid) if d.warp_prior else None
+            if d.object_hint:  # where the world's object is, on the first chunk (as training gives it)
+                hint = torch.zeros(1, n, d.latent_size, d.latent_size, device=dev)
+                obj = torch.from_numpy(clip.objects[:d.chunk_frames]).to(dev) / cfg.vae.downsample
+                hint[:, :d.chunk_frames] = object_disk(obj[:, 0], obj[:, 1], obj[:, 2], d.latent_size)
+                prior = with_object_hint(prior, hint)
             for t in ts:
                 tt = torch.zeros(1, n, device=dev)
                 tt[:, -d.chunk_frames:] = t

@@ -538,9 +538,9 @@ def _denoise(gens: list[Generator], begun: list[tuple[Tensor, TextCond, CameraCo
     x = torch.cat([b[0] for b in begun])
     text, cam = _cat_text([b[1] for b in begun]), _cat_cam([b[2] for b in begun])
     if k:
-        prior = torch.cat([g.cache.prior[::n] for g in gens])  # (S, K, C + 1, h, w)
-        s = lead.sigmas[k]
-        x = (1 - s) * extend_covered(prior[:, :, :-1], prior[:, :, -1:]) + s * x
+        prior = torch.cat([g.cache.prior[::n] for g in gens])  # (S, K, C + 1 (+ hint), h, w)
+        s, C = lead.sigmas[k], x.shape[2]
+        x = (1 - s) * extend_covered(prior[:, :, :C], prior[:, :, C:C + 1]) + s * x
     deferred = [(g, *views[id(g)]) for g in gens if id(g) in views]
     cache = None  # the caches' own read, once the deferred K/V are in it
     for i, (t, t_next) in enumerate(zip(lead.sigmas[k:-1], lead.sigmas[k + 1:])):

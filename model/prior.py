@@ -9,6 +9,12 @@
   encode it again. One 1-frame decode and a K-frame encode per chunk; the model gets
   the moved picture and refines it, as a video codec predicts from the previous frame.
 
+With `DiTConfig.object_hint` the prior has one more channel (`object_hint`): a soft disk
+where the object is to be drawn, on a chunk that starts from nothing (training: where the
+world's object is, on each clip's first chunk; streaming: the view's centre, on a
+stream's first chunk), zeros elsewhere. The prompt says what to draw; a first chunk from
+noise had no place to put it and drew none.
+
 The DiT only sees the result (`DiT.begin_chunk(..., prior=)`, `DiT.forward(..., prior=)`);
 the VAE work lives here, with the Generator and the trainer that call it.
 """
@@ -51,3 +57,20 @@ def clip_pixel_prior(vae: VAE, x: Tensor, camera: CameraCond, chunk_frames: int,
     out = pixel_prior(vae, last.flatten(0, 1), last_pos.flatten(0, 1), valid.flatten(),
                       camera.pos.reshape(B * (Fr // K), K, 3), grid)  # (B*n, K, C+1, h, w)
     return out.view(B, Fr, *out.shape[2:])
+
+
+def object_disk(cx: Tensor, cy: Tensor, radius: Tensor, size: int) -> Tensor:
+    """Soft disks (..., size, size) centred at (cx, cy) with `radius`, all (...) in latent
+    pixels: 1 inside, falling to 0 over one latent pixel at the rim."""
+    c = torch.arange(size, dtype=cx.dtype, device=cx.device) + 0.5
+    dx = c[None, :] - cx[..., None, None]
+    dy = c[:, None] - cy[..., None, None]
+    return (radius[..., None, None] + 0.5 - (dx**2 + dy**2).sqrt()).clamp(0, 1)
+
+
+def with_object_hint(prior: Tensor, hint: Tensor | None = None) -> Tensor:
+    """`prior` (B, F, C + 1, h, w) with the object hint appended as its last channel:
+    `hint` (B, F, h, w), or zeros (no hint)."""
+    if hint is None:
+        return torch.cat((prior, torch.zeros_like(prior[:, :, :1])), 2)
+    return torch.cat((prior, hint[:, :, None].to(prior.dtype)), 2)

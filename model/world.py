@@ -705,6 +705,12 @@ def object_radius(scene: Scene, motion: MotionParams, size: int) -> float:
     return _OBJECT_RADIUS[scene.shape] * size / REF_SIZE * motion.size
 
 
+def typical_object_radius(size: int) -> float:
+    """The object's radius in view pixels at a `size`-pixel view, averaged over shapes and
+    sizes: where a stream's first chunk is told to draw it (`DiTConfig.object_hint`)."""
+    return float(np.mean(list(_OBJECT_RADIUS.values()))) * size / REF_SIZE
+
+
 def object_track(scenes: list[Scene], frame_indices: np.ndarray, motion: MotionParams, size: int = REF_SIZE,
                  fps: int = 16) -> np.ndarray:
     """Where the object is in each frame: (F, 3) centre x, y and radius, in view pixels."""

@@ -8,8 +8,9 @@ from model import load_model
 from model.camera import warp_frame
 from model.eval import measure_shift
 from model.prior import clip_pixel_prior, pixel_prior
+from model.sampling import Sampling
 from model.vae import from_uint8, to_uint8
-from model.world import render_background
+from model.world import render_background, typical_object_radius
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +68,44 @@ def test_clip_priors_are_the_chunk_by_chunk_priors(debug_model):
     for c in range(1, n):
         one = pixel_prior(m.vae, x[:, c * K - 1], pos[:, c * K - 1], torch.ones(2), pos[:, c * K:(c + 1) * K], d.grid)
         assert torch.allclose(clip[:, c * K:(c + 1) * K], one, atol=1e-5)
+
+
+@torch.no_grad()
+def test_object_hint_marks_a_streams_first_chunk_and_starts_as_the_model_without_it():
+    """`DiTConfig.object_hint`: the first chunk's prior carries a disk at the view's centre,
+    later chunks (a prior to warp) none, and after a reset the disk again. With the new
+    input's columns at zero (as --init-from widens them) the stream is the old model's."""
+    import dataclasses
+
+    from model.checkpoint import LiveReel
+    from model.prior import object_disk
+
+    old = load_model("debug")
+    cfg = old.config
+    cfg = dataclasses.replace(cfg, dit=dataclasses.replace(cfg.dit, object_hint=True))
+    new = LiveReel(cfg).eval()
+    sd = old.state_dict()
+    w = sd["dit.prior_embed.weight"]
+    sd["dit.prior_embed.weight"] = torch.cat((w, torch.zeros(w.shape[0], cfg.dit.patch ** 2)), 1)
+    new.load_state_dict(sd)
+    streams = [m.generator(Sampling(), seed=3) for m in (old, new)]
+    hints = []
+    for i in range(4):
+        if i == 3:
+            for g in streams:
+                g.reset(5)
+        frames = [g.next_frames() for g in streams]
+        np.testing.assert_array_equal(frames[0], frames[1])
+        assert streams[0].cache.prior.shape[2] + 1 == streams[1].cache.prior.shape[2]
+        hints.append(streams[1].cache.prior[:, :, -1])
+    d = cfg.dit
+    c = torch.tensor(d.latent_size / 2.0)
+    r = torch.tensor(typical_object_radius(cfg.image_size) / cfg.vae.downsample)
+    for f in range(d.chunk_frames):  # the world's typical object at the centre, on every frame
+        torch.testing.assert_close(hints[0][0, f], object_disk(c, c, r, d.latent_size))
+    assert hints[0].amax() > 0.5 and hints[0][0, 0, 0, 0] == 0
+    assert torch.equal(hints[1], torch.zeros_like(hints[1])) and torch.equal(hints[2], torch.zeros_like(hints[2]))
+    assert torch.equal(hints[3], hints[0])  # after a reset: a first chunk again
+    disk = object_disk(torch.tensor(4.0), torch.tensor(3.0), torch.tensor(2.0), 8)  # 1 inside, 0 outside, a soft rim
+    assert disk[2:4, 3:5].eq(1).all() and disk[0, 0] == 0 and disk[7, 7] == 0
+    assert 0 < disk[1, 5] < 1 and disk.sum() == pytest.approx(torch.pi * 2.0**2, rel=0.1)

@@ -178,3 +178,46 @@ def test_device_flags_are_checked_before_any_work(vae_run, tmp_path, flags, mess
         cli(dit_args(run, vae_run, 2) + flags)
     assert not run.exists()  # refused before the pool was made
 
+
+
+def test_object_hint_and_text_aux_go_on_from_a_checkpoint_without_them(vae_run, tmp_path):
+    first, ckpt, second = tmp_path / "first", tmp_path / "ckpt", tmp_path / "second"
+    assert cli(dit_args(first, vae_run, 2)) == 0
+    assert cli(dit_args(first, vae_run, 2) + ["--export", str(ckpt)]) == 0
+    args = dit_args(second, ckpt, 1) + ["--init-from", str(ckpt), "--lr", "0", "--object-hint",
+                                        "--text-aux", "0.1", "--text-warmup", "3"]
+    assert cli(args) == 0
+    a, b = load_model(ckpt), load_model(second / "result")
+    assert not a.config.dit.object_hint and b.config.dit.object_hint
+    old, new = a.dit.prior_embed.weight, b.dit.prior_embed.weight
+    p2 = a.config.dit.patch ** 2
+    assert new.shape == (old.shape[0], old.shape[1] + p2)
+    assert torch.equal(new[:, :old.shape[1]], old) and torch.equal(new[:, old.shape[1]:], torch.zeros_like(new[:, :p2]))
+    for name, tensor in a.dit.state_dict().items():  # lr 0: the DiT is the checkpoint's
+        if name != "prior_embed.weight":
+            assert torch.equal(tensor, b.dit.state_dict()[name]), name
+    # the warm-up trained the text encoder alone
+    assert any(not torch.equal(t, b.text.state_dict()[n]) for n, t in a.text.state_dict().items())
+    rows = list(csv.DictReader((second / "loss.csv").open()))
+    assert math.isfinite(float(rows[0]["text_aux"]))
+    assert cli(dit_args(second, ckpt, 2) + ["--resume", "--object-hint", "--text-aux", "0.1"]) == 0  # heads resume
+    with pytest.raises(SystemExit, match="text-warmup needs"):
+        cli(dit_args(tmp_path / "bad", vae_run, 2) + ["--text-warmup", "5"])
+
+
+def test_text_heads_learn_the_parsers_labels():
+    from model.train.dit import TextHeads, warm_up_text
+    from model import world
+
+    model = load_model("debug")
+    torch.manual_seed(0)
+    heads = TextHeads(model.config.text.dim)
+    prompts = ["a red ball bouncing over the desert by day", "", "a blue cube at night"]
+    loss = heads.loss(model.text.encode(prompts).pooled, prompts)
+    assert loss.item() > 0 and loss.requires_grad
+    # only the attributes a prompt names count: "" adds nothing, the partial prompt only its own
+    only = heads.loss(model.text.encode(prompts[2:]).pooled, prompts[2:])
+    assert set(world.parse_prompt(prompts[2])) == {"colour", "shape", "time"} and only.item() > 0
+    before = heads.loss(model.text.encode(prompts).pooled, prompts).item()
+    warm_up_text(model, heads, 30, seed=0)
+    assert heads.loss(model.text.encode(prompts).pooled, prompts).item() < before

@@ -13,6 +13,14 @@ under the block-causal mask with the sink / pooled memory / window that streamin
 - The warped prior (`DiTConfig.warp_prior`) comes from the clean clip, lightly noised,
   as streaming gives it the clean last frame of the chunk before; in pixel space
   (`prior_space`, model/prior.py) it is made once for the whole pool (priors.npz).
+- The text encoder is made to carry every attribute a caption names (`--text-aux`):
+  one linear head per attribute on its pooled embedding, their cross-entropy on the
+  parser's labels beside the flow-matching loss, after a short text-only warm-up
+  (`--text-warmup`). Trained only through a DiT that never drew the object, the
+  encoder had no use for the colour and shape words (a linear probe read them at
+  chance), and the DiT could not learn to draw what its text did not carry.
+- With `DiTConfig.object_hint` (`--object-hint`) the prior has one more channel: a disk
+  where the world's object is, on each clip's first chunk (none on 15% of clips).
 - EMA weights, resumable state every 100 steps, loss CSV + PNG, and every
   `--sample-every` steps a free rollout with the KV cache: an MP4 in samples/ and a
   camera probe (commanded vs measured pan, px/frame) in probe.csv.
@@ -22,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import csv
 import json
 import logging
@@ -32,13 +41,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
+
+from model import world
 
 from model.camera import CameraCond
 from model.checkpoint import LiveReel, build_model, save_model
 from model.config import get_config
 from model.generate import extend_covered, flow_schedule, step_batch
-from model.prior import pixel_prior
+from model.prior import object_disk, pixel_prior, with_object_hint
 from model.sampling import Sampling
 from model.train.common import RUNS, ClipPool, LossLog, cosine_lr, load_state, save_state
 from model.train.vae import load_trained_vae
@@ -84,6 +96,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="loss weight of each clip's first chunk (no context, no prior: the regime of a "
                         "stream's first chunk, the only one where the prompt alone must draw the "
                         "picture) against 1 for the others")
+    p.add_argument("--object-hint", action="store_true",
+                   help="train (or go on training) a DiT whose warped prior has the object-hint channel "
+                        "(DiTConfig.object_hint): a disk where the object is, on each clip's first chunk; "
+                        "from a checkpoint without it (--init-from), the new input starts at zero")
+    p.add_argument("--text-aux", type=float, default=0.0, metavar="W",
+                   help="weight of the text encoder's auxiliary loss: attribute heads on its pooled "
+                        "embedding, cross-entropy on the parser's labels of each caption (0: none; e.g. 0.1)")
+    p.add_argument("--text-warmup", type=int, default=0, metavar="N",
+                   help="a new run first trains the text encoder alone for N steps on the auxiliary "
+                        "loss (64 fresh training captions a step; needs --text-aux)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--device", default="cpu",
                    help="where the DiT trains: cpu, cuda or cuda:N (the pool is made on the CPU)")
@@ -252,8 +274,9 @@ def rollout_context(model: LiveReel, cam: CameraCond, prompts: list[str], chunks
         priors.append(torch.cat([g.cache.prior[::g.cfg_batch] for g in gens]))  # what it was made from
     latents = torch.cat(made, 1)
     nxt = slice(chunks * K, (chunks + 1) * K)
-    priors.append(pixel_prior(model.vae, latents[:, -1], cam.pos[:, chunks * K - 1], torch.ones(B),
-                              cam.pos[:, nxt], d.grid))
+    nxt_prior = pixel_prior(model.vae, latents[:, -1], cam.pos[:, chunks * K - 1], torch.ones(B),
+                            cam.pos[:, nxt], d.grid)
+    priors.append(with_object_hint(nxt_prior) if d.object_hint else nxt_prior)
     return latents, torch.cat(priors, 1)
 
 
@@ -276,7 +299,8 @@ def rollout_batch(model: LiveReel, x0: torch.Tensor, cam: CameraCond, prompts: l
     t[:, k] = s = flow_schedule(sampling.steps)[sampling.warm_start]
     tt = t[:, :, None, None, None]
     xt = (1 - tt) * x0 + tt * noise
-    xt[:, k] = (1 - s) * extend_covered(prior_k[:, :, :-1], prior_k[:, :, -1:]) + s * noise[:, k]
+    C = model.config.dit.latent_channels
+    xt[:, k] = (1 - s) * extend_covered(prior_k[:, :, :C], prior_k[:, :, C:C + 1]) + s * noise[:, k]
     target = noise - x0
     target[:, k] = (xt[:, k] - x0[:, k]) / s
     prior = prior.clone()
@@ -284,9 +308,63 @@ def rollout_batch(model: LiveReel, x0: torch.Tensor, cam: CameraCond, prompts: l
     return xt, target, t, prior
 
 
+class TextHeads(nn.Module):
+    """One linear classifier per attribute (`world.ATTRIBUTES`) on the pooled text
+    embedding: the auxiliary loss that makes the encoder carry every word it is given."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.heads = nn.ModuleDict({a: nn.Linear(dim, len(world.VOCAB[a])) for a in world.ATTRIBUTES})
+
+    def loss(self, pooled: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """Mean over attributes of the cross-entropy against the parser's labels (the
+        attributes each prompt names; empty prompts and unnamed attributes are skipped)."""
+        labels = [world.parse_prompt(p) for p in prompts]
+        terms = []
+        for a, head in self.heads.items():
+            rows = [i for i, lab in enumerate(labels) if a in lab]
+            if rows:
+                y = torch.tensor([world.VOCAB[a].index(labels[i][a]) for i in rows], device=pooled.device)
+                terms.append(F.cross_entropy(head(pooled[rows]), y))
+        return torch.stack(terms).mean() if terms else pooled.sum() * 0.0
+
+
+def warm_up_text(model: LiveReel, heads: TextHeads, steps: int, seed: int) -> None:
+    """The text encoder trained alone on the auxiliary loss, on fresh training captions."""
+    rng = np.random.default_rng([seed, 77])
+    opt = torch.optim.AdamW(list(model.text.parameters()) + list(heads.parameters()), lr=1e-3)
+    bar = tqdm(range(steps), desc="text warm-up")
+    for _ in bar:
+        caps = [world.training_caption(world.sample_scene(rng), rng) for _ in range(64)]
+        loss = heads.loss(model.text.encode(caps).pooled, caps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.set_postfix(aux=f"{loss.item():.3f}")
+
+
+def first_chunk_hint(objects: torch.Tensor, latent_size: int, downsample: int, chunk_frames: int,
+                     keep: torch.Tensor) -> torch.Tensor:
+    """The training object hint (B, F, h, w): a disk at the world's object (`objects`
+    (B, F, 3) in view px) on each clip's first chunk where `keep` (B,) is true, zeros
+    elsewhere (the later chunks have a prior that carries the object)."""
+    obj = objects[:, :chunk_frames] / downsample
+    hint = torch.zeros(*objects.shape[:2], latent_size, latent_size, device=objects.device)
+    hint[:, :chunk_frames] = object_disk(obj[..., 0], obj[..., 1], obj[..., 2], latent_size)
+    return hint * keep.to(hint.dtype)[:, None, None, None]
+
+
+def model_config(args: argparse.Namespace):
+    """The preset, with the object hint where asked."""
+    cfg = get_config(args.preset)
+    if args.object_hint:
+        cfg = dataclasses.replace(cfg, dit=dataclasses.replace(cfg.dit, object_hint=True))
+    return cfg
+
+
 def train(args: argparse.Namespace) -> Path:
     torch.set_num_threads(args.threads)
-    cfg = get_config(args.preset)
+    cfg = model_config(args)
     model = build_model(cfg)
     load_trained_vae(model.vae, args.vae)
     model.vae.eval().requires_grad_(False)
@@ -317,22 +395,30 @@ def train(args: argparse.Namespace) -> Path:
               {"params": other, "weight_decay": 0.0, "lr_scale": 1.0}]
     if prior:
         groups.append({"params": prior, "weight_decay": 0.0, "lr_scale": PRIOR_LR_SCALE})
+    heads = TextHeads(cfg.text.dim).to(device) if args.text_aux > 0 else None
+    if heads is not None:
+        groups.append({"params": list(heads.parameters()), "weight_decay": 0.0, "lr_scale": 1.0})
     opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.99))
+    modules = {"model": trainable, "ema": ema, **({"heads": heads} if heads is not None else {})}
     start, hours_before = 0, 0.0
     if args.resume and (run / "state.json").exists():
-        meta = load_state(run, {"model": trainable, "ema": ema}, opt)
+        meta = load_state(run, modules, opt)
         start, hours_before = meta["step"], meta.get("hours", 0.0)
         log.info("resumed %s at step %d", run, start)
     elif (run / "state.json").exists():
         raise SystemExit(f"{run} already holds a run: pass --resume, or another --run")
-    elif args.init_from is not None:
-        init_from(args.init_from, trainable, ema)
+    else:
+        if args.init_from is not None:
+            init_from(args.init_from, trainable, ema)
+        if args.text_warmup > 0:
+            warm_up_text(model, heads, args.text_warmup, args.seed)
+            ema["text"].load_state_dict(trainable["text"].state_dict())
     (run / "vae.json").write_text(json.dumps({"source": str(args.vae), "latent_shift": cfg.vae.latent_shift,
                                               "latent_scale": cfg.vae.latent_scale}))
 
     rng = np.random.default_rng(args.seed + start)
     trng = torch.Generator().manual_seed(args.seed + start)
-    losses = LossLog(run, ["loss", "lr", "warm_loss"])
+    losses = LossLog(run, ["loss", "lr", "warm_loss", "text_aux"])
     probe_csv = run / "probe.csv"
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="train dit")
     t0 = time.time()
@@ -357,9 +443,13 @@ def train(args: argparse.Namespace) -> Path:
         s = 0.08 * torch.rand(args.batch, 1, 1, 1, 1, generator=trng).to(device)
         rollout = args.rollout_share > 0 and rng.random() < args.rollout_share  # no draw at 0: same data order
         if prior is not None:  # pixel space: made once per pool; noise where the old view covers
-            z, cover = prior[:, :, :-1].to(device), prior[:, :, -1:].to(device)
+            z, cover = prior[:, :, :d.latent_channels].to(device), prior[:, :, -1:].to(device)
             z = ((1 - s) * z + s * torch.randn(z.shape, generator=trng).to(device)) * cover
             prior = torch.cat((z, cover), 2)
+            if d.object_hint:  # where the object is, on the first chunk; none on 15% of clips
+                keep = torch.from_numpy(rng.random(args.batch) >= 0.15).to(device)
+                prior = with_object_hint(prior, first_chunk_hint(objects, d.latent_size, cfg.vae.downsample,
+                                                                 d.chunk_frames, keep))
         if rollout:  # the first chunks are the model's own; the next starts as the sampler starts it
             k = int(rng.integers(1, n_chunks))
             ctx = slice(0, k * d.chunk_frames)
@@ -384,6 +474,11 @@ def train(args: argparse.Namespace) -> Path:
         per_frame = (F.mse_loss(v, target, reduction="none").mean(2, keepdim=True) * w).sum((2, 3, 4)) / w.sum((2, 3, 4))
         mask = mask * chunk_weight
         loss = (per_frame * mask).sum() / mask.sum()
+        aux = None
+        if heads is not None:
+            named = [i for i, p in enumerate(prompts) if p]
+            aux = heads.loss(text.pooled[named].float(), [prompts[i] for i in named])
+            loss = loss + args.text_aux * aux
         if rollout:
             k_frames = slice(k * d.chunk_frames, (k + 1) * d.chunk_frames)
             if mask[:, k_frames].sum() > 0:
@@ -400,11 +495,12 @@ def train(args: argparse.Namespace) -> Path:
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if step % 10 == 0:
             losses.add(step, loss=loss.item(), lr=lr,
-                       warm_loss=float(np.mean(warm_losses)) if warm_losses else float("nan"))
+                       warm_loss=float(np.mean(warm_losses)) if warm_losses else float("nan"),
+                       text_aux=aux.item() if aux is not None else float("nan"))
             warm_losses = []
         done = step + 1 == args.steps
         if (step + 1) % 100 == 0 or done:
-            save_state(run, {"model": trainable, "ema": ema}, opt, step + 1,
+            save_state(run, modules, opt, step + 1,
                        {"hours": hours_before + (time.time() - t0) / 3600,
                         "init_from": str(args.init_from) if args.init_from else None})
             losses.plot()
@@ -436,7 +532,9 @@ def train(args: argparse.Namespace) -> Path:
 def init_from(source: Path, trainable: torch.nn.Module, ema: torch.nn.Module) -> None:
     """Weights of another run's latest state (its model and its EMA), or of a model
     checkpoint folder (its text encoder and DiT, for both); only parameters the source
-    lacks may be missing (they keep their initialisation), and nothing may be left over."""
+    lacks may be missing (they keep their initialisation), and nothing may be left over.
+    A source whose prior input is narrower (no object hint) gets zero columns for the
+    new channel: the model starts exactly as the source."""
     from safetensors.torch import load_file
 
     if (source / "state.safetensors").exists():
@@ -454,6 +552,13 @@ def init_from(source: Path, trainable: torch.nn.Module, ema: torch.nn.Module) ->
         sd = {k[len(prefix):]: v for k, v in tensors.items()
               if k.startswith(prefix) and not k[len(prefix):].startswith("vae.")}
         expected = module.state_dict()
+        for k, v in sd.items():  # a prior input the source lacks (the object hint): new columns at zero
+            want = expected.get(k)
+            if (k.endswith("prior_embed.weight") and want is not None and v.dim() == 2
+                    and v.shape[0] == want.shape[0] and v.shape[1] < want.shape[1]):
+                sd[k] = torch.cat((v, v.new_zeros(v.shape[0], want.shape[1] - v.shape[1])), 1)
+                log.info("--init-from: %s widened %s -> %s with zero columns", k, tuple(v.shape),
+                         tuple(want.shape))
         wrong = [k for k, v in sd.items() if k in expected and v.shape != expected[k].shape]
         if wrong or not set(sd) & set(expected):
             raise SystemExit(f"--init-from {source}: not this preset's network ("
@@ -482,7 +587,7 @@ def export(args: argparse.Namespace) -> Path:
 
     if not (args.run / "state.json").exists():
         raise SystemExit(f"no run state in {args.run}")
-    cfg = get_config(args.preset)
+    cfg = model_config(args)
     model = build_model(cfg)
     load_trained_vae(model.vae, args.vae)
     tensors = load_file(args.run / "state.safetensors")
@@ -501,6 +606,16 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"--object-weight must be in [0, 1000] (got {args.object_weight})")
     if not (0.0 < args.first_chunk_weight <= 1000.0):
         raise SystemExit(f"--first-chunk-weight must be in (0, 1000] (got {args.first_chunk_weight})")
+    if not 0.0 <= args.text_aux <= 100.0:
+        raise SystemExit(f"--text-aux must be in [0, 100] (got {args.text_aux})")
+    if args.text_warmup < 0 or (args.text_warmup > 0 and args.text_aux <= 0):
+        raise SystemExit("--text-warmup needs a positive --text-aux (the warm-up trains on that loss)"
+                         if args.text_warmup > 0 else f"--text-warmup must be >= 0 (got {args.text_warmup})")
+    if args.object_hint:
+        d = get_config(args.preset).dit
+        if not (d.warp_prior and d.prior_space == "pixel"):
+            raise SystemExit(f"--object-hint needs a preset whose DiT has a pixel-space warped prior "
+                             f"({args.preset!r} has none)")
     if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
         raise SystemExit(f"--device must be cpu, cuda or cuda:N (got {args.device!r})")
     device = torch.device(args.device)
