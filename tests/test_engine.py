@@ -67,6 +67,25 @@ def test_debug_stream_equals_eager(engine, engine_dir):
 
 @pytest.mark.parametrize("engine", ENGINES)
 @torch.no_grad()
+def test_object_hint_model_equals_eager(engine, tmp_path):
+    """A DiT with the object-hint prior channel (v2): the hint rides in the prior, which
+    the exported DiT takes as an input; the first chunk's hint and the later chunks' none."""
+    import dataclasses
+
+    from model.checkpoint import build_model
+    from model.config import get_config
+
+    cfg = get_config("debug")
+    cfg = dataclasses.replace(cfg, dit=dataclasses.replace(cfg.dit, object_hint=True))
+    eager = build_model(cfg).eval()
+    assert eager.dit.prior_embed.weight.abs().sum() > 0  # the hint's columns are not zero
+    fast = use_engine(copy.deepcopy(eager), engine, directory=tmp_path)
+    runs = [script(Sampling().generator(m, seed=3), 8) for m in (eager, fast)]
+    assert_same(*runs)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@torch.no_grad()
 def test_batched_streams_with_guidance_equal_eager(engine, engine_dir):
     """Two streams batched (their context passes fused into the first evaluation, and
     from noise: several evaluations), classifier-free guidance: rows of every kind."""
