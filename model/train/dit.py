@@ -401,9 +401,10 @@ def train(args: argparse.Namespace) -> Path:
     opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.99))
     modules = {"model": trainable, "ema": ema, **({"heads": heads} if heads is not None else {})}
     start, hours_before = 0, 0.0
+    origin = str(args.init_from) if args.init_from else None  # what the run started from, kept on resume
     if args.resume and (run / "state.json").exists():
         meta = load_state(run, modules, opt)
-        start, hours_before = meta["step"], meta.get("hours", 0.0)
+        start, hours_before, origin = meta["step"], meta.get("hours", 0.0), meta.get("init_from")
         log.info("resumed %s at step %d", run, start)
     elif (run / "state.json").exists():
         raise SystemExit(f"{run} already holds a run: pass --resume, or another --run")
@@ -502,7 +503,7 @@ def train(args: argparse.Namespace) -> Path:
         if (step + 1) % 100 == 0 or done:
             save_state(run, modules, opt, step + 1,
                        {"hours": hours_before + (time.time() - t0) / 3600,
-                        "init_from": str(args.init_from) if args.init_from else None})
+                        "init_from": origin})
             losses.plot()
             rate = (time.time() - t0) / (step + 1 - start)
             log.info("step %d/%d loss %.4f, %.2f s/step, %.1f h to go", step + 1, args.steps, loss.item(),
