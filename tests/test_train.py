@@ -202,6 +202,10 @@ def test_object_hint_and_text_aux_go_on_from_a_checkpoint_without_them(vae_run, 
     assert math.isfinite(float(rows[0]["text_aux"]))
     assert cli(dit_args(second, ckpt, 2) + ["--resume", "--object-hint", "--text-aux", "0.1"]) == 0  # heads resume
     assert json.loads((second / "state.json").read_text())["init_from"] == str(ckpt)  # kept across the resume
+    with pytest.raises(SystemExit, match="trained with --object-hint: resume it with it"):
+        cli(dit_args(second, ckpt, 3) + ["--resume", "--text-aux", "0.1"])
+    with pytest.raises(SystemExit, match="trained with --text-aux"):
+        cli(dit_args(second, ckpt, 3) + ["--resume", "--object-hint"])
     with pytest.raises(SystemExit, match="text-warmup needs"):
         cli(dit_args(tmp_path / "bad", vae_run, 2) + ["--text-warmup", "5"])
 

@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import csv
+import dataclasses
 import json
 import logging
 import re
@@ -45,7 +45,6 @@ from torch import nn
 from tqdm import tqdm
 
 from model import world
-
 from model.camera import CameraCond
 from model.checkpoint import LiveReel, build_model, save_model
 from model.config import get_config
@@ -403,6 +402,12 @@ def train(args: argparse.Namespace) -> Path:
     start, hours_before = 0, 0.0
     origin = str(args.init_from) if args.init_from else None  # what the run started from, kept on resume
     if args.resume and (run / "state.json").exists():
+        saved = json.loads((run / "state.json").read_text())
+        for flag, key, now in (("--object-hint", "object_hint", args.object_hint),
+                               ("--text-aux", "text_aux", heads is not None)):
+            if key in saved and bool(saved[key]) != now:  # the networks (or the optimizer's groups) would differ
+                raise SystemExit(f"{run} was trained {'with' if saved.get(key) else 'without'} {flag}: "
+                                 f"resume it {'with' if saved.get(key) else 'without'} it")
         meta = load_state(run, modules, opt)
         start, hours_before, origin = meta["step"], meta.get("hours", 0.0), meta.get("init_from")
         log.info("resumed %s at step %d", run, start)
@@ -503,7 +508,7 @@ def train(args: argparse.Namespace) -> Path:
         if (step + 1) % 100 == 0 or done:
             save_state(run, modules, opt, step + 1,
                        {"hours": hours_before + (time.time() - t0) / 3600,
-                        "init_from": origin})
+                        "init_from": origin, "object_hint": args.object_hint, "text_aux": heads is not None})
             losses.plot()
             rate = (time.time() - t0) / (step + 1 - start)
             log.info("step %d/%d loss %.4f, %.2f s/step, %.1f h to go", step + 1, args.steps, loss.item(),
