@@ -707,6 +707,23 @@ def sharpness(frames: np.ndarray) -> np.ndarray:
     return lap.var((1, 2))
 
 
+def streak_index(frames: np.ndarray, commanded: np.ndarray) -> float:
+    """Directional blur while panning: per panning frame (a pan command, no zoom), the
+    luma gradient energy across the pan over that along it, geometric mean over the
+    frames (nan without any). A picture smeared along the motion (the blur of an
+    MSE-trained model that cannot tell where texture moved) loses its gradients along the
+    pan: the index rises above the ground truth's on the same scenario."""
+    pan = (np.abs(commanded[:, :2]).max(1) > 0) & (commanded[:, 2] == 0)
+    if not pan.any():
+        return float("nan")
+    g = _gray(frames[pan])
+    ex = (np.diff(g, axis=2) ** 2).mean((1, 2))  # along x
+    ey = (np.diff(g, axis=1) ** 2).mean((1, 2))  # along y
+    horizontal = np.abs(commanded[pan, 0]) >= np.abs(commanded[pan, 1])
+    along, across = np.where(horizontal, ex, ey), np.where(horizontal, ey, ex)
+    return float(np.exp(np.mean(np.log((across + 1e-6) / (along + 1e-6)))))
+
+
 def drift_curves(frames: np.ndarray, labels: dict[str, np.ndarray], prompts: str | Sequence[str],
                  fps: int, window_s: float = 60.0) -> dict:
     """Adherence, sharpness and colour statistics per window of `window_s` seconds."""
@@ -1016,6 +1033,17 @@ def score(recordings: list[Recording], classifier: AttributeClassifier, fps: int
     lab = {a: np.concatenate([labels[id(r)][a] for r in control]) for a in CLASSIFIED}
     out["adherence"] = prompt_adherence(lab, [p for r in control for p in r.prompts])
 
+    # the same, the frames of the camera held still against the frames of a pan (the
+    # scene should hold while panning)
+    cmd = np.concatenate([r.commanded for r in control])
+    prompts = [p for r in control for p in r.prompts]
+    for name, sel in (("still", np.all(cmd == 0, axis=1)),
+                      ("panning", (np.abs(cmd[:, :2]).max(1) > 0) & (cmd[:, 2] == 0))):
+        if sel.any():
+            out[f"adherence_{name}"] = prompt_adherence({a: v[sel] for a, v in lab.items()},
+                                                        [p for p, keep in zip(prompts, sel) if keep])
+    out["streak"] = streak_index(np.concatenate([r.frames for r in control]), cmd)
+
     # switches
     per_switch = []
     for r in control:
@@ -1120,6 +1148,11 @@ def table_rows(result: dict) -> list[tuple[str, str]]:
     for a, v in result["adherence"]["per_attribute"].items():
         rows.append((f"adherence: {a}", _fmt(v, "%")))
     sw = result["switch"]
+    if "adherence_still" in result and "adherence_panning" in result:
+        rows.append(("adherence still / panning (all attributes)",
+                     f"{_fmt(result['adherence_still']['all'], '%')} / {_fmt(result['adherence_panning']['all'], '%')}"))
+        rows.append(("adherence still / panning, mean of attributes",
+                     f"{_fmt(result['adherence_still']['mean'], '%')} / {_fmt(result['adherence_panning']['mean'], '%')}"))
     rows += [
         ("switches followed", f"{sw['followed']}/{sw['count']}"),
         ("switch latency, frames (mean/max)", f"{_fmt(sw['latency_frames_mean'])}/{_fmt(sw['latency_frames_max'])}"),
@@ -1133,6 +1166,7 @@ def table_rows(result: dict) -> list[tuple[str, str]]:
         ("camera still error, px/frame", _fmt(cam["still_error_px"])),
         ("pan direction accuracy", _fmt(cam["pan_direction_accuracy"], "%")),
         ("pan speed, measured/commanded", _fmt(cam["pan_speed_ratio"])),
+        ("streak while panning (gradient energy across / along)", _fmt(result.get("streak"))),
         ("zoom direction accuracy", _fmt(cam["zoom_direction_accuracy"], "%")),
         ("zoom error, log2/frame", _fmt(cam["zoom_error_log2"])),
     ]

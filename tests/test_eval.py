@@ -192,6 +192,23 @@ def test_drift_curves_and_sharpness():
     assert ev.sharpness(blurred).mean() < 0.5 * ev.sharpness(frames).mean()
 
 
+def test_streak_index_sees_blur_along_the_pan():
+    """Frames smeared along the pan lose their gradients along it: the index rises for a
+    blur along the commanded pan and falls for one across it; still or zooming frames
+    are not counted."""
+    frames = world.WorldStream(Scene("forest", "day", "clear", "cube", "red", "drifting")).render(6)
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    along_x = torch.nn.functional.avg_pool2d(x, (1, 7), 1, (0, 3)).permute(0, 2, 3, 1).numpy().astype(np.uint8)
+    along_y = torch.nn.functional.avg_pool2d(x, (7, 1), 1, (3, 0)).permute(0, 2, 3, 1).numpy().astype(np.uint8)
+    right = np.tile([2.0, 0.0, 0.0], (6, 1))
+    sharp, smeared, crossed = (ev.streak_index(f, right) for f in (frames, along_x, along_y))
+    assert smeared > 2 * sharp and crossed < 0.5 * sharp
+    down = np.tile([0.0, -3.0, 0.0], (6, 1))  # a vertical pan: the roles swap
+    assert ev.streak_index(along_y, down) > 2 * ev.streak_index(frames, down)
+    assert np.isnan(ev.streak_index(frames, np.zeros((6, 3))))  # no pan, no figure
+    assert np.isnan(ev.streak_index(frames, np.tile([1.0, 0.0, 0.02], (6, 1))))  # a zoom is not a pan
+
+
 # ------------------------------------------------------------------ classifier
 
 
@@ -253,6 +270,10 @@ def test_cli_ground_truth_writes_every_field(tmp_path):
     for key in ("adherence", "switch", "bad_frames", "camera", "revisit", "flicker", "drift", "series"):
         assert key in gt
     assert gt["adherence"]["all"] >= 0.95
+    # the scene holds while panning; the world's own streak index is near 1 (isotropic textures)
+    assert gt["adherence_still"]["all"] >= 0.95 and gt["adherence_panning"]["all"] >= 0.95
+    assert 0.5 < gt["streak"] < 2.0
+    assert "streak while panning" in res.stdout and "adherence still / panning" in res.stdout
     assert gt["switch"]["count"] == 1 and gt["switch"]["followed"] == 1
     assert gt["switch"]["latency_frames_max"] <= 1
     assert gt["bad_frames"]["black"] == 0 and gt["bad_frames"]["noise"] == 0
