@@ -81,7 +81,7 @@ class LiveReel(nn.Module):
             prior = self.pixel_prior(self.vae, cache.frame[::rows], cache.frame_pos[::rows], valid,
                                      camera.pos[::rows], d.grid)
             if d.object_hint:  # a stream's first chunk (nothing to warp): draw the object at the centre
-                prior = with_object_hint(prior, self.centre_hint(valid, prior.shape[1]))
+                prior = with_object_hint(prior, None if bool(valid.all()) else self.centre_hint(valid, prior.shape[1]))
             prior = prior.repeat_interleave(rows, 0)
         self.dit.begin_chunk(cache, camera, first_frame, prior=prior)
 

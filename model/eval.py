@@ -373,7 +373,7 @@ def prompt_binding(model, classifier: AttributeClassifier, seeds: Sequence[int] 
     from dataclasses import replace
 
     from model.camera import CameraCond
-    from model.prior import clip_pixel_prior, object_disk, with_object_hint
+    from model.prior import clip_pixel_prior, first_chunk_hint, with_object_hint
     from model.vae import from_uint8, to_uint8
 
     cfg, d = model.config, model.config.dit
@@ -398,10 +398,9 @@ def prompt_binding(model, classifier: AttributeClassifier, seeds: Sequence[int] 
             x, c = x0[:, :n], CameraCond(cam.pos[:, :n], cam.motion[:, :n])
             prior = clip_pixel_prior(model.vae, x, c, d.chunk_frames, d.grid) if d.warp_prior else None
             if d.object_hint:  # where the world's object is, on the first chunk (as training gives it)
-                hint = torch.zeros(1, n, d.latent_size, d.latent_size, device=dev)
-                obj = torch.from_numpy(clip.objects[:d.chunk_frames]).to(dev) / cfg.vae.downsample
-                hint[:, :d.chunk_frames] = object_disk(obj[:, 0], obj[:, 1], obj[:, 2], d.latent_size)
-                prior = with_object_hint(prior, hint)
+                objects = torch.from_numpy(clip.objects[None, :n]).to(dev)
+                prior = with_object_hint(prior, first_chunk_hint(objects, d.latent_size, cfg.vae.downsample,
+                                                                 d.chunk_frames))
             for t in ts:
                 tt = torch.zeros(1, n, device=dev)
                 tt[:, -d.chunk_frames:] = t
@@ -707,13 +706,18 @@ def sharpness(frames: np.ndarray) -> np.ndarray:
     return lap.var((1, 2))
 
 
+def panning(commanded: np.ndarray) -> np.ndarray:
+    """Frames (F,) under a pan command and no zoom, from `commanded` (F, 3)."""
+    return (np.abs(commanded[:, :2]).max(1) > 0) & (commanded[:, 2] == 0)
+
+
 def streak_index(frames: np.ndarray, commanded: np.ndarray) -> float:
     """Directional blur while panning: per panning frame (a pan command, no zoom), the
     luma gradient energy across the pan over that along it, geometric mean over the
     frames (nan without any). A picture smeared along the motion (the blur of an
     MSE-trained model that cannot tell where texture moved) loses its gradients along the
     pan: the index rises above the ground truth's on the same scenario."""
-    pan = (np.abs(commanded[:, :2]).max(1) > 0) & (commanded[:, 2] == 0)
+    pan = panning(commanded)
     if not pan.any():
         return float("nan")
     g = _gray(frames[pan])
@@ -1038,7 +1042,7 @@ def score(recordings: list[Recording], classifier: AttributeClassifier, fps: int
     cmd = np.concatenate([r.commanded for r in control])
     prompts = [p for r in control for p in r.prompts]
     for name, sel in (("still", np.all(cmd == 0, axis=1)),
-                      ("panning", (np.abs(cmd[:, :2]).max(1) > 0) & (cmd[:, 2] == 0))):
+                      ("panning", panning(cmd))):
         if sel.any():
             out[f"adherence_{name}"] = prompt_adherence({a: v[sel] for a, v in lab.items()},
                                                         [p for p, keep in zip(prompts, sel) if keep])

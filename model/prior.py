@@ -68,6 +68,18 @@ def object_disk(cx: Tensor, cy: Tensor, radius: Tensor, size: int) -> Tensor:
     return (radius[..., None, None] + 0.5 - (dx**2 + dy**2).sqrt()).clamp(0, 1)
 
 
+def first_chunk_hint(objects: Tensor, latent_size: int, downsample: int, chunk_frames: int,
+                     keep: Tensor | None = None) -> Tensor:
+    """The object hint as training gives it, (B, F, h, w): a disk at the world's object
+    (`objects` (B, F, 3): centre x, y and radius in view px) on the first chunk, where
+    `keep` (B,) is true (all by default), zeros elsewhere (later chunks have a prior that
+    carries the object)."""
+    obj = objects[:, :chunk_frames] / downsample
+    hint = torch.zeros(*objects.shape[:2], latent_size, latent_size, device=objects.device)
+    hint[:, :chunk_frames] = object_disk(obj[..., 0], obj[..., 1], obj[..., 2], latent_size)
+    return hint if keep is None else hint * keep.to(hint.dtype)[:, None, None, None]
+
+
 def with_object_hint(prior: Tensor, hint: Tensor | None = None) -> Tensor:
     """`prior` (B, F, C + 1, h, w) with the object hint appended as its last channel:
     `hint` (B, F, h, w), or zeros (no hint)."""

@@ -49,7 +49,7 @@ from model.camera import CameraCond
 from model.checkpoint import LiveReel, build_model, save_model
 from model.config import get_config
 from model.generate import extend_covered, flow_schedule, step_batch
-from model.prior import object_disk, pixel_prior, with_object_hint
+from model.prior import first_chunk_hint, pixel_prior, with_object_hint
 from model.sampling import Sampling
 from model.train.common import RUNS, ClipPool, LossLog, cosine_lr, load_state, save_state
 from model.train.vae import load_trained_vae
@@ -340,17 +340,6 @@ def warm_up_text(model: LiveReel, heads: TextHeads, steps: int, seed: int) -> No
         loss.backward()
         opt.step()
         bar.set_postfix(aux=f"{loss.item():.3f}")
-
-
-def first_chunk_hint(objects: torch.Tensor, latent_size: int, downsample: int, chunk_frames: int,
-                     keep: torch.Tensor) -> torch.Tensor:
-    """The training object hint (B, F, h, w): a disk at the world's object (`objects`
-    (B, F, 3) in view px) on each clip's first chunk where `keep` (B,) is true, zeros
-    elsewhere (the later chunks have a prior that carries the object)."""
-    obj = objects[:, :chunk_frames] / downsample
-    hint = torch.zeros(*objects.shape[:2], latent_size, latent_size, device=objects.device)
-    hint[:, :chunk_frames] = object_disk(obj[..., 0], obj[..., 1], obj[..., 2], latent_size)
-    return hint * keep.to(hint.dtype)[:, None, None, None]
 
 
 def model_config(args: argparse.Namespace):
