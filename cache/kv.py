@@ -238,6 +238,12 @@ class KVCache:
         self.frame_valid = torch.zeros(batch, device=device, dtype=dtype)  # 0 before the first
         self._pending = (torch.zeros_like(self.frame), torch.zeros_like(self.frame_pos))
         self.prior: Tensor | None = None  # (B, chunk_frames, C + 1, h, w), per chunk
+        # the last frames of the latest chunks as the viewer was shown them, (latent frame
+        # (S, C, h, w), picture (S, 3, H, W)), newest last (`show`): a pixel-space prior
+        # warps the picture of `frame` instead of decoding it again (model/prior.py), a
+        # re-cache those of the kept chunks' frames before them
+        self.shown: list[tuple[Tensor, Tensor]] = []
+        self._keep_shown = cfg.sink_frames // K + cfg.window_frames // K + 1
 
         self.bank = MemoryBank(cfg.memory_frames // K)
         self.frame_ids: list[int] = [-1] * fr  # stream frame index held by each frame slot
@@ -397,6 +403,17 @@ class KVCache:
         """World positions (B, tokens, 2) of a chunk slot."""
         return self.pos[:, self.regions[region].token_slice(index)]
 
+    def show(self, frame: Tensor, picture: Tensor) -> None:
+        """The last latent frame of a chunk (S, C, h, w) and its picture as shown (S, 3, H, W)."""
+        self.shown = [*self.shown[1 - self._keep_shown:], (frame, picture)]
+
+    def shown_picture(self, frame: Tensor) -> Tensor | None:
+        """The picture shown of latent frame `frame` (S, C, h, w), if it was among the latest."""
+        for latent, picture in reversed(self.shown):
+            if latent.shape == frame.shape and torch.equal(latent, frame):
+                return picture
+        return None
+
     def frame_state(self) -> tuple[Tensor, Tensor, Tensor]:
         """A copy of the last frame, its camera and validity (to restore after a re-cache)."""
         return self.frame.clone(), self.frame_pos.clone(), self.frame_valid.clone()
@@ -417,6 +434,7 @@ class KVCache:
         self.mask = None
         self.frame_valid.zero_()
         self.prior = None
+        self.shown = []
 
     def allocated_bytes(self) -> int:
         return sum(t.numel() * t.element_size()

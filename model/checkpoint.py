@@ -27,7 +27,7 @@ from model.conditioning import TextCond
 from model.errors import CheckpointError
 from model.config import ModelConfig, get_config
 from model.dit import DiT
-from model.prior import object_disk, pixel_prior, with_object_hint
+from model.prior import object_disk, pixel_prior, warped_prior, with_object_hint
 from model.text import TextEncoder
 from model.vae import VAE
 
@@ -78,8 +78,14 @@ class LiveReel(nn.Module):
         prior = None
         if d.warp_prior and d.prior_space == "pixel":
             valid = cache.frame_valid[::rows]
-            prior = self.pixel_prior(self.vae, cache.frame[::rows], cache.frame_pos[::rows], valid,
-                                     camera.pos[::rows], d.grid)
+            if bool(valid.any()):
+                frame, frame_pos, pos = cache.frame[::rows], cache.frame_pos[::rows], camera.pos[::rows]
+                picture = cache.shown_picture(frame) if d.prior_picture == "shown" else None
+                prior = (self.pixel_prior(self.vae, frame, frame_pos, valid, pos, d.grid) if picture is None else
+                         self.warped_prior(self.vae, picture, frame_pos, valid, pos, d.grid))
+            else:  # nothing before (a stream's first chunk, a reset): the warp would cover nothing
+                prior = cache.frame.new_zeros(valid.shape[0], camera.pos.shape[1], d.latent_channels + 1,
+                                              *cache.frame.shape[-2:])
             if d.object_hint:  # a stream's first chunk (nothing to warp): draw the object at the centre
                 prior = with_object_hint(prior, None if bool(valid.all()) else self.centre_hint(valid, prior.shape[1]))
             prior = prior.repeat_interleave(rows, 0)
@@ -97,7 +103,16 @@ class LiveReel(nn.Module):
         disk = object_disk(centre, centre, radius, d.latent_size).to(valid.dtype)
         return (disk * (1 - valid)[:, None, None, None]).expand(-1, frames, -1, -1)
 
-    pixel_prior = staticmethod(pixel_prior)  # model/prior.py; an engine (model/engine.py) replaces it
+    # model/prior.py; an engine (model/engine.py) replaces the one the model streams with
+    pixel_prior = staticmethod(pixel_prior)
+    warped_prior = staticmethod(warped_prior)
+
+    @property
+    def prior_from_shown(self) -> bool:
+        """Chunks warp the picture shown of the frame before them (`DiTConfig.prior_picture`):
+        the Generator keeps the decode's pictures for it (`KVCache.show`)."""
+        d = self.config.dit
+        return d.warp_prior and d.prior_space == "pixel" and d.prior_picture == "shown"
 
     def evaluate(self, x: torch.Tensor, t: torch.Tensor, text: TextCond, camera: CameraCond, ctx,
                  kv_only: bool = False, context_rows: int = 0) -> torch.Tensor | None:

@@ -103,6 +103,10 @@ class DiTConfig:
     camera_scale: float = 8.0  # per-frame motion (tokens/frame) is multiplied by this before its MLP
     warp_prior: bool = True  # input: the previous frame warped by the camera motion (model/prior.py)
     prior_space: str = "pixel"  # where the prior is warped: "latent" or "pixel" (decode, warp, encode)
+    # in pixel space, the picture warped: "decoded" (the frame decoded alone: one more decode a
+    # chunk) or "shown" (the streaming decode's, the picture the viewer saw: no second
+    # decode); a model streams with the one it was trained with (model/prior.py)
+    prior_picture: str = "decoded"
     # input: one more prior channel, a soft disk where the object should be drawn on a chunk
     # that starts from nothing (a stream's first chunk): the prompt says what, this says where
     object_hint: bool = False
@@ -117,6 +121,8 @@ class DiTConfig:
         _check(self.mlp_ratio > 0, c, "mlp_ratio", "must be positive", self.mlp_ratio)
         _check(self.prior_space in ("latent", "pixel"), c, "prior_space", "must be 'latent' or 'pixel'",
                self.prior_space)
+        _check(self.prior_picture in ("decoded", "shown"), c, "prior_picture", "must be 'decoded' or 'shown'",
+               self.prior_picture)
         _check(not self.object_hint or (self.warp_prior and self.prior_space == "pixel"), c, "object_hint",
                "needs warp_prior with prior_space 'pixel' (the hint is a channel of the warped prior)",
                self.object_hint)

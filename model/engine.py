@@ -14,7 +14,9 @@ Parts (each a small `nn.Module` over the model's own modules, so there is one mo
   (`cache.kv.FusedBatch`), their reads given apart (no copy joins them before the graph).
 - "decode": one streaming VAE decode step (latents and the decoder's state in; frames in
   [-1, 1] and the next state out).
-- "prior": the warped prior in pixel space (model/prior.py: decode, warp, encode).
+- "prior": the warped prior in pixel space (model/prior.py), the way the model streams:
+  the last latent frame decoded, warped and encoded, or the picture shown of it warped
+  and encoded (`DiTConfig.prior_picture`).
 Rows (streams, guidance, context passes) are dynamic axes of the exported file; the engine
 compiles it once per shape it meets (static shapes ran 1.2x faster in OpenVINO).
 
@@ -50,7 +52,7 @@ from cache.kv import FlatRead
 from model.camera import CameraCond
 from model.conditioning import TextCond
 from model.ops import apply_rope
-from model.prior import pixel_prior
+from model.prior import pixel_prior, warped_prior
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +181,7 @@ class DecodeStep(nn.Module):
 
 
 class PixelPrior(nn.Module):
-    """`model.prior.pixel_prior` as a pure function."""
+    """`model.prior.pixel_prior` as a pure function (the latent frame in: decode, warp, encode)."""
 
     def __init__(self, vae: nn.Module, grid: int):
         super().__init__()
@@ -187,6 +189,17 @@ class PixelPrior(nn.Module):
 
     def forward(self, frame: Tensor, frame_pos: Tensor, valid: Tensor, pos: Tensor) -> Tensor:
         return pixel_prior(self.vae, frame, frame_pos, valid, pos, self.grid)
+
+
+class WarpedPrior(nn.Module):
+    """`model.prior.warped_prior` as a pure function (the picture shown in: warp, encode)."""
+
+    def __init__(self, vae: nn.Module, grid: int):
+        super().__init__()
+        self.vae, self.grid = vae, grid
+
+    def forward(self, picture: Tensor, frame_pos: Tensor, valid: Tensor, pos: Tensor) -> Tensor:
+        return warped_prior(self.vae, picture, frame_pos, valid, pos, self.grid)
 
 
 # --------------------------------------------------------------------------- export and run
@@ -384,9 +397,13 @@ class EngineParts:
                               threads, directory)
         self.decoder = Part("decode", DecodeStep(model.vae), engine, {"z": (0, "rows"), "state": (0, "rows")},
                             threads, directory)
-        self.prior = (Part("prior", PixelPrior(model.vae, d.grid), engine,
-                           {k: (0, "rows") for k in ("frame", "frame_pos", "valid", "pos")}, threads, directory)
-                      if d.warp_prior and d.prior_space == "pixel" else None)
+        self.prior = None
+        if d.warp_prior and d.prior_space == "pixel":  # the prior the model streams with (the other: eager)
+            shown = d.prior_picture == "shown"
+            module = WarpedPrior(model.vae, d.grid) if shown else PixelPrior(model.vae, d.grid)
+            source = "picture" if shown else "frame"
+            self.prior = Part("prior", module, engine, {k: (0, "rows") for k in (source, "frame_pos", "valid", "pos")},
+                              threads, directory)
 
     @property
     def parts(self) -> list[Part]:
@@ -429,6 +446,9 @@ class EngineParts:
     def pixel_prior(self, vae, frame: Tensor, frame_pos: Tensor, valid: Tensor, pos: Tensor, grid: int) -> Tensor:
         return self.prior(frame=frame, frame_pos=frame_pos, valid=valid, pos=pos)[0]
 
+    def warped_prior(self, vae, picture: Tensor, frame_pos: Tensor, valid: Tensor, pos: Tensor, grid: int) -> Tensor:
+        return self.prior(picture=picture, frame_pos=frame_pos, valid=valid, pos=pos)[0]
+
 
 def use_engine(model, engine: str, threads: int | None = None, directory: Path | None = None):
     """Run `model`'s DiT evaluation, VAE decode and warped prior by `engine` from now on
@@ -459,5 +479,8 @@ def use_engine(model, engine: str, threads: int | None = None, directory: Path |
     model.evaluate = parts.evaluate
     model.decode = parts.decode
     if parts.prior is not None:
-        model.pixel_prior = parts.pixel_prior
+        if model.prior_from_shown:
+            model.warped_prior = parts.warped_prior
+        else:
+            model.pixel_prior = parts.pixel_prior
     return model

@@ -396,7 +396,8 @@ def prompt_binding(model, classifier: AttributeClassifier, seeds: Sequence[int] 
         noise = torch.randn(x0.shape, generator=gen).to(dev)
         for part, n in (("context", d.max_frames), ("first_chunk", d.chunk_frames)):
             x, c = x0[:, :n], CameraCond(cam.pos[:, :n], cam.motion[:, :n])
-            prior = clip_pixel_prior(model.vae, x, c, d.chunk_frames, d.grid) if d.warp_prior else None
+            prior = (clip_pixel_prior(model.vae, x, c, d.chunk_frames, d.grid, d.prior_picture)
+                     if d.warp_prior else None)
             if d.object_hint:  # where the world's object is, on the first chunk (as training gives it)
                 objects = torch.from_numpy(clip.objects[None, :n]).to(dev)
                 prior = with_object_hint(prior, first_chunk_hint(objects, d.latent_size, cfg.vae.downsample,

@@ -590,6 +590,9 @@ def decode_batch(gens: list[Generator], latents: list[Tensor]) -> list[np.ndarra
             state.append(None if like is None else
                          torch.cat([torch.zeros_like(like) if p is None else p for p in parts]))
     frames, state = model.decode(torch.cat(latents), state)
+    if getattr(model, "prior_from_shown", False):  # the next chunk's prior warps the picture shown
+        for i, (g, x) in enumerate(zip(gens, latents)):
+            g.cache.show(x[:, -1].clone(), frames[i:i + 1, -1].clamp(-1, 1))
     frames = to_uint8(frames)
     if frames.is_cuda:  # through pinned host memory: one DMA copy, not a pageable staging copy
         host = torch.empty(frames.shape, dtype=frames.dtype, pin_memory=True)

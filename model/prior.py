@@ -6,8 +6,18 @@
   pan warped in latent space decodes to a picture that barely moves, so a model fed
   such priors learns to hold the picture still.
 - "pixel": decode the frame, warp the RGB picture (exact to a fraction of a view pixel),
-  encode it again. One 1-frame decode and a K-frame encode per chunk; the model gets
-  the moved picture and refines it, as a video codec predicts from the previous frame.
+  encode it again. One K-frame encode per chunk; the model gets the moved picture and
+  refines it, as a video codec predicts from the previous frame.
+
+`DiTConfig.prior_picture` says which picture of the frame is warped (a model streams with
+the one it was trained with):
+- "decoded": the latent frame decoded alone, with no streaming state (`pixel_prior`):
+  one more 1-frame decode a chunk.
+- "shown": the picture the viewer was shown, the streaming decode's, which the Generator
+  keeps (`KVCache.show`; `warped_prior`): no second decode (7% of a chunk at DiT width
+  256 on 2 cores). The two pictures differ by the VAE's temporal mixing; v1, trained on
+  "decoded", lost 1 dB of revisit PSNR when streamed with "shown". Where a picture was
+  not kept (chunks made with no decode, an old snapshot) the frame is decoded alone.
 
 With `DiTConfig.object_hint` the prior has one more channel (`object_hint`): a soft disk
 where the object is to be drawn, on a chunk that starts from nothing (training: where the
@@ -29,33 +39,60 @@ from model.camera import CameraCond, warp_frame
 from model.vae import VAE
 
 
-def pixel_prior(vae: VAE, frame: Tensor, frame_pos: Tensor, valid: Tensor, pos: Tensor,
-                grid: int) -> Tensor:
-    """The latent frame `frame` (B, C, h, w, DiT scale), seen from camera `frame_pos` (B, 3),
-    as seen from each camera of `pos` (B, F, 3), warped in pixel space: (B, F, C + 1, h, w),
-    the last channel 1 where the whole latent pixel was covered by the old view (0 where
-    the camera uncovered new ground, or everywhere where `valid` (B,) is 0)."""
+def decode_frame(vae: VAE, frame: Tensor) -> Tensor:
+    """The latent frame `frame` (B, C, h, w, DiT scale) decoded alone, with no streaming
+    state: the picture (B, 3, H, W) in [-1, 1]."""
+    return vae.decode(vae.from_dit(frame[:, None]))[:, 0].clamp(-1, 1)
+
+
+def warped_prior(vae: VAE, picture: Tensor, frame_pos: Tensor, valid: Tensor, pos: Tensor,
+                 grid: int) -> Tensor:
+    """The picture (B, 3, H, W) of the last frame, seen from camera `frame_pos` (B, 3), as
+    seen from each camera of `pos` (B, F, 3), warped in pixel space and encoded:
+    (B, F, C + 1, h, w), the last channel 1 where the whole latent pixel was covered by the
+    old view (0 where the camera uncovered new ground, or everywhere where `valid` (B,) is
+    0: then the whole prior is zeros)."""
     B, Fr = pos.shape[:2]
-    rgb = vae.decode(vae.from_dit(frame[:, None]))[:, 0].clamp(-1, 1)  # (B, 3, H, W)
-    warped = warp_frame(rgb, frame_pos, valid, pos, grid)  # (B, F, 4, H, W)
+    warped = warp_frame(picture, frame_pos, valid, pos, grid)  # (B, F, 4, H, W)
     z = vae.to_dit(vae.encode(warped[:, :, :3]))  # (B, F, C, h, w)
-    down = rgb.shape[-1] // z.shape[-1]
+    down = picture.shape[-1] // z.shape[-1]
     cover = F.avg_pool2d(warped[:, :, 3:].flatten(0, 1), down).view(B, Fr, 1, *z.shape[-2:])
     cover = (cover > 0.999).to(z.dtype)
     return torch.cat((z * cover, cover), 2)
 
 
-def clip_pixel_prior(vae: VAE, x: Tensor, camera: CameraCond, chunk_frames: int, grid: int) -> Tensor:
+def pixel_prior(vae: VAE, frame: Tensor, frame_pos: Tensor, valid: Tensor, pos: Tensor,
+                grid: int) -> Tensor:
+    """`warped_prior` of the latent frame `frame` (B, C, h, w, DiT scale) decoded alone
+    (`decode_frame`): the training path's, and streaming's where the picture shown is not
+    at hand (`LiveReel.begin_chunk`)."""
+    return warped_prior(vae, decode_frame(vae, frame), frame_pos, valid, pos, grid)
+
+
+def shown_pictures(vae: VAE, x: Tensor) -> Tensor:
+    """The pictures a stream shows of a whole clip x (B, F, C, h, w, DiT scale): the
+    streaming decode's, (B, F, 3, H, W) in [-1, 1] (the whole-clip decode equals it)."""
+    return vae.decode(vae.from_dit(x)).clamp(-1, 1)
+
+
+def clip_pixel_prior(vae: VAE, x: Tensor, camera: CameraCond, chunk_frames: int, grid: int,
+                     picture: str = "decoded") -> Tensor:
     """The training path's pixel-space priors for a whole clip x (B, F, C, h, w): every
     chunk's from the last frame of the chunk before it (none for the first), as the cache
-    keeps it while streaming. (B, F, C + 1, h, w); the slow reference for tests."""
+    keeps it while streaming, its picture as `picture` (`DiTConfig.prior_picture`) says.
+    (B, F, C + 1, h, w); the slow reference for tests."""
     B, Fr = x.shape[:2]
     K = chunk_frames
-    last = torch.cat((torch.zeros_like(x[:, :1]), x[:, K - 1:-1:K]), 1)  # (B, n, C, h, w)
     last_pos = torch.cat((camera.pos[:, :1], camera.pos[:, K - 1:-1:K]), 1)  # (B, n, 3)
     valid = (torch.arange(Fr // K, device=x.device) > 0).to(x.dtype).expand(B, -1)
-    out = pixel_prior(vae, last.flatten(0, 1), last_pos.flatten(0, 1), valid.flatten(),
-                      camera.pos.reshape(B * (Fr // K), K, 3), grid)  # (B*n, K, C+1, h, w)
+    args = (last_pos.flatten(0, 1), valid.flatten(), camera.pos.reshape(B * (Fr // K), K, 3), grid)
+    if picture == "shown":
+        shown = shown_pictures(vae, x)
+        last = torch.cat((torch.zeros_like(shown[:, :1]), shown[:, K - 1:-1:K]), 1)  # (B, n, 3, H, W)
+        out = warped_prior(vae, last.flatten(0, 1), *args)
+    else:
+        last = torch.cat((torch.zeros_like(x[:, :1]), x[:, K - 1:-1:K]), 1)  # (B, n, C, h, w)
+        out = pixel_prior(vae, last.flatten(0, 1), *args)  # (B*n, K, C+1, h, w)
     return out.view(B, Fr, *out.shape[2:])
 
 

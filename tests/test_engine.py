@@ -86,6 +86,25 @@ def test_object_hint_model_equals_eager(engine, tmp_path):
 
 @pytest.mark.parametrize("engine", ENGINES)
 @torch.no_grad()
+def test_a_model_warping_the_picture_shown_equals_eager(engine, tmp_path):
+    """`DiTConfig.prior_picture = "shown"`: the engine's prior graph takes the picture the
+    decode kept (no decode in it), a re-cache and a blend included."""
+    import dataclasses
+
+    from model.checkpoint import LiveReel
+
+    base = load_model("debug")
+    cfg = dataclasses.replace(base.config, dit=dataclasses.replace(base.config.dit, prior_picture="shown"))
+    eager = LiveReel(cfg).eval()
+    eager.load_state_dict(base.state_dict())
+    fast = use_engine(copy.deepcopy(eager), engine, directory=tmp_path)
+    runs = [script(Sampling().generator(m, seed=3), 15) for m in (eager, fast)]
+    assert_same(*runs)
+    assert "picture" in fast.engine_parts.prior.dynamic and fast.engine_parts.prior.path.exists()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@torch.no_grad()
 def test_batched_streams_with_guidance_equal_eager(engine, engine_dir):
     """Two streams batched (their context passes fused into the first evaluation, and
     from noise: several evaluations), classifier-free guidance: rows of every kind."""

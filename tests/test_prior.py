@@ -7,7 +7,7 @@ import torch
 from model import load_model
 from model.camera import warp_frame
 from model.eval import measure_shift
-from model.prior import clip_pixel_prior, pixel_prior
+from model.prior import clip_pixel_prior, pixel_prior, warped_prior
 from model.sampling import Sampling
 from model.vae import from_uint8, to_uint8
 from model.world import render_background, typical_object_radius
@@ -109,3 +109,81 @@ def test_object_hint_marks_a_streams_first_chunk_and_starts_as_the_model_without
     disk = object_disk(torch.tensor(4.0), torch.tensor(3.0), torch.tensor(2.0), 8)  # 1 inside, 0 outside, a soft rim
     assert disk[2:4, 3:5].eq(1).all() and disk[0, 0] == 0 and disk[7, 7] == 0
     assert 0 < disk[1, 5] < 1 and disk.sum() == pytest.approx(torch.pi * 2.0**2, rel=0.1)
+
+
+def shown_model(model):
+    """`model` with `DiTConfig.prior_picture = "shown"` (same weights)."""
+    import dataclasses
+
+    from model.checkpoint import LiveReel
+
+    cfg = dataclasses.replace(model.config, dit=dataclasses.replace(model.config.dit, prior_picture="shown"))
+    out = LiveReel(cfg).eval()
+    out.load_state_dict(model.state_dict())
+    return out
+
+
+@torch.no_grad()
+def test_streaming_warps_the_picture_it_showed(debug_model, monkeypatch):
+    """With `prior_picture = "shown"` each chunk's prior warps the last frame as the viewer
+    saw it (the streaming decode's picture, kept by `KVCache.show`): no frame is decoded
+    twice, a prompt switch's re-cache included. A chunk made with no decode before it
+    decodes the frame alone; so does every chunk of a "decoded" model, which keeps none."""
+    import model.prior as prior
+
+    alone = []
+    real = prior.decode_frame
+    monkeypatch.setattr(prior, "decode_frame", lambda vae, frame: alone.append(1) or real(vae, frame))
+    m = shown_model(debug_model)
+    d = m.config.dit
+    gen = m.generator(Sampling(), seed=2)
+    gen.set_camera(pan=(0.5, 0.25))
+    for i in range(d.max_frames // d.chunk_frames + 2):
+        if i == 4:
+            gen.set_prompt("a blue cube drifting across the desert")
+        frames = gen.next_frames()
+        latent, picture = gen.cache.shown[-1]
+        np.testing.assert_array_equal(to_uint8(picture[0]).numpy(), frames[-1])  # what the viewer got
+    assert not alone and gen.cache.prior.abs().amax() > 0
+    gen.step()  # its prior: the shown picture, warped to the chunk's camera
+    want = warped_prior(m.vae, picture, gen.cache.frame_pos, gen.cache.frame_valid, gen._cam.pos, d.grid)
+    torch.testing.assert_close(gen.cache.prior, want)
+    assert not alone
+    gen.step()  # no decode of the chunk before: the frame is decoded alone
+    assert len(alone) == 1
+    old = debug_model.generator(Sampling(), seed=2)
+    for _ in range(3):
+        old.next_frames()
+    assert len(alone) == 1 + 2 and old.cache.shown == []  # from the second chunk on, one decode each
+
+
+@torch.no_grad()
+def test_the_shown_picture_is_the_streaming_decodes_and_training_makes_the_same_priors(shipped):
+    """With the shipped VAE (its temporal mixing trained) the picture shown differs from
+    the frame decoded alone, and a "shown" model's priors are made from the former:
+    exactly the priors the training path makes of the same clip (`clip_pixel_prior`).
+    A stream's first chunk has nothing to warp: its prior is zeros, as the warp's of an
+    invalid frame."""
+    from model.camera import CameraCond
+
+    m = shown_model(shipped)
+    d = m.config.dit
+    gen = m.generator(Sampling(), seed=1)
+    gen.set_camera(pan=(0.25, 0.1))
+    xs, pos, motion, priors = [], [], [], []
+    for _ in range(4):
+        x = gen.step()
+        xs.append(x)
+        pos.append(gen._cam.pos)
+        motion.append(gen._cam.motion)
+        priors.append(gen.cache.prior.clone())
+        gen.decode(x)
+    assert torch.equal(priors[0], torch.zeros_like(priors[0]))
+    x, cam = torch.cat(xs, 1), CameraCond(torch.cat(pos, 1), torch.cat(motion, 1))
+    clip = clip_pixel_prior(m.vae, x, cam, d.chunk_frames, d.grid, picture="shown")
+    torch.testing.assert_close(torch.cat(priors, 1), clip, atol=1e-4, rtol=1e-4)
+    decoded = clip_pixel_prior(m.vae, x, cam, d.chunk_frames, d.grid)
+    assert (decoded - clip).abs().amax() > 1e-3  # the two pictures differ: the test sees which one ran
+    invalid = warped_prior(m.vae, torch.rand(1, 3, m.config.image_size, m.config.image_size), pos[0][:, 0],
+                           torch.zeros(1), pos[0], d.grid)
+    assert torch.equal(invalid, torch.zeros_like(invalid))

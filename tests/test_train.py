@@ -167,6 +167,21 @@ def test_object_weights_cover_the_object_and_the_flag_trains(vae_run, tmp_path):
         cli(dit_args(tmp_path / "bad", vae_run, 2) + ["--first-chunk-weight", "0"])
 
 
+def test_switch_weights_mark_the_chunk_after_a_prompt_switch(vae_run, tmp_path):
+    """--switch-weight: the first chunk under a clip's final caption weighs W where an
+    earlier caption came before it (a switch mid-chunk included), 1 elsewhere and on clips
+    with one caption throughout."""
+    from model.train.dit import switch_weights
+
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1, 1, 1]]).float()
+    w = switch_weights(mask, frames_after=2, weight=4.0)
+    assert w.tolist() == [[1, 1, 1, 4, 4, 1, 1, 1], [1] * 8, [1, 1, 4, 4, 1, 1, 1, 1]]
+    assert torch.equal(switch_weights(mask, 2, 1.0), torch.ones_like(mask))
+    assert cli(dit_args(tmp_path / "switch", vae_run, 2) + ["--switch-weight", "4"]) == 0
+    with pytest.raises(SystemExit, match="switch-weight"):
+        cli(dit_args(tmp_path / "bad", vae_run, 2) + ["--switch-weight", "0"])
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--device", "tpu"], "--device must be cpu, cuda or cuda:N"),
     (["--device", "cuda:x"], "--device must be"),

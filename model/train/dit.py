@@ -48,8 +48,8 @@ from model import world
 from model.camera import CameraCond
 from model.checkpoint import LiveReel, build_model, save_model
 from model.config import get_config
-from model.generate import extend_covered, flow_schedule, step_batch
-from model.prior import first_chunk_hint, pixel_prior, with_object_hint
+from model.generate import decode_batch, extend_covered, flow_schedule, step_batch
+from model.prior import first_chunk_hint, pixel_prior, shown_pictures, warped_prior, with_object_hint
 from model.sampling import Sampling
 from model.train.common import RUNS, ClipPool, LossLog, cosine_lr, load_state, save_state
 from model.train.vae import load_trained_vae
@@ -95,6 +95,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="loss weight of each clip's first chunk (no context, no prior: the regime of a "
                         "stream's first chunk, the only one where the prompt alone must draw the "
                         "picture) against 1 for the others")
+    p.add_argument("--switch-weight", type=float, default=1.0,
+                   help="loss weight of the first chunk after a clip's prompt switch (the chunk that must "
+                        "draw the new prompt while its warped prior still shows the old one: streaming "
+                        "kept the old object's colour there) against 1 for the others")
+    p.add_argument("--prior-picture", choices=("decoded", "shown"), default="decoded",
+                   help="which picture of the last frame the warped prior moves (DiTConfig.prior_picture): "
+                        "decoded (the frame decoded alone) or shown (the streaming decode's, what the viewer "
+                        "saw: a decode less per streamed chunk); the pool's priors are made the same way")
     p.add_argument("--object-hint", action="store_true",
                    help="train (or go on training) a DiT whose warped prior has the object-hint channel "
                         "(DiTConfig.object_hint): a disk where the object is, on each clip's first chunk; "
@@ -141,7 +149,9 @@ class LatentPool:
     def build_priors(self, model: LiveReel, path: Path) -> None:
         """Pixel-space priors (model/prior.py) of every frame j as the source of the next
         `chunk_frames` frames: (clips, F - 1, K, C + 1, h, w), so a crop starting anywhere
-        finds each chunk's prior (its source: the frame before the chunk). Made once."""
+        finds each chunk's prior (its source: the frame before the chunk), its picture as
+        `DiTConfig.prior_picture` says (the frame decoded alone, or the whole clip's
+        streaming decode: what a stream shows). Made once."""
         if path.exists():
             self.priors = torch.from_numpy(np.load(path)["priors"])
             return
@@ -153,7 +163,12 @@ class LatentPool:
         with torch.no_grad():
             for lat, pos in tqdm(zip(self.latents, self.camera), total=len(self.latents),
                                  desc="pixel priors", unit="clip"):
-                out.append(pixel_prior(model.vae, lat[src], pos[src], torch.ones(F_ - 1), pos[dst], d.grid).half())
+                args = (pos[src], torch.ones(F_ - 1), pos[dst], d.grid)
+                if d.prior_picture == "shown":
+                    prior = warped_prior(model.vae, shown_pictures(model.vae, lat[None])[0, src], *args)
+                else:
+                    prior = pixel_prior(model.vae, lat[src], *args)
+                out.append(prior.half())
         self.priors = torch.stack(out)
         np.savez(path, priors=self.priors.numpy())
 
@@ -190,6 +205,16 @@ def object_weights(objects: torch.Tensor, latent_size: int, downsample: int, wei
     dx = centres[None, :] - objects[..., 0, None, None]  # (B, F, 1, w)
     inside = (dx**2 + dy**2) <= (1.3 * objects[..., 2, None, None]) ** 2
     return (1 + weight * inside.float())[:, :, None]
+
+
+def switch_weights(mask: torch.Tensor, frames_after: int, weight: float) -> torch.Tensor:
+    """Loss weights (B, F): `weight` on the first `frames_after` frames under a clip's final
+    caption where an earlier one came before (`mask` (B, F) is 0 before the switch, 1
+    after), 1 elsewhere."""
+    first = mask.argmax(1, keepdim=True)  # the first frame under the final caption
+    f = torch.arange(mask.shape[1], device=mask.device)[None]
+    near = (f >= first) & (f < first + frames_after) & (mask[:, :1] == 0)
+    return torch.where(near, torch.full_like(mask, weight), torch.ones_like(mask))
 
 
 def sample_t(rng: torch.Generator, batch: int, chunks: int, shift: float = 5.0) -> torch.Tensor:
@@ -269,12 +294,18 @@ def rollout_context(model: LiveReel, cam: CameraCond, prompts: list[str], chunks
         gens.append(g)
     made, priors = [], []
     for _ in range(chunks):
-        made.append(torch.cat(step_batch(gens)))  # (B, K, C, h, w)
+        chunk = step_batch(gens)
+        if model.prior_from_shown:  # the next chunk warps the picture shown: decode, as streaming does
+            decode_batch(gens, chunk)
+        made.append(torch.cat(chunk))  # (B, K, C, h, w)
         priors.append(torch.cat([g.cache.prior[::g.cfg_batch] for g in gens]))  # what it was made from
     latents = torch.cat(made, 1)
     nxt = slice(chunks * K, (chunks + 1) * K)
-    nxt_prior = pixel_prior(model.vae, latents[:, -1], cam.pos[:, chunks * K - 1], torch.ones(B),
-                            cam.pos[:, nxt], d.grid)
+    args = (cam.pos[:, chunks * K - 1], torch.ones(B), cam.pos[:, nxt], d.grid)
+    if model.prior_from_shown:
+        nxt_prior = warped_prior(model.vae, torch.cat([g.cache.shown[-1][1] for g in gens]), *args)
+    else:
+        nxt_prior = pixel_prior(model.vae, latents[:, -1], *args)
     priors.append(with_object_hint(nxt_prior) if d.object_hint else nxt_prior)
     return latents, torch.cat(priors, 1)
 
@@ -343,11 +374,12 @@ def warm_up_text(model: LiveReel, heads: TextHeads, steps: int, seed: int) -> No
 
 
 def model_config(args: argparse.Namespace):
-    """The preset, with the object hint where asked."""
+    """The preset, with the object hint and the prior's picture as asked."""
     cfg = get_config(args.preset)
+    dit = dataclasses.replace(cfg.dit, prior_picture=args.prior_picture)
     if args.object_hint:
-        cfg = dataclasses.replace(cfg, dit=dataclasses.replace(cfg.dit, object_hint=True))
-    return cfg
+        dit = dataclasses.replace(dit, object_hint=True)
+    return dataclasses.replace(cfg, dit=dit)
 
 
 def train(args: argparse.Namespace) -> Path:
@@ -365,7 +397,8 @@ def train(args: argparse.Namespace) -> Path:
     pool = LatentPool(clips, model, run / "latents.npz")
     del clips
     if d.warp_prior and d.prior_space == "pixel":
-        pool.build_priors(model, run / "priors.npz")
+        name = "priors.npz" if d.prior_picture == "decoded" else f"priors-{d.prior_picture}.npz"
+        pool.build_priors(model, run / name)
     elif args.rollout_share > 0:
         raise SystemExit("--rollout-share needs a model whose chunks start from a pixel-space warped prior "
                          "(DiTConfig.warp_prior with prior_space 'pixel')")
@@ -397,6 +430,9 @@ def train(args: argparse.Namespace) -> Path:
             if key in saved and bool(saved[key]) != now:  # the networks (or the optimizer's groups) would differ
                 raise SystemExit(f"{run} was trained {'with' if saved.get(key) else 'without'} {flag}: "
                                  f"resume it {'with' if saved.get(key) else 'without'} it")
+        if saved.get("prior_picture", "decoded") != args.prior_picture:
+            raise SystemExit(f"{run} was trained with --prior-picture {saved.get('prior_picture', 'decoded')}: "
+                             f"resume it with that")
         meta = load_state(run, modules, opt)
         start, hours_before, origin = meta["step"], meta.get("hours", 0.0), meta.get("init_from")
         log.info("resumed %s at step %d", run, start)
@@ -425,6 +461,7 @@ def train(args: argparse.Namespace) -> Path:
     for step in bar:
         x0, cam, prompts, mask, prior, objects = pool.batch(rng, args.batch, frames, d.chunk_frames)
         x0, mask, objects = x0.to(device), mask.to(device), objects.to(device)
+        after_switch = switch_weights(mask, d.chunk_frames, args.switch_weight)
         cam = CameraCond(cam.pos.to(device), cam.motion.to(device))
         drop_text = rng.random(args.batch) < 0.1
         prompts = ["" if drop else p for p, drop in zip(prompts, drop_text)]
@@ -467,7 +504,7 @@ def train(args: argparse.Namespace) -> Path:
         v = v.float()
         w = object_weights(objects, d.latent_size, cfg.vae.downsample, args.object_weight)
         per_frame = (F.mse_loss(v, target, reduction="none").mean(2, keepdim=True) * w).sum((2, 3, 4)) / w.sum((2, 3, 4))
-        mask = mask * chunk_weight
+        mask = mask * chunk_weight * after_switch
         loss = (per_frame * mask).sum() / mask.sum()
         aux = None
         if heads is not None:
@@ -497,7 +534,8 @@ def train(args: argparse.Namespace) -> Path:
         if (step + 1) % 100 == 0 or done:
             save_state(run, modules, opt, step + 1,
                        {"hours": hours_before + (time.time() - t0) / 3600,
-                        "init_from": origin, "object_hint": args.object_hint, "text_aux": heads is not None})
+                        "init_from": origin, "object_hint": args.object_hint, "text_aux": heads is not None,
+                        "prior_picture": args.prior_picture})
             losses.plot()
             rate = (time.time() - t0) / (step + 1 - start)
             log.info("step %d/%d loss %.4f, %.2f s/step, %.1f h to go", step + 1, args.steps, loss.item(),
@@ -601,6 +639,8 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"--object-weight must be in [0, 1000] (got {args.object_weight})")
     if not (0.0 < args.first_chunk_weight <= 1000.0):
         raise SystemExit(f"--first-chunk-weight must be in (0, 1000] (got {args.first_chunk_weight})")
+    if not (0.0 < args.switch_weight <= 1000.0):
+        raise SystemExit(f"--switch-weight must be in (0, 1000] (got {args.switch_weight})")
     if not 0.0 <= args.text_aux <= 100.0:
         raise SystemExit(f"--text-aux must be in [0, 100] (got {args.text_aux})")
     if args.text_warmup < 0 or (args.text_warmup > 0 and args.text_aux <= 0):
