@@ -100,7 +100,7 @@ def compare(model: LiveReel, engines: list[str], chunks: int, threads: int, samp
     torch.set_num_threads(threads)
     video = model.config.frames_per_chunk / model.config.fps
     out: dict = {"dit_params_m": sum(p.numel() for p in model.dit.parameters()) / 1e6, "chunks": chunks,
-                 "threads": threads, "engines": {}}
+                 "threads": threads, "prior_picture": model.config.dit.prior_picture, "engines": {}}
     base = {p: summary([r[p] for r in rows["eager"]], 1e3)["median"] for p in PARTS}
     for name in names:
         med = {p: summary([r[p] for r in rows[name]], 1e3)["median"] for p in PARTS}
@@ -111,14 +111,16 @@ def compare(model: LiveReel, engines: list[str], chunks: int, threads: int, samp
 
 
 def compare_widths(model: LiveReel, engines: list[str], specs: list[tuple[int, int]], chunks: int, threads: int,
-                   sampling: Sampling = Sampling()) -> dict:
-    """`compare` for the model itself and for its DiT made wider (random weights)."""
+                   sampling: Sampling = Sampling(), prior_picture: str | None = None) -> dict:
+    """`compare` for the model itself and for its DiT made wider (random weights; the
+    prior's picture as `prior_picture` says, None: the model's)."""
     d = model.config.dit
     out = {f"{d.dim}/{d.heads}": compare(model, engines, chunks, threads, sampling)}
     for dim, heads in specs:
         if (dim, heads) != (d.dim, d.heads):
             log.info("engines: DiT width %d/%d", dim, heads)
-            out[f"{dim}/{heads}"] = compare(wider(model, dim, heads), engines, chunks, threads, sampling)
+            out[f"{dim}/{heads}"] = compare(wider(model, dim, heads, prior_picture), engines, chunks, threads,
+                                              sampling)
     return out
 
 

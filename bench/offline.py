@@ -298,10 +298,13 @@ def steady_state(model: LiveReel, chunks: int, sampling: Sampling = Sampling()) 
             "step_speedup": summary(steps[1])["median"] / summary(steps[0])["median"]}
 
 
-def wider(model: LiveReel, dim: int, heads: int) -> LiveReel:
+def wider(model: LiveReel, dim: int, heads: int, prior_picture: str | None = None) -> LiveReel:
     """`model` with its DiT made `dim` wide with `heads` heads, random weights (a chunk costs
-    the same whatever they are), its VAE and text encoder kept."""
-    cfg = dataclasses.replace(model.config, dit=dataclasses.replace(model.config.dit, dim=dim, heads=heads))
+    the same whatever they are), its VAE and text encoder kept; `prior_picture`: the warped
+    prior's picture (`DiTConfig.prior_picture`; None: the model's)."""
+    dit = dataclasses.replace(model.config.dit, dim=dim, heads=heads,
+                              prior_picture=prior_picture or model.config.dit.prior_picture)
+    cfg = dataclasses.replace(model.config, dit=dit)
     out = build_model(cfg).eval()
     out.vae.load_state_dict(model.vae.state_dict())
     out.text.load_state_dict(model.text.state_dict())
@@ -309,7 +312,8 @@ def wider(model: LiveReel, dim: int, heads: int) -> LiveReel:
 
 
 def widths(model: LiveReel, specs: list[tuple[int, int]], chunks: int, peak: dict,
-           sampling: Sampling = Sampling(), engine: str = "eager", threads: int | None = None) -> dict:
+           sampling: Sampling = Sampling(), engine: str = "eager", threads: int | None = None,
+           prior_picture: str | None = None) -> dict:
     """What a wider DiT would cost here: for each (dim, heads), the model's DiT at that
     width (`wider`): chunk time, real-time factor, share of the matmul peak and the steady
     speed-up over no cache, measured as for the model itself, run by `engine` with
@@ -322,13 +326,13 @@ def widths(model: LiveReel, specs: list[tuple[int, int]], chunks: int, peak: dic
     for dim, heads in specs:
         log.info("width %d, %d heads", dim, heads)
         with torch_threads(threads):
-            m = wider(model, dim, heads)
+            m = wider(model, dim, heads, prior_picture)
             steady = steady_state(m, chunks, sampling)
             use_engine(m, engine, threads=threads)
             costs = chunk_costs(m, chunks, sampling)
             eff = efficiency(m, costs, peak)
         out[f"{dim}/{heads}"] = {
-            "engine": engine, "dim": dim, "heads": heads, "dit_params_m": sum(p.numel() for p in m.dit.parameters()) / 1e6,
+            "engine": engine, "dim": dim, "heads": heads, "prior_picture": m.config.dit.prior_picture, "dit_params_m": sum(p.numel() for p in m.dit.parameters()) / 1e6,
             "dit_ms": costs["phases"]["dit"]["wall_ms"]["median"], "total_ms": costs["phases"]["total"]["wall_ms"]["median"],
             "rtf_wall": costs["rtf_wall"], "fraction_of_peak_wall": eff["fraction_of_peak_wall"],
             "fraction_of_peak_cpu": eff["fraction_of_peak_cpu"], "no_cache_speedup": steady["speedup"]}

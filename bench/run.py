@@ -102,6 +102,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--widths", type=width_specs, default=[], metavar="DIM/HEADS,...",
                         help="also time the checkpoint's DiT made wider, random weights (e.g. 256/4,384/6): "
                              "chunk time, real-time factor, share of the matmul peak, speed-up over no cache")
+    parser.add_argument("--prior-picture", choices=("decoded", "shown"), default=None,
+                        help="the wider DiTs' warped prior warps this picture of the last frame "
+                             "(DiTConfig.prior_picture; default: the checkpoint's): 'shown' sizes a next "
+                             "model trained with train dit --prior-picture shown")
     cluster.add_arguments(parser)
 
 
@@ -188,7 +192,7 @@ def measure_model(name: str, sizes: Sizes, args: argparse.Namespace, threads: in
     if args.widths and name == args.checkpoint:
         log.info("%s: wider DiTs %s", name, args.widths)
         out["widths"] = offline.widths(eager, args.widths, sizes.width_chunks, out["efficiency"]["peak"], sampling,
-                                       engine, threads)
+                                       engine, threads, args.prior_picture)
     log.info("%s: sessions", name)
     out["concurrency"] = offline.concurrency(model, list(sizes.sessions), sizes.rounds, sampling, sizes.session_warm)
     if not args.skip_live:
@@ -363,7 +367,7 @@ def main(args: argparse.Namespace) -> int:
     log.info("engines %s against eager, widths %s", ",".join(args.engines), args.widths or "(the model's)")
     model, _ = load_checkpoint(args.checkpoint)
     report["engines"] = engines.compare_widths(model, args.engines, args.widths,
-                                               sizes.engine_chunks, threads, sampling)
+                                               sizes.engine_chunks, threads, sampling, args.prior_picture)
     del model
     if not args.engines_only:
         for name in names:

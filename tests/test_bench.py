@@ -39,7 +39,8 @@ def bench_args(*argv: str) -> argparse.Namespace:
 def test_smoke_reports_every_field(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert run.main(bench_args("--checkpoint", "debug", "--smoke", "--json", str(out),
-                               "--plots", str(tmp_path / "plots"), "--threads", "1", "--widths", "64/2")) == 0
+                               "--plots", str(tmp_path / "plots"), "--threads", "1", "--widths", "64/2",
+                               "--prior-picture", "shown")) == 0
     report = json.loads(out.read_text())
     assert report["meta"]["threads"] == 1 and "thread_policy" in report["meta"]
     assert list(report["models"]) == ["debug"]
@@ -64,8 +65,10 @@ def test_smoke_reports_every_field(tmp_path, capsys):
     assert len(res["targets"]) == 10 and all({"name", "target", "value", "met"} <= set(t) for t in res["targets"])
     assert set(res["widths"]) == {"64/2"} and res["widths"]["64/2"]["dim"] == 64
     assert res["config"]["engine"] == "openvino" and res["widths"]["64/2"]["engine"] == "openvino"
+    assert res["widths"]["64/2"]["prior_picture"] == "shown"  # the wider DiTs as a next model would be made
     # engines against eager, per width and part, equal to eager's latents
     assert set(report["engines"]) == {"32/2", "64/2"}
+    assert report["engines"]["32/2"]["prior_picture"] == "decoded" and report["engines"]["64/2"]["prior_picture"] == "shown"
     for width in report["engines"].values():
         assert {"eager", "openvino", "onnxruntime"} <= set(width["engines"])
         for name, e in width["engines"].items():
