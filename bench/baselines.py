@@ -21,7 +21,7 @@ from torch import Tensor
 
 from model.camera import CameraCond
 from model.config import DiTConfig
-from model.generate import Generator, Span, _Clock, extend_covered
+from model.generate import Generator, Span, _Clock, start_from_prior
 from model.prior import pixel_prior, with_object_hint
 from model.rope import apply_rope
 from model.sampling import Sampling
@@ -91,10 +91,8 @@ class NoCacheStream:
         k = 0  # as Generator.warm_start: from the prior, unless first or just switched
         if prior is not None and gen.warm_start and gen.chunk_index > 0 and not any(
                 a["what"] in ("prompt", "reset") for a in gen.applied):
-            s = gen.sigmas[gen.warm_start]
-            C = d.latent_channels
-            k, cover = gen.warm_start, mine[:, :, C:C + 1]
-            x = (1 - s) * extend_covered(mine[:, :, :C], cover) + s * x
+            k = gen.warm_start
+            x = start_from_prior(mine, x, gen.sigmas[k])
         prepare = clock.lap()
         for t, t_next in zip(gen.sigmas[k:-1], gen.sigmas[k + 1:]):
             clip = torch.cat(clean + [x], dim=1).repeat(n, 1, 1, 1, 1)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from bench.baselines import NoCacheStream, growing_generator
-from bench.timing import matmul_peak, rss_bytes, summary, timed, torch_threads
+from bench.timing import rss_bytes, summary, timed, torch_threads
 from cache.kv import CacheBatch
 from model.checkpoint import LiveReel, build_model
 from model.config import flops_per_chunk, flops_per_token

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from bench import cluster
-from bench.timing import torch_threads
+from bench.timing import matmul_peak, torch_threads
 from model.config import get_config
 from model.engine_choice import CHOICES, add_engine_argument
 from model.sampling import Sampling, add_sampling_arguments, sampling_from_args
@@ -179,7 +179,7 @@ def measure_model(name: str, sizes: Sizes, args: argparse.Namespace, threads: in
     out["chunk"] = offline.chunk_costs(model, sizes.chunks, sampling)
     out["pipelined"] = offline.pipelined(model, sizes.pipelined_chunks, sampling)
     log.info("%s: matmul peak and efficiency", name)
-    out["efficiency"] = offline.efficiency(model, out["chunk"], offline.matmul_peak(sizes.peak_seconds))
+    out["efficiency"] = offline.efficiency(model, out["chunk"], matmul_peak(sizes.peak_seconds))
     out["efficiency"]["by_rows"] = offline.efficiency_by_rows(model, list(sizes.eval_rows), sizes.eval_reps,
                                                               out["efficiency"]["peak"], sampling)
     log.info("%s: time to first frame, control latency (offline)", name)

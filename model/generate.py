@@ -518,6 +518,14 @@ def extend_covered(z: Tensor, cover: Tensor) -> Tensor:
     return out.view(*lead, *z.shape[-3:])
 
 
+def start_from_prior(prior: Tensor, noise: Tensor, s: float | Tensor) -> Tensor:
+    """A warm-started chunk's start: its warped prior (B, K, C + 1 (+ hint), h, w), the
+    latent picture extended past what it covers (`extend_covered`), noised to level `s`
+    with `noise` (B, K, C, h, w)."""
+    C = noise.shape[2]
+    return (1 - s) * extend_covered(prior[:, :, :C], prior[:, :, C:C + 1]) + s * noise
+
+
 def _cat_text(texts: list[TextCond]) -> TextCond:
     return texts[0] if len(texts) == 1 else TextCond.cat(texts)
 
@@ -539,8 +547,7 @@ def _denoise(gens: list[Generator], begun: list[tuple[Tensor, TextCond, CameraCo
     text, cam = _cat_text([b[1] for b in begun]), _cat_cam([b[2] for b in begun])
     if k:
         prior = torch.cat([g.cache.prior[::n] for g in gens])  # (S, K, C + 1 (+ hint), h, w)
-        s, C = lead.sigmas[k], x.shape[2]
-        x = (1 - s) * extend_covered(prior[:, :, :C], prior[:, :, C:C + 1]) + s * x
+        x = start_from_prior(prior, x, lead.sigmas[k])
     deferred = [(g, *views[id(g)]) for g in gens if id(g) in views]
     cache = None  # the caches' own read, once the deferred K/V are in it
     for i, (t, t_next) in enumerate(zip(lead.sigmas[k:-1], lead.sigmas[k + 1:])):

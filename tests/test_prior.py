@@ -9,7 +9,7 @@ from model.camera import warp_frame
 from model.eval import measure_shift
 from model.prior import clip_pixel_prior, pixel_prior, warped_prior
 from model.sampling import Sampling
-from model.vae import from_uint8, to_uint8
+from model.vae import to_uint8
 from model.world import render_background, typical_object_radius
 
 

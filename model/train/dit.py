@@ -48,7 +48,7 @@ from model import world
 from model.camera import CameraCond
 from model.checkpoint import LiveReel, build_model, save_model
 from model.config import get_config
-from model.generate import decode_batch, extend_covered, flow_schedule, step_batch
+from model.generate import decode_batch, flow_schedule, start_from_prior, step_batch
 from model.prior import first_chunk_hint, pixel_prior, shown_pictures, warped_prior, with_object_hint
 from model.sampling import Sampling
 from model.train.common import RUNS, ClipPool, LossLog, cosine_lr, load_state, save_state
@@ -329,8 +329,7 @@ def rollout_batch(model: LiveReel, x0: torch.Tensor, cam: CameraCond, prompts: l
     t[:, k] = s = flow_schedule(sampling.steps)[sampling.warm_start]
     tt = t[:, :, None, None, None]
     xt = (1 - tt) * x0 + tt * noise
-    C = model.config.dit.latent_channels
-    xt[:, k] = (1 - s) * extend_covered(prior_k[:, :, :C], prior_k[:, :, C:C + 1]) + s * noise[:, k]
+    xt[:, k] = start_from_prior(prior_k, noise[:, k], s)
     target = noise - x0
     target[:, k] = (xt[:, k] - x0[:, k]) / s
     prior = prior.clone()
