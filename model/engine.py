@@ -180,26 +180,17 @@ class DecodeStep(nn.Module):
         return frames, state
 
 
-class PixelPrior(nn.Module):
-    """`model.prior.pixel_prior` as a pure function (the latent frame in: decode, warp, encode)."""
+class Prior(nn.Module):
+    """The model's warped prior as a pure function: `model.prior.pixel_prior` (the latent
+    frame in: decode, warp, encode) or `warped_prior` (the picture shown in: warp, encode),
+    as `DiTConfig.prior_picture` says."""
 
-    def __init__(self, vae: nn.Module, grid: int):
+    def __init__(self, vae: nn.Module, grid: int, shown: bool):
         super().__init__()
-        self.vae, self.grid = vae, grid
+        self.vae, self.grid, self.fn = vae, grid, warped_prior if shown else pixel_prior
 
-    def forward(self, frame: Tensor, frame_pos: Tensor, valid: Tensor, pos: Tensor) -> Tensor:
-        return pixel_prior(self.vae, frame, frame_pos, valid, pos, self.grid)
-
-
-class WarpedPrior(nn.Module):
-    """`model.prior.warped_prior` as a pure function (the picture shown in: warp, encode)."""
-
-    def __init__(self, vae: nn.Module, grid: int):
-        super().__init__()
-        self.vae, self.grid = vae, grid
-
-    def forward(self, picture: Tensor, frame_pos: Tensor, valid: Tensor, pos: Tensor) -> Tensor:
-        return warped_prior(self.vae, picture, frame_pos, valid, pos, self.grid)
+    def forward(self, source: Tensor, frame_pos: Tensor, valid: Tensor, pos: Tensor) -> Tensor:
+        return self.fn(self.vae, source, frame_pos, valid, pos, self.grid)
 
 
 # --------------------------------------------------------------------------- export and run
@@ -397,13 +388,9 @@ class EngineParts:
                               threads, directory)
         self.decoder = Part("decode", DecodeStep(model.vae), engine, {"z": (0, "rows"), "state": (0, "rows")},
                             threads, directory)
-        self.prior = None
-        if d.warp_prior and d.prior_space == "pixel":  # the prior the model streams with (the other: eager)
-            shown = d.prior_picture == "shown"
-            module = WarpedPrior(model.vae, d.grid) if shown else PixelPrior(model.vae, d.grid)
-            source = "picture" if shown else "frame"
-            self.prior = Part("prior", module, engine, {k: (0, "rows") for k in (source, "frame_pos", "valid", "pos")},
-                              threads, directory)
+        self.prior = (Part("prior", Prior(model.vae, d.grid, model.prior_from_shown), engine,
+                           {k: (0, "rows") for k in ("source", "frame_pos", "valid", "pos")}, threads, directory)
+                      if d.warp_prior and d.prior_space == "pixel" else None)
 
     @property
     def parts(self) -> list[Part]:
@@ -443,11 +430,9 @@ class EngineParts:
         frames, prev = self.decoder(z=latents, state=prev)
         return frames, [prev]
 
-    def pixel_prior(self, vae, frame: Tensor, frame_pos: Tensor, valid: Tensor, pos: Tensor, grid: int) -> Tensor:
-        return self.prior(frame=frame, frame_pos=frame_pos, valid=valid, pos=pos)[0]
-
-    def warped_prior(self, vae, picture: Tensor, frame_pos: Tensor, valid: Tensor, pos: Tensor, grid: int) -> Tensor:
-        return self.prior(picture=picture, frame_pos=frame_pos, valid=valid, pos=pos)[0]
+    def warped(self, vae, source: Tensor, frame_pos: Tensor, valid: Tensor, pos: Tensor, grid: int) -> Tensor:
+        """The model's `pixel_prior` or `warped_prior` (the one the graph was made of)."""
+        return self.prior(source=source, frame_pos=frame_pos, valid=valid, pos=pos)[0]
 
 
 def use_engine(model, engine: str, threads: int | None = None, directory: Path | None = None):
@@ -478,9 +463,6 @@ def use_engine(model, engine: str, threads: int | None = None, directory: Path |
     model.engine_parts = parts
     model.evaluate = parts.evaluate
     model.decode = parts.decode
-    if parts.prior is not None:
-        if model.prior_from_shown:
-            model.warped_prior = parts.warped_prior
-        else:
-            model.pixel_prior = parts.pixel_prior
+    if parts.prior is not None:  # the one the model streams with; the other (a fallback) stays eager
+        setattr(model, "warped_prior" if model.prior_from_shown else "pixel_prior", parts.warped)
     return model

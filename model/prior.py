@@ -69,10 +69,14 @@ def pixel_prior(vae: VAE, frame: Tensor, frame_pos: Tensor, valid: Tensor, pos: 
     return warped_prior(vae, decode_frame(vae, frame), frame_pos, valid, pos, grid)
 
 
-def shown_pictures(vae: VAE, x: Tensor) -> Tensor:
-    """The pictures a stream shows of a whole clip x (B, F, C, h, w, DiT scale): the
-    streaming decode's, (B, F, 3, H, W) in [-1, 1] (the whole-clip decode equals it)."""
-    return vae.decode(vae.from_dit(x)).clamp(-1, 1)
+def frame_pictures(vae: VAE, x: Tensor, picture: str = "decoded") -> Tensor:
+    """The pictures (B, F, 3, H, W) in [-1, 1] of a whole clip x (B, F, C, h, w, DiT scale)
+    that its priors warp (`DiTConfig.prior_picture`): each frame decoded alone
+    (`decode_frame`), or what a stream shows, the streaming decode's (the whole-clip decode
+    equals it)."""
+    if picture == "shown":
+        return vae.decode(vae.from_dit(x)).clamp(-1, 1)
+    return decode_frame(vae, x.flatten(0, 1)).unflatten(0, x.shape[:2])
 
 
 def clip_pixel_prior(vae: VAE, x: Tensor, camera: CameraCond, chunk_frames: int, grid: int,
@@ -83,16 +87,12 @@ def clip_pixel_prior(vae: VAE, x: Tensor, camera: CameraCond, chunk_frames: int,
     (B, F, C + 1, h, w); the slow reference for tests."""
     B, Fr = x.shape[:2]
     K = chunk_frames
+    pictures = frame_pictures(vae, x, picture)
+    last = torch.cat((torch.zeros_like(pictures[:, :1]), pictures[:, K - 1:-1:K]), 1)  # (B, n, 3, H, W)
     last_pos = torch.cat((camera.pos[:, :1], camera.pos[:, K - 1:-1:K]), 1)  # (B, n, 3)
     valid = (torch.arange(Fr // K, device=x.device) > 0).to(x.dtype).expand(B, -1)
-    args = (last_pos.flatten(0, 1), valid.flatten(), camera.pos.reshape(B * (Fr // K), K, 3), grid)
-    if picture == "shown":
-        shown = shown_pictures(vae, x)
-        last = torch.cat((torch.zeros_like(shown[:, :1]), shown[:, K - 1:-1:K]), 1)  # (B, n, 3, H, W)
-        out = warped_prior(vae, last.flatten(0, 1), *args)
-    else:
-        last = torch.cat((torch.zeros_like(x[:, :1]), x[:, K - 1:-1:K]), 1)  # (B, n, C, h, w)
-        out = pixel_prior(vae, last.flatten(0, 1), *args)  # (B*n, K, C+1, h, w)
+    out = warped_prior(vae, last.flatten(0, 1), last_pos.flatten(0, 1), valid.flatten(),
+                       camera.pos.reshape(B * (Fr // K), K, 3), grid)  # (B*n, K, C+1, h, w)
     return out.view(B, Fr, *out.shape[2:])
 
 

@@ -49,7 +49,7 @@ from model.camera import CameraCond
 from model.checkpoint import LiveReel, build_model, save_model
 from model.config import get_config
 from model.generate import decode_batch, flow_schedule, start_from_prior, step_batch
-from model.prior import first_chunk_hint, pixel_prior, shown_pictures, warped_prior, with_object_hint
+from model.prior import decode_frame, first_chunk_hint, frame_pictures, warped_prior, with_object_hint
 from model.sampling import Sampling
 from model.train.common import RUNS, ClipPool, LossLog, cosine_lr, load_state, save_state
 from model.train.vae import load_trained_vae
@@ -163,12 +163,9 @@ class LatentPool:
         with torch.no_grad():
             for lat, pos in tqdm(zip(self.latents, self.camera), total=len(self.latents),
                                  desc="pixel priors", unit="clip"):
-                args = (pos[src], torch.ones(F_ - 1), pos[dst], d.grid)
-                if d.prior_picture == "shown":
-                    prior = warped_prior(model.vae, shown_pictures(model.vae, lat[None])[0, src], *args)
-                else:
-                    prior = pixel_prior(model.vae, lat[src], *args)
-                out.append(prior.half())
+                pictures = frame_pictures(model.vae, lat[None], d.prior_picture)[0]
+                out.append(warped_prior(model.vae, pictures[src], pos[src], torch.ones(F_ - 1), pos[dst],
+                                        d.grid).half())
         self.priors = torch.stack(out)
         np.savez(path, priors=self.priors.numpy())
 
@@ -301,11 +298,9 @@ def rollout_context(model: LiveReel, cam: CameraCond, prompts: list[str], chunks
         priors.append(torch.cat([g.cache.prior[::g.cfg_batch] for g in gens]))  # what it was made from
     latents = torch.cat(made, 1)
     nxt = slice(chunks * K, (chunks + 1) * K)
-    args = (cam.pos[:, chunks * K - 1], torch.ones(B), cam.pos[:, nxt], d.grid)
-    if model.prior_from_shown:
-        nxt_prior = warped_prior(model.vae, torch.cat([g.cache.shown[-1][1] for g in gens]), *args)
-    else:
-        nxt_prior = pixel_prior(model.vae, latents[:, -1], *args)
+    last = (torch.cat([g.cache.shown[-1][1] for g in gens]) if model.prior_from_shown
+            else decode_frame(model.vae, latents[:, -1]))
+    nxt_prior = warped_prior(model.vae, last, cam.pos[:, chunks * K - 1], torch.ones(B), cam.pos[:, nxt], d.grid)
     priors.append(with_object_hint(nxt_prior) if d.object_hint else nxt_prior)
     return latents, torch.cat(priors, 1)
 
