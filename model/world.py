@@ -1001,9 +1001,10 @@ def render_clip(
     camera: str = "random",
     world_seed: int = WORLD_SEED,
     object_start: str = "random",
+    switch_share: float = 0.3,
 ) -> Clip:
-    """A clip, deterministic from `seed`. `switch=None`: about 30% of clips change 1-3
-    attributes mid-clip. `camera`: "random" (a random program) or "still".
+    """A clip, deterministic from `seed`. `switch=None`: a share `switch_share` of clips
+    change 1-3 attributes mid-clip. `camera`: "random" (a random program) or "still".
     `object_start`: "random" (the motion's phase, so where the object is at the clip's
     first frame, drawn at random) or "fixed" (phase 0: a bouncing object starts on the
     ground at the middle, a drifting one at the centre, an orbiting one right of it; the
@@ -1026,7 +1027,7 @@ def render_clip(
     else:
         raise ValueError(f"camera must be 'random' or 'still', not {camera!r}")
     cams = integrate_camera(start, cmds)
-    switch = bool(rng.random() < 0.3) if switch is None else switch
+    switch = bool(rng.random() < switch_share) if switch is None else switch
     scenes = [scene] * n_frames
     segments = [(0, training_caption(scene, rng))]
     switch_frames: list[int] = []

@@ -24,8 +24,9 @@ class ClipPool:
     resumed run does not render again. Seeds are disjoint from the eval's held-out ones."""
 
     def __init__(self, n_clips: int, n_frames: int, size: int, fps: int, path: Path,
-                 seed_offset: int = 1_000_000, object_start: str = "random"):
-        """`object_start`: as `world.render_clip` (a cached pool is reused as it is: a
+                 seed_offset: int = 1_000_000, object_start: str = "random",
+                 switch_share: float = 0.3):
+        """`object_start`, `switch_share`: as `world.render_clip` (a cached pool is reused as it is: a
         run's pool is made once, with the run's settings)."""
         from model.world import render_clip
 
@@ -38,7 +39,8 @@ class ClipPool:
                 return
         frames, camera, velocity, captions, objects = [], [], [], [], []
         for i in tqdm(range(n_clips), desc="rendering world clips", unit="clip"):
-            clip = render_clip(seed_offset + i, n_frames=n_frames, size=size, fps=fps, object_start=object_start)
+            clip = render_clip(seed_offset + i, n_frames=n_frames, size=size, fps=fps, object_start=object_start,
+                               switch_share=switch_share)
             frames.append(clip.frames)
             camera.append(clip.camera)
             velocity.append(clip.velocity)

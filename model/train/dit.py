@@ -99,6 +99,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="loss weight of the first chunk after a clip's prompt switch (the chunk that must "
                         "draw the new prompt while its warped prior still shows the old one: streaming "
                         "kept the old object's colour there) against 1 for the others")
+    p.add_argument("--switch-share", type=float, default=0.3,
+                   help="share of the pool's clips whose prompt changes mid-clip (1-3 attributes; a new "
+                        "run's pool only: a run keeps the pool it made)")
     p.add_argument("--prior-picture", choices=("decoded", "shown"), default="decoded",
                    help="which picture of the last frame the warped prior moves (DiTConfig.prior_picture): "
                         "decoded (the frame decoded alone) or shown (the streaming decode's, what the viewer "
@@ -387,7 +390,7 @@ def train(args: argparse.Namespace) -> Path:
     run: Path = args.run
     run.mkdir(parents=True, exist_ok=True)
     clips = ClipPool(args.pool, args.pool_frames, cfg.image_size, cfg.fps, run / "pool.npz",
-                     seed_offset=2_000_000, object_start=args.object_start)
+                     seed_offset=2_000_000, object_start=args.object_start, switch_share=args.switch_share)
     pool = LatentPool(clips, model, run / "latents.npz")
     del clips
     if d.warp_prior and d.prior_space == "pixel":
@@ -424,9 +427,10 @@ def train(args: argparse.Namespace) -> Path:
             if key in saved and bool(saved[key]) != now:  # the networks (or the optimizer's groups) would differ
                 raise SystemExit(f"{run} was trained {'with' if saved.get(key) else 'without'} {flag}: "
                                  f"resume it {'with' if saved.get(key) else 'without'} it")
-        if saved.get("prior_picture", "decoded") != args.prior_picture:
-            raise SystemExit(f"{run} was trained with --prior-picture {saved.get('prior_picture', 'decoded')}: "
-                             f"resume it with that")
+        for flag, key, default, now in (("--prior-picture", "prior_picture", "decoded", args.prior_picture),
+                                        ("--switch-share", "switch_share", 0.3, args.switch_share)):
+            if saved.get(key, default) != now:  # the pool (its priors, its clips) was made with the run's
+                raise SystemExit(f"{run} was trained with {flag} {saved.get(key, default)}: resume it with that")
         meta = load_state(run, modules, opt)
         start, hours_before, origin = meta["step"], meta.get("hours", 0.0), meta.get("init_from")
         log.info("resumed %s at step %d", run, start)
@@ -529,7 +533,7 @@ def train(args: argparse.Namespace) -> Path:
             save_state(run, modules, opt, step + 1,
                        {"hours": hours_before + (time.time() - t0) / 3600,
                         "init_from": origin, "object_hint": args.object_hint, "text_aux": heads is not None,
-                        "prior_picture": args.prior_picture})
+                        "prior_picture": args.prior_picture, "switch_share": args.switch_share})
             losses.plot()
             rate = (time.time() - t0) / (step + 1 - start)
             log.info("step %d/%d loss %.4f, %.2f s/step, %.1f h to go", step + 1, args.steps, loss.item(),
@@ -635,6 +639,8 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"--first-chunk-weight must be in (0, 1000] (got {args.first_chunk_weight})")
     if not (0.0 < args.switch_weight <= 1000.0):
         raise SystemExit(f"--switch-weight must be in (0, 1000] (got {args.switch_weight})")
+    if not 0.0 <= args.switch_share <= 1.0:
+        raise SystemExit(f"--switch-share must be in [0, 1] (got {args.switch_share})")
     if not 0.0 <= args.text_aux <= 100.0:
         raise SystemExit(f"--text-aux must be in [0, 100] (got {args.text_aux})")
     if args.text_warmup < 0 or (args.text_warmup > 0 and args.text_aux <= 0):
