@@ -241,3 +241,54 @@ def test_text_heads_learn_the_parsers_labels():
     before = heads.loss(model.text.encode(prompts).pooled, prompts).item()
     warm_up_text(model, heads, 30, seed=0)
     assert heads.loss(model.text.encode(prompts).pooled, prompts).item() < before
+
+
+def test_widened_dit_starts_as_the_narrow_one():
+    """--init-from a narrower run: the wide DiT computes what the narrow one did (exactly
+    without the symmetry-breaking noise, closely with it), and trains."""
+    import dataclasses
+
+    from model.camera import CameraCond
+    from model.checkpoint import build_model
+    from model.config import get_config
+    from model.train.dit import widened
+
+    torch.manual_seed(0)
+    cfg = get_config("debug")
+    narrow = build_model(cfg).eval()
+    for p in narrow.dit.parameters():  # adaLN-Zero starts blocks as the identity: make every weight count
+        torch.nn.init.normal_(p, std=0.3)
+    wide_cfg = dataclasses.replace(cfg, dit=dataclasses.replace(cfg.dit, dim=2 * cfg.dit.dim, heads=2 * cfg.dit.heads))
+    wide = build_model(wide_cfg).eval()
+    d = cfg.dit
+    B, Fr = 2, 2 * d.chunk_frames
+    x = torch.randn(B, Fr, d.latent_channels, d.latent_size, d.latent_size)
+    t = torch.rand(B, Fr)
+    prompts = ["a red ball over the ocean", "snow at night"]
+    camera = CameraCond(torch.randn(B, Fr, 3), torch.randn(B, Fr, 3) * 0.1)
+    prior = torch.randn(B, Fr, d.prior_channels, d.latent_size, d.latent_size)
+    with torch.no_grad():
+        ref = narrow.dit(x, t, narrow.encode_prompt(prompts), camera, prior=prior)
+        for noise, tol in ((0.0, 1e-5), (0.01, 0.1)):
+            wide.dit.load_state_dict(widened(narrow.dit.state_dict(), wide.dit.state_dict(), noise=noise))
+            out = wide.dit(x, t, narrow.text.encode(prompts), camera, prior=prior)
+            err = float((out - ref).abs().max() / ref.abs().max())
+            assert err < tol, (noise, err)
+            assert noise == 0 or err > 0  # the noise is there
+    with pytest.raises(SystemExit, match="multiple"):
+        odd = dataclasses.replace(cfg, dit=dataclasses.replace(cfg.dit, dim=3 * cfg.dit.dim // 2, heads=3))
+        widened(narrow.dit.state_dict(), build_model(odd).dit.state_dict())
+
+
+def test_width_flag_grows_a_run_and_keeps_its_width(vae_run, tmp_path):
+    first, wide = tmp_path / "narrow", tmp_path / "wide"
+    assert cli(dit_args(first, vae_run, 2)) == 0
+    assert cli(dit_args(wide, vae_run, 2) + ["--init-from", str(first), "--width", "64/4"]) == 0
+    assert json.loads((wide / "state.json").read_text())["width"] == [64, 4]
+    with pytest.raises(SystemExit, match="--width"):  # a resume must keep the width
+        cli(dit_args(wide, vae_run, 3) + ["--resume"])
+    out = tmp_path / "exported"
+    assert cli(dit_args(wide, vae_run, 2) + ["--export", str(out)]) == 0
+    assert load_model(out).config.dit.dim == 64
+    with pytest.raises(SystemExit):  # head size must stay the preset's
+        cli(dit_args(tmp_path / "bad", vae_run, 2) + ["--width", "64/2"])

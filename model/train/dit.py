@@ -99,6 +99,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="loss weight of the first chunk after a clip's prompt switch (the chunk that must "
                         "draw the new prompt while its warped prior still shows the old one: streaming "
                         "kept the old object's colour there) against 1 for the others")
+    p.add_argument("--width", type=_width, default=None, metavar="DIM/HEADS",
+                   help="the DiT's width and heads (default: the preset's; the head size must stay the "
+                        "preset's); --init-from a narrower run grows it (`widened`: the wide network starts "
+                        "as the narrow one)")
     p.add_argument("--switch-share", type=float, default=0.3,
                    help="share of the pool's clips whose prompt changes mid-clip (1-3 attributes; a new "
                         "run's pool only: a run keeps the pool it made)")
@@ -370,10 +374,27 @@ def warm_up_text(model: LiveReel, heads: TextHeads, steps: int, seed: int) -> No
         bar.set_postfix(aux=f"{loss.item():.3f}")
 
 
+def _width(text: str) -> tuple[int, int]:
+    try:
+        dim, heads = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected DIM/HEADS, e.g. 256/4 (got {text!r})") from None
+    if not (0 < heads <= dim <= 4096 and dim % heads == 0):
+        raise argparse.ArgumentTypeError(f"DIM/HEADS needs 0 < HEADS <= DIM <= 4096, DIM a multiple of HEADS "
+                                         f"(got {text})")
+    return dim, heads
+
+
 def model_config(args: argparse.Namespace):
-    """The preset, with the object hint and the prior's picture as asked."""
+    """The preset, with the width, the object hint and the prior's picture as asked."""
     cfg = get_config(args.preset)
     dit = dataclasses.replace(cfg.dit, prior_picture=args.prior_picture)
+    if args.width is not None:
+        dim, heads = args.width
+        if dim // heads != dit.head_dim:
+            raise SystemExit(f"--width {dim}/{heads}: heads of {dim // heads} channels, the preset's are "
+                             f"{dit.head_dim} (grow the heads' count with the width)")
+        dit = dataclasses.replace(dit, dim=dim, heads=heads)
     if args.object_hint:
         dit = dataclasses.replace(dit, object_hint=True)
     return dataclasses.replace(cfg, dit=dit)
@@ -428,7 +449,8 @@ def train(args: argparse.Namespace) -> Path:
                 raise SystemExit(f"{run} was trained {'with' if saved.get(key) else 'without'} {flag}: "
                                  f"resume it {'with' if saved.get(key) else 'without'} it")
         for flag, key, default, now in (("--prior-picture", "prior_picture", "decoded", args.prior_picture),
-                                        ("--switch-share", "switch_share", 0.3, args.switch_share)):
+                                        ("--switch-share", "switch_share", 0.3, args.switch_share),
+                                        ("--width", "width", None, list(args.width) if args.width else None)):
             if saved.get(key, default) != now:  # the pool (its priors, its clips) was made with the run's
                 raise SystemExit(f"{run} was trained with {flag} {saved.get(key, default)}: resume it with that")
         meta = load_state(run, modules, opt)
@@ -533,7 +555,8 @@ def train(args: argparse.Namespace) -> Path:
             save_state(run, modules, opt, step + 1,
                        {"hours": hours_before + (time.time() - t0) / 3600,
                         "init_from": origin, "object_hint": args.object_hint, "text_aux": heads is not None,
-                        "prior_picture": args.prior_picture, "switch_share": args.switch_share})
+                        "prior_picture": args.prior_picture, "switch_share": args.switch_share,
+                        "width": list(args.width) if args.width else None})
             losses.plot()
             rate = (time.time() - t0) / (step + 1 - start)
             log.info("step %d/%d loss %.4f, %.2f s/step, %.1f h to go", step + 1, args.steps, loss.item(),
@@ -583,6 +606,7 @@ def init_from(source: Path, trainable: torch.nn.Module, ema: torch.nn.Module) ->
         sd = {k[len(prefix):]: v for k, v in tensors.items()
               if k.startswith(prefix) and not k[len(prefix):].startswith("vae.")}
         expected = module.state_dict()
+        sd = widened(sd, expected, seed=len(name))
         for k, v in sd.items():  # a prior input the source lacks (the object hint): new columns at zero
             want = expected.get(k)
             if (k.endswith("prior_embed.weight") and want is not None and v.dim() == 2
@@ -603,6 +627,51 @@ def init_from(source: Path, trainable: torch.nn.Module, ema: torch.nn.Module) ->
     log.info("initialised from %s at %s", source, where)
 
 
+def widened(sd: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], noise: float = 0.01,
+            seed: int = 0) -> dict[str, torch.Tensor]:
+    """A narrower DiT's state `sd` grown to the widths of `expected` (another `--width`, the
+    same head size and depth) so that the wide network starts computing what the narrow one
+    did (function-preserving growth, as Net2Net): every axis of width D (or g x D: the
+    qkv, the MLP's hidden units, the adaLN chunks) becomes m copies of itself within each
+    group, so the residual stream is the narrow one's tiled m times (LayerNorm keeps tiled
+    vectors tiled), new heads repeat old ones, and each weight reading a widened axis
+    (a Linear's input) is divided by m, so its sum over the copies is the narrow sum.
+    Identical copies would get identical updates for ever: widened weights get Gaussian
+    noise of `noise` times their own spread, a small change of the output (tested)."""
+    key = "dit.patch_embed.weight" if "dit.patch_embed.weight" in sd else "patch_embed.weight"
+    if key not in sd or key not in expected or sd[key].shape == expected[key].shape:
+        return sd
+    narrow, wide = sd[key].shape[0], expected[key].shape[0]
+    if wide % narrow:
+        raise SystemExit(f"--init-from: a width-{narrow} DiT grows only to a multiple of {narrow} (not {wide})")
+    m = wide // narrow
+    gen = torch.Generator().manual_seed(20261206 + seed)
+    out = {}
+    for k, v in sd.items():
+        want = expected.get(k)
+        if want is None or want.shape == v.shape or want.dim() != v.dim():
+            out[k] = v
+            continue
+        w = v
+        for axis, (a, b) in enumerate(zip(v.shape, want.shape)):
+            if a == b:
+                continue
+            if b != m * a or a % narrow:
+                raise SystemExit(f"--init-from: cannot grow {k} {tuple(v.shape)} to {tuple(want.shape)}")
+            g = a // narrow  # groups of the narrow width along this axis
+            shape = w.shape
+            w = w.unflatten(axis, (g, 1, narrow)).repeat_interleave(m, axis + 1).flatten(axis, axis + 2)
+            if axis == 1:  # a Linear's input: the copies share what one column read
+                w = w / m
+            assert w.shape[axis] == m * shape[axis]
+        if w.dim() == 2 and noise > 0:
+            w = w + torch.randn(w.shape, generator=gen) * (noise * float(v.std()))
+        out[k] = w.contiguous()
+    log.info("--init-from: the DiT grown from width %d to %d (each unit copied %dx, noise %.3g)",
+             narrow, wide, m, noise)
+    return out
+
+
 def ema_model(model: LiveReel, ema: torch.nn.ModuleDict) -> LiveReel:
     """The model with the EMA text encoder and DiT (a copy; training goes on)."""
     m = LiveReel(model.config)
@@ -618,6 +687,9 @@ def export(args: argparse.Namespace) -> Path:
 
     if not (args.run / "state.json").exists():
         raise SystemExit(f"no run state in {args.run}")
+    saved = json.loads((args.run / "state.json").read_text()).get("width")
+    if args.width is None and saved:  # the run's width unless told
+        args = argparse.Namespace(**{**vars(args), "width": tuple(saved)})
     cfg = model_config(args)
     model = build_model(cfg)
     load_trained_vae(model.vae, args.vae)
