@@ -269,3 +269,32 @@ def test_cluster_smoke_reports_every_figure(tmp_path, capsys):
     assert [p.name for p in plots.iterdir()] == ["cluster.png"]
     table = capsys.readouterr().out
     assert "aggregate fresh fps" in table and "kill -> first frame" in table
+
+
+@torch.no_grad()
+def test_pipelined_waits_for_the_picture_a_shown_prior_warps():
+    """A model whose prior warps the picture shown: the pipelined figure decodes chunk n
+    before chunk n+1's prior, so every prior after the first finds its picture (none falls
+    back to decoding the latent frame again) and only the encode overlaps."""
+    import dataclasses
+
+    from bench.offline import pipelined
+    from model.checkpoint import LiveReel, load_model
+
+    base = load_model("debug")
+    cfg = dataclasses.replace(base.config, dit=dataclasses.replace(base.config.dit, prior_picture="shown"))
+    model = LiveReel(cfg).eval()
+    model.load_state_dict(base.state_dict())
+    calls = {"warped": 0, "decoded again": 0}
+    warped, pixel = model.warped_prior, model.pixel_prior
+
+    def count(key, fn):
+        def wrapped(*a, **k):
+            calls[key] += 1
+            return fn(*a, **k)
+        return wrapped
+
+    model.warped_prior, model.pixel_prior = count("warped", warped), count("decoded again", pixel)
+    out = pipelined(model, 6)
+    assert out["overlapped"] == "encode"
+    assert calls["decoded again"] == 0 and calls["warped"] >= 6, calls
