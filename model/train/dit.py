@@ -606,7 +606,13 @@ def init_from(source: Path, trainable: torch.nn.Module, ema: torch.nn.Module) ->
         sd = {k[len(prefix):]: v for k, v in tensors.items()
               if k.startswith(prefix) and not k[len(prefix):].startswith("vae.")}
         expected = module.state_dict()
-        sd = widened(sd, expected, seed=len(name))
+        grown = widened(sd, expected)  # the same noise for both: the EMA starts as the model
+        if name == "model" and grown is not sd:
+            narrow, wide = (next(v.shape[0] for k, v in d.items() if k.endswith("patch_embed.weight"))
+                            for d in (sd, grown))
+            log.info("--init-from: the DiT grown from width %d to %d (each unit copied %dx, noise 0.01)",
+                     narrow, wide, wide // narrow)
+        sd = grown
         for k, v in sd.items():  # a prior input the source lacks (the object hint): new columns at zero
             want = expected.get(k)
             if (k.endswith("prior_embed.weight") and want is not None and v.dim() == 2
@@ -667,8 +673,6 @@ def widened(sd: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], nois
         if w.dim() == 2 and noise > 0:
             w = w + torch.randn(w.shape, generator=gen) * (noise * float(v.std()))
         out[k] = w.contiguous()
-    log.info("--init-from: the DiT grown from width %d to %d (each unit copied %dx, noise %.3g)",
-             narrow, wide, m, noise)
     return out
 
 
