@@ -2,7 +2,8 @@
 and every control works from the keyboard or the page's own channel. With a trained
 model (the shipped `default`, see conftest) the pictures are judged too: the attribute
 classifier sees the new prompt's biome and time of day after a switch (and not before),
-and holding a pan key moves the picture that way.
+and holding a pan key moves the picture that way; with a model that draws objects (v2),
+a colour switch recolours the object.
 
 Timings are measured and printed (and saved to artifacts/e2e/measurements.json),
 never asserted.
@@ -447,3 +448,36 @@ def plot_long_stream(rows: list[dict], controls: list[int], path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+RED = "a red ball bouncing over a meadow by day under clear skies"
+"""The page's default prompt; BLUE changes only its colour word."""
+BLUE = RED.replace("red", "blue")
+
+
+def test_a_colour_switch_recolours_the_object(browser, server_url, artifacts, checkpoint, capsys):
+    """A model that draws the prompt's object (DiTConfig.object_hint: the v2 models; v1
+    draws none, see its model card): after the prompt's colour word changes, the
+    classifier sees the object in the new colour, and did not before."""
+    from model.checkpoint import resolve
+
+    if checkpoint == "debug" or not json.loads((resolve(checkpoint) / "config.json").read_text())["dit"].get(
+            "object_hint"):
+        pytest.skip(f"{checkpoint!r} draws no object (object_hint off): nothing to recolour")
+    page = open_page(browser, server_url, seed=3, prompt=RED)
+    before = capture(page, 48, after=reached(page, SETTLED))
+    prompt = page.locator("#prompt")
+    prompt.fill(BLUE)
+    prompt.press("Enter")
+    switch = applied(page, f"a.what === 'prompt' && a.text === {json.dumps(BLUE)}")
+    after = capture(page, 48, after=switch["at"], skip=SWITCHED)
+    match = {
+        "before_vs_its_prompt": prompt_match(before, RED),
+        "before": prompt_match(before, BLUE),
+        "after": prompt_match(after, BLUE),
+    }
+    record(capsys, artifacts, "colour_switch_" + checkpoint, match)
+    assert match["before_vs_its_prompt"]["colour"] >= 0.5, match
+    assert match["before"]["colour"] <= 0.25, match
+    assert match["after"]["colour"] >= 0.5, match
+    page.close()
