@@ -437,9 +437,12 @@ class KVCache:
         self.shown = []
 
     def allocated_bytes(self) -> int:
+        """Bytes the cache holds: its buffers, the chunk pending commit and the pictures
+        shown that a prior may warp (`show`; bounded by the window)."""
+        shown = [t for pair in self.shown for t in pair]
         return sum(t.numel() * t.element_size()
                    for t in (self.k, self.v, self.k_rot, self.pos, self.cos, self.sin, self.frame,
-                             *self._pending))
+                             *self._pending, *shown))
 
 
 class CacheBatch:

@@ -121,3 +121,33 @@ def test_memory_off_drops_evicted_chunks(debug_model):
     assert any(on.cache.frame_ids[f] >= 0 for f in on.cache.memory.frame_range(0))
     assert all(torch.equal(a, b) for a, b in outs[: d.sink_chunks + d.window_chunks + 1])  # same until then
     assert not torch.equal(*outs[-1])
+
+
+@torch.no_grad()
+def test_the_pictures_kept_for_a_shown_prior_are_counted_and_bounded(debug_model):
+    """A model whose prior warps the picture shown keeps the latest pictures in its cache:
+    allocated_bytes counts them (one latent frame and one picture each), and their number
+    stops at the window's."""
+    import dataclasses
+
+    from model.checkpoint import LiveReel
+
+    cfg = debug_model.config
+    shown_cfg = dataclasses.replace(cfg, dit=dataclasses.replace(cfg.dit, prior_picture="shown"))
+    shown_model = LiveReel(shown_cfg).eval()
+    shown_model.load_state_dict(debug_model.state_dict())
+    sizes = {}
+    for name, model in (("decoded", debug_model), ("shown", shown_model)):
+        gen = Generator(model, seed=3, steps=1)
+        gen.set_camera(pan=(0.5, 0.0))
+        for i in range(30):
+            gen.next_frames()
+            if i == 9:
+                at_10 = gen.cache.allocated_bytes()
+        assert gen.cache.allocated_bytes() == at_10, name
+        sizes[name] = at_10
+    c, s = cfg.dit.latent_channels, cfg.image_size
+    per_pair = 4 * (c * cfg.dit.latent_size ** 2 + 3 * s * s)
+    keep = gen.cache._keep_shown
+    assert len(gen.cache.shown) == keep > 0
+    assert sizes["shown"] - sizes["decoded"] == keep * per_pair
