@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCSessionDescription
 
 from bench import live
 from bench.timing import summary
@@ -124,7 +124,7 @@ class Viewer(live.Client):
             self.signals.append((time.perf_counter(), msg))
             if msg["type"] == "reconnect":
                 old = self.pc
-                self._renew()
+                self.new_peer()
                 await old.close()
                 await self.pc.setLocalDescription(await self.pc.createOffer())
                 await self.ws.send(json.dumps({"type": "offer", "sdp": self.pc.localDescription.sdp}))
@@ -134,17 +134,6 @@ class Viewer(live.Client):
 
     def signal_at(self, kind: str) -> float | None:
         return next((at for at, msg in self.signals if msg["type"] == kind), None)
-
-    def _renew(self) -> None:
-        """A new peer connection, as bench.live.Client makes one (the old track's reader stops)."""
-        if self._reader is not None:
-            self._reader.cancel()
-            self._reader = None
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.pc.addTransceiver("video", direction="recvonly")
-        self.channel = self.pc.createDataChannel("control")
-        self.channel.on("message", lambda raw: self.messages.put_nowait((time.perf_counter(), json.loads(raw))))
-        self.pc.on("track", self._read)
 
 
 async def _next_stats(viewer: Viewer) -> tuple[float, dict]:

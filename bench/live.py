@@ -37,16 +37,24 @@ class Client:
 
     def __init__(self, port: int) -> None:
         self.port = port
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.pc.addTransceiver("video", direction="recvonly")
-        self.channel = self.pc.createDataChannel("control")
         self.messages: asyncio.Queue[tuple[float, dict]] = asyncio.Queue()
-        self.channel.on("message", lambda raw: self.messages.put_nowait((time.perf_counter(), json.loads(raw))))
         self.frame_times: list[float] = []
         self.first_frame = asyncio.Event()
         self._reader: asyncio.Task | None = None
-        self.pc.on("track", self._read)
         self.ws = None
+        self.new_peer()
+
+    def new_peer(self) -> None:
+        """A new peer connection (recvonly video, the `control` channel); the old one's
+        track reader stops. The caller closes the old connection."""
+        if self._reader is not None:
+            self._reader.cancel()
+            self._reader = None
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.pc.addTransceiver("video", direction="recvonly")
+        self.channel = self.pc.createDataChannel("control")
+        self.channel.on("message", lambda raw: self.messages.put_nowait((time.perf_counter(), json.loads(raw))))
+        self.pc.on("track", self._read)
 
     async def offer(self, **fields) -> float:
         """Send the offer; returns when it was sent (perf_counter)."""
