@@ -140,18 +140,26 @@ class Client:
         self.port = port
         self.url = f"ws://127.0.0.1:{port}/ws{query}"
         self.headers = headers
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.pc.addTransceiver("video", direction="recvonly")
-        self.channel = self.pc.createDataChannel("control")
         self.messages: asyncio.Queue[dict] = asyncio.Queue()
         self.seen: list[dict] = []
-        self.channel.on("message", self._on_message)
         self.frames: deque = deque(maxlen=64)
         self.frame_count = 0
         self._reader: asyncio.Task | None = None
-        self.pc.on("track", lambda track: self._read(track))
         self.ws = None
         self.session = None
+        self.new_peer()
+
+    def new_peer(self) -> None:
+        """A new peer connection, as the page makes one to reconnect (the old one's track
+        reader stops; the caller closes the old connection)."""
+        if self._reader is not None:
+            self._reader.cancel()
+            self._reader = None
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.pc.addTransceiver("video", direction="recvonly")
+        self.channel = self.pc.createDataChannel("control")
+        self.channel.on("message", self._on_message)
+        self.pc.on("track", lambda track: self._read(track))
 
     async def offer(self, **fields) -> dict:
         """Send the offer; returns the server's first reply (answer, error, or in cluster

@@ -13,7 +13,7 @@ import time
 
 import pytest
 import pytest_asyncio
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCSessionDescription
 from fakes import WAIT, Client, clients, fetch, metric, started, until  # noqa: F401 (clients, started: fixtures)
 
 from streamer.cluster.placement import WorkerState, full_reason, place
@@ -438,18 +438,6 @@ async def test_a_draining_worker_hands_its_sessions_over_and_takes_no_new_ones(g
 # ---------------------------------------------------------------- failover (last: it kills a worker)
 
 
-def _renew(client: Client) -> None:
-    """A new peer connection for `client`, as the page makes one to reconnect."""
-    if client._reader is not None:
-        client._reader.cancel()
-        client._reader = None
-    client.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    client.pc.addTransceiver("video", direction="recvonly")
-    client.channel = client.pc.createDataChannel("control")
-    client.channel.on("message", client._on_message)
-    client.pc.on("track", lambda track: client._read(track))
-
-
 async def _follow_signaling(client: Client, events: list) -> None:
     """What the page does on its signaling socket: told to reconnect, it offers again from a
     new peer connection and takes the answer."""
@@ -458,7 +446,7 @@ async def _follow_signaling(client: Client, events: list) -> None:
         events.append((time.perf_counter(), msg))
         if msg["type"] == "reconnect":
             old = client.pc
-            _renew(client)
+            client.new_peer()
             await old.close()
             await client.pc.setLocalDescription(await client.pc.createOffer())
             await client.ws.send(json.dumps({"type": "offer", "sdp": client.pc.localDescription.sdp}))
