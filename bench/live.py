@@ -19,6 +19,7 @@ import json
 import logging
 import random
 import time
+from typing import Any
 
 import websockets
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
@@ -30,6 +31,17 @@ from model.sampling import Sampling
 log = logging.getLogger(__name__)
 
 WAIT = 60.0
+
+
+def recvonly_peer(on_message, on_track) -> tuple[RTCPeerConnection, Any]:
+    """A loopback peer connection as the page makes one: video received only, and the
+    `control` data channel (its messages to `on_message`, the video track to `on_track`)."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("video", direction="recvonly")
+    channel = pc.createDataChannel("control")
+    channel.on("message", on_message)
+    pc.on("track", on_track)
+    return pc, channel
 
 
 class Client:
@@ -50,11 +62,8 @@ class Client:
         if self._reader is not None:
             self._reader.cancel()
             self._reader = None
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.pc.addTransceiver("video", direction="recvonly")
-        self.channel = self.pc.createDataChannel("control")
-        self.channel.on("message", lambda raw: self.messages.put_nowait((time.perf_counter(), json.loads(raw))))
-        self.pc.on("track", self._read)
+        self.pc, self.channel = recvonly_peer(
+            lambda raw: self.messages.put_nowait((time.perf_counter(), json.loads(raw))), self._read)
 
     async def offer(self, **fields) -> float:
         """Send the offer; returns when it was sent (perf_counter)."""

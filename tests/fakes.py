@@ -27,9 +27,10 @@ from email.message import Message
 import numpy as np
 import pytest_asyncio
 import websockets
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCSessionDescription
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.live import recvonly_peer
 from model.sampling import Sampling
 from streamer.server import Server
 from streamer.session import StreamInfo
@@ -155,11 +156,7 @@ class Client:
         if self._reader is not None:
             self._reader.cancel()
             self._reader = None
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.pc.addTransceiver("video", direction="recvonly")
-        self.channel = self.pc.createDataChannel("control")
-        self.channel.on("message", self._on_message)
-        self.pc.on("track", lambda track: self._read(track))
+        self.pc, self.channel = recvonly_peer(self._on_message, lambda track: self._read(track))
 
     async def offer(self, **fields) -> dict:
         """Send the offer; returns the server's first reply (answer, error, or in cluster
