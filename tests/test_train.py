@@ -292,3 +292,22 @@ def test_width_flag_grows_a_run_and_keeps_its_width(vae_run, tmp_path):
     assert load_model(out).config.dit.dim == 64
     with pytest.raises(SystemExit):  # head size must stay the preset's
         cli(dit_args(tmp_path / "bad", vae_run, 2) + ["--width", "64/2"])
+
+
+def test_width_and_object_hint_together_from_a_checkpoint_without_the_hint(vae_run, tmp_path):
+    """v1 (narrow, no hint) grown and given the hint channel in one step: the new columns
+    first, then the growth, so the wide prior input reads the old channels as v1 did and
+    the hint at (nearly) zero."""
+    first, ckpt, wide = tmp_path / "first", tmp_path / "ckpt", tmp_path / "wide"
+    assert cli(dit_args(first, vae_run, 2)) == 0
+    assert cli(dit_args(first, vae_run, 2) + ["--export", str(ckpt)]) == 0
+    assert cli(dit_args(wide, ckpt, 1) + ["--init-from", str(ckpt), "--lr", "0", "--width", "64/4",
+                                          "--object-hint"]) == 0
+    a, b = load_model(ckpt), load_model(wide / "result")
+    assert b.config.dit.dim == 2 * a.config.dit.dim and b.config.dit.object_hint
+    old, new = a.dit.prior_embed.weight.detach(), b.dit.prior_embed.weight.detach()
+    assert new.shape == (2 * old.shape[0], old.shape[1] + a.config.dit.patch ** 2)
+    # each width unit copied twice (with 1% noise): both copies read the old channels as v1 did
+    for copy in (new[:old.shape[0], :old.shape[1]], new[old.shape[0]:, :old.shape[1]]):
+        assert torch.allclose(copy, old, atol=0.05 * float(old.std()))
+    assert new[:, old.shape[1]:].abs().max() < 0.05 * float(old.std())

@@ -606,20 +606,21 @@ def init_from(source: Path, trainable: torch.nn.Module, ema: torch.nn.Module) ->
         sd = {k[len(prefix):]: v for k, v in tensors.items()
               if k.startswith(prefix) and not k[len(prefix):].startswith("vae.")}
         expected = module.state_dict()
-        grown = widened(sd, expected)  # the same noise for both: the EMA starts as the model
+        for k, v in sd.items():  # a prior input the source lacks (the object hint): new columns at zero
+            want = expected.get(k)
+            if (k.endswith("prior_embed.weight") and want is not None and v.dim() == 2
+                    and v.shape[1] < want.shape[1]):
+                sd[k] = torch.cat((v, v.new_zeros(v.shape[0], want.shape[1] - v.shape[1])), 1)
+                if name == "model":
+                    log.info("--init-from: %s gets %d zero columns (%s inputs -> %s)", k,
+                             want.shape[1] - v.shape[1], v.shape[1], want.shape[1])
+        grown = widened(sd, expected)  # after the new columns; the same noise for both: the EMA starts as the model
         if name == "model" and grown is not sd:
             narrow, wide = (next(v.shape[0] for k, v in d.items() if k.endswith("patch_embed.weight"))
                             for d in (sd, grown))
             log.info("--init-from: the DiT grown from width %d to %d (each unit copied %dx, noise 0.01)",
                      narrow, wide, wide // narrow)
         sd = grown
-        for k, v in sd.items():  # a prior input the source lacks (the object hint): new columns at zero
-            want = expected.get(k)
-            if (k.endswith("prior_embed.weight") and want is not None and v.dim() == 2
-                    and v.shape[0] == want.shape[0] and v.shape[1] < want.shape[1]):
-                sd[k] = torch.cat((v, v.new_zeros(v.shape[0], want.shape[1] - v.shape[1])), 1)
-                log.info("--init-from: %s widened %s -> %s with zero columns", k, tuple(v.shape),
-                         tuple(want.shape))
         wrong = [k for k, v in sd.items() if k in expected and v.shape != expected[k].shape]
         if wrong or not set(sd) & set(expected):
             raise SystemExit(f"--init-from {source}: not this preset's network ("
