@@ -311,3 +311,43 @@ def test_width_and_object_hint_together_from_a_checkpoint_without_the_hint(vae_r
     for copy in (new[:old.shape[0], :old.shape[1]], new[old.shape[0]:, :old.shape[1]]):
         assert torch.allclose(copy, old, atol=0.05 * float(old.std()))
     assert new[:, old.shape[1]:].abs().max() < 0.05 * float(old.std())
+
+
+def test_minutes_stops_a_run_early_and_resume_goes_on(vae_run, tmp_path):
+    """--minutes sizes a call to a lent machine's time: the state and a result at the step
+    reached, the same schedule on --resume."""
+    run = tmp_path / "timed"
+    assert cli(dit_args(run, vae_run, 6) + ["--minutes", "1e-6"]) == 0
+    assert json.loads((run / "state.json").read_text())["step"] == 1  # out of time after the first step
+    assert load_model(run / "result").config.name == "debug"
+    assert not (run / "probe.csv").exists()  # the rollout probe is left for a step it is due at
+    assert cli(dit_args(run, vae_run, 6) + ["--resume"]) == 0
+    assert json.loads((run / "state.json").read_text())["step"] == 6
+    with pytest.raises(SystemExit, match="--minutes"):
+        cli(dit_args(tmp_path / "bad", vae_run, 2) + ["--minutes", "0"])
+
+
+def test_the_gpu_script_trains_and_its_parts_join_into_a_checkpoint(vae_run, tmp_path):
+    """model/train/gpu.sh, the one call a lent GPU machine gets, run here on the CPU with
+    the debug preset (its flags after the recipe's replace them): it trains, splits the
+    weights into parts the device tool brings back, and --join makes them a checkpoint."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "model" / "train" / "gpu.sh"
+    ckpt, out, joined = tmp_path / "ckpt", tmp_path / "out", tmp_path / "joined"
+    assert cli(dit_args(tmp_path / "first", vae_run, 1)) == 0
+    assert cli(dit_args(tmp_path / "first", vae_run, 1) + ["--export", str(ckpt)]) == 0
+    env = {**os.environ, "OUT": str(out), "DEVICE": "cpu", "RUN": str(tmp_path / "run"), "THREADS": "1",
+           "MINUTES": "5", "PYTHON": sys.executable}
+    flags = ["--preset", "debug", "--vae", str(vae_run), "--init-from", str(ckpt), "--width", "64/4",
+             "--pool", "4", "--pool-frames", "12", "--batch", "2", "--steps", "2", "--text-warmup", "1"]
+    done = subprocess.run(["bash", str(script), *flags], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir())[:2] == ["config.json", "loss.csv"]
+    assert json.loads((out / "state.json").read_text())["step"] == 2
+    assert subprocess.run(["bash", str(script), "--join", str(out), str(joined)], timeout=60).returncode == 0
+    model = load_model(joined)
+    assert model.config.dit.dim == 64 and model.config.dit.object_hint

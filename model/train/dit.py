@@ -73,7 +73,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
     p.add_argument("--pool", type=int, default=600, help="world clips rendered and encoded")
     p.add_argument("--pool-frames", type=int, default=24, help="frames per pooled clip")
-    p.add_argument("--sample-every", type=int, default=500, help="steps between rollout samples")
+    p.add_argument("--sample-every", type=int, default=500,
+                   help="steps between rollout samples (0: none, also not at the end; the eval is the check)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run")
     p.add_argument("--init-from", type=Path, default=None, metavar="RUN",
                    help="start a new run from another run's latest weights (model and EMA), or from a "
@@ -125,6 +126,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where the DiT trains: cpu, cuda or cuda:N (the pool is made on the CPU)")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA only)")
     p.add_argument("--seed", type=int, default=0, help="data order seed")
+    p.add_argument("--minutes", type=float, default=None, metavar="M",
+                   help="stop after M minutes of optimizer steps in this call (the state saved, the "
+                        "result written; --resume goes on along the same --steps schedule): a run "
+                        "sized to a lent machine's time")
     p.add_argument("--out", type=Path, default=None,
                    help="also save the final model here (e.g. checkpoints/default)")
     p.add_argument("--export", type=Path, default=None, metavar="DIR",
@@ -551,7 +556,8 @@ def train(args: argparse.Namespace) -> Path:
                        text_aux=aux.item() if aux is not None else float("nan"))
             warm_losses = []
         done = step + 1 == args.steps
-        if (step + 1) % 100 == 0 or done:
+        out_of_time = args.minutes is not None and time.time() - t0 >= 60 * args.minutes
+        if (step + 1) % 100 == 0 or done or out_of_time:
             save_state(run, modules, opt, step + 1,
                        {"hours": hours_before + (time.time() - t0) / 3600,
                         "init_from": origin, "object_hint": args.object_hint, "text_aux": heads is not None,
@@ -561,7 +567,7 @@ def train(args: argparse.Namespace) -> Path:
             rate = (time.time() - t0) / (step + 1 - start)
             log.info("step %d/%d loss %.4f, %.2f s/step, %.1f h to go", step + 1, args.steps, loss.item(),
                      rate, rate * (args.steps - step - 1) / 3600)
-        if (step + 1) % args.sample_every == 0 or done:
+        if args.sample_every and ((step + 1) % args.sample_every == 0 or done):
             current = ema_model(model, ema)
             probe = {**rollout_probe(current, run / "samples" / f"step{step + 1:06d}.mp4"), **binding_probe(current)}
             row = {"step": step + 1, **{k: f"{v:.4f}" for k, v in probe.items()}}
@@ -576,6 +582,10 @@ def train(args: argparse.Namespace) -> Path:
                     w.writeheader()
                 w.writerow(row)
             log.info("step %d probe %s", step + 1, probe)
+        if out_of_time and not done:
+            log.info("--minutes %g: stopped at step %d of %d (--resume goes on)", args.minutes, step + 1,
+                     args.steps)
+            break
     final = ema_model(model, ema)
     out = save_model(final, run / "result")
     if args.out is not None:
@@ -716,6 +726,10 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"--first-chunk-weight must be in (0, 1000] (got {args.first_chunk_weight})")
     if not (0.0 < args.switch_weight <= 1000.0):
         raise SystemExit(f"--switch-weight must be in (0, 1000] (got {args.switch_weight})")
+    if args.sample_every < 0:
+        raise SystemExit(f"--sample-every must be >= 0 (got {args.sample_every})")
+    if args.minutes is not None and not args.minutes > 0:
+        raise SystemExit(f"--minutes must be positive (got {args.minutes})")
     if not 0.0 <= args.switch_share <= 1.0:
         raise SystemExit(f"--switch-share must be in [0, 1] (got {args.switch_share})")
     if not 0.0 <= args.text_aux <= 100.0:
