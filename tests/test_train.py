@@ -217,6 +217,9 @@ def test_object_hint_and_text_aux_go_on_from_a_checkpoint_without_them(vae_run, 
     assert math.isfinite(float(rows[0]["text_aux"]))
     assert cli(dit_args(second, ckpt, 2) + ["--resume", "--object-hint", "--text-aux", "0.1"]) == 0  # heads resume
     assert json.loads((second / "state.json").read_text())["init_from"] == str(ckpt)  # kept across the resume
+    exported = tmp_path / "exported"  # --export builds the run's network, the hint without the flag
+    assert cli(dit_args(second, ckpt, 2) + ["--export", str(exported)]) == 0
+    assert load_model(exported).config.dit.object_hint
     with pytest.raises(SystemExit, match="trained with --object-hint: resume it with it"):
         cli(dit_args(second, ckpt, 3) + ["--resume", "--text-aux", "0.1"])
     with pytest.raises(SystemExit, match="trained with --text-aux"):

@@ -702,9 +702,12 @@ def export(args: argparse.Namespace) -> Path:
 
     if not (args.run / "state.json").exists():
         raise SystemExit(f"no run state in {args.run}")
-    saved = json.loads((args.run / "state.json").read_text()).get("width")
-    if args.width is None and saved:  # the run's width unless told
-        args = argparse.Namespace(**{**vars(args), "width": tuple(saved)})
+    saved = json.loads((args.run / "state.json").read_text())
+    if args.width is None and saved.get("width"):  # the run's width unless told
+        args = argparse.Namespace(**{**vars(args), "width": tuple(saved["width"])})
+    # the network the run trained: its prior's hint channel and picture (flags or not)
+    args = argparse.Namespace(**{**vars(args), "object_hint": bool(saved.get("object_hint", args.object_hint)),
+                                 "prior_picture": saved.get("prior_picture", args.prior_picture)})
     cfg = model_config(args)
     model = build_model(cfg)
     load_trained_vae(model.vae, args.vae)
