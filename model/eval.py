@@ -14,7 +14,7 @@ import logging
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -869,6 +869,43 @@ def read_prompt_file(path: str | Path) -> list[list[str]]:
     return chains
 
 
+def colour_switches(make_generator: Callable[[], object], classifier: AttributeClassifier, seed: int,
+                    n: int = 6, before: int = 4, after: int = 8) -> dict:
+    """Streamed (as a viewer steers): does a switch of only the object's colour recolour
+    it? Per held-out scene (an rng no training clip or other eval run uses), a still
+    stream of its caption for `before` chunks, then the same caption with another colour
+    for `after` chunks. `drawn_before`: frames before the switch in the first colour (the
+    object drawn at all); `new` / `old`: frames after the switch's first chunk in the new
+    / the first colour; `followed`: switches whose new colour holds 3 frames in a row."""
+    rng = np.random.default_rng([seed, 515151])
+    colours = world.VOCAB["colour"]
+    drawn, new, old, followed = [], [], [], 0
+    for _ in range(n):
+        scene = world.sample_scene(rng)
+        other = replace(scene, colour=colours[(colours.index(scene.colour) + int(rng.integers(1, len(colours))))
+                                                          % len(colours)])
+        template = int(rng.integers(len(world.CAPTION_TEMPLATES)))
+        a, b = (world.caption(sc, np.random.default_rng([seed, 7]), template=template) for sc in (scene, other))
+        gen = make_generator()
+        gen.set_prompt(a)
+        first = np.concatenate([gen.next_frames() for _ in range(before)])
+        gen.set_prompt(b)
+        chunks = [gen.next_frames() for _ in range(after)]
+        got_before = classify(first, classifier)["colour"]
+        got = classify(np.concatenate(chunks[1:]), classifier)["colour"]
+        drawn.append(np.mean(got_before == scene.colour))
+        new.append(np.mean(got == other.colour))
+        old.append(np.mean(got == scene.colour))
+        run = 0
+        for c in classify(np.concatenate(chunks), classifier)["colour"]:
+            run = run + 1 if c == other.colour else 0
+            if run == 3:
+                followed += 1
+                break
+    return {"count": n, "followed": followed, "drawn_before": float(np.mean(drawn)), "new": float(np.mean(new)),
+            "old": float(np.mean(old))}
+
+
 def held_out_prompts(seed: int, n_chains: int = 3, chain_length: int = 3) -> list[list[str]]:
     """Chains of captions of random scenes, each prompt changing 1-3 attributes of the
     one before (as training switches do), from an rng no training clip uses."""
@@ -1187,6 +1224,10 @@ def table_rows(result: dict) -> list[tuple[str, str]]:
     if "vae_ceiling" in result:
         rows.append(("adherence through the VAE alone (ceiling)",
                      " ".join(f"{a} {_fmt(v, '%')}" for a, v in result["vae_ceiling"].items())))
+    if (cs := result.get("colour_switch")) is not None:
+        rows.append(("colour-only switches streamed: followed; after: new / old colour; before: drawn",
+                     f"{cs['followed']}/{cs['count']}; {_fmt(cs['new'], '%')} / {_fmt(cs['old'], '%')}; "
+                     f"{_fmt(cs['drawn_before'], '%')}"))
     for part, label in (("context", "after context"), ("first_chunk", "first chunk")):
         for t, b in result.get("prompt_binding", {}).get(part, {}).items():
             rows.append((f"object colour from the prompt, teacher-forced, {label}, t={t}: "
@@ -1424,6 +1465,7 @@ def main(args: argparse.Namespace) -> int:
 
         if isinstance(model, LiveReel):
             results["model"]["prompt_binding"] = prompt_binding(model, classifier)
+            results["model"]["colour_switch"] = colour_switches(make, classifier, args.seed)
 
     print(format_table(results))
     if args.plots is not None:

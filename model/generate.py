@@ -69,6 +69,11 @@ class StreamModel(Protocol):
 
     def cache_layout(self) -> CacheLayout: ...
 
+    def redraws_object(self, old: str, new: str) -> bool:
+        """Whether a prompt switch from `old` to `new` (no transition) starts the next chunk
+        without its warped prior, as a stream's first chunk: the model draws the new
+        object instead of copying the old one from the prior."""
+
     def encode_prompt(self, prompts: list[str]) -> TextCond:
         """Prompts -> text conditioning with its cross-attention K/V (`kv`) computed."""
 
@@ -249,6 +254,7 @@ class Generator:
             if transition == 0 and self.switch == "blend":
                 transition = self.blend_chunks
             new = self._encode(text)
+            redraw = False
             if transition > 0 and self.chunk_index > 0:
                 self._transition = (self._text, new, transition, 0)
             else:
@@ -256,9 +262,14 @@ class Generator:
                 self._text = new
                 if self.chunk_index > 0 and self.switch == "recache":
                     self._recache()
+                    # the next chunk's prior would carry the old object into it (it copies
+                    # it): that chunk starts as a stream's first, the K/V context kept
+                    redraw = self.model.redraws_object(self.prompt, text)
+                    if redraw:
+                        self.cache.frame_valid.zero_()
             self.prompt = text
             self.applied.append({"what": "prompt", "text": text, "transition": transition,
-                                 "frame": self.frame_index})
+                                 "frame": self.frame_index, **({"redraw": True} if redraw else {})})
 
     def _chunk_text(self) -> TextCond:
         """The text for this chunk, advancing a smooth transition by one chunk."""

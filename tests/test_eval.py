@@ -440,3 +440,12 @@ def test_prompt_binding_tells_a_model_that_copies_from_one_that_reads_the_prompt
     else:  # the caption's colour, changed or not, with context or without
         for b in (ctx, first):
             assert b["prompt"] >= 0.9 and b["changed"] >= 0.9 and b["copied"] <= 0.1
+
+
+def test_colour_switches_on_the_world_are_followed(classifier):
+    """The streamed colour switch measure: the world recolours its object at once, so
+    every switch is followed, its frames show the new colour and none the old."""
+    out = ev.colour_switches(lambda: ev.WorldGenerator(seed=4, size=128, fps=16, frames_per_chunk=4),
+                             classifier, seed=0, n=3, before=2, after=4)
+    assert out["count"] == 3 and out["followed"] == 3
+    assert out["drawn_before"] > 0.8 and out["new"] > 0.8 and out["old"] < 0.1

@@ -111,6 +111,45 @@ def test_object_hint_marks_a_streams_first_chunk_and_starts_as_the_model_without
     assert 0 < disk[1, 5] < 1 and disk.sum() == pytest.approx(torch.pi * 2.0**2, rel=0.1)
 
 
+@torch.no_grad()
+def test_a_switch_of_the_objects_colour_or_shape_redraws_it():
+    """With the object hint, the chunk after a switch that changes the object's colour or
+    shape takes no warped prior and the centre hint, as a stream's first chunk (its K/V
+    context kept): the prior would carry the old object into it. Other switches (the
+    weather) and a model without the hint keep the prior; replay makes the same frames."""
+    import dataclasses
+
+    from model.checkpoint import LiveReel
+
+    cfg = load_model("debug").config
+    cfg = dataclasses.replace(cfg, dit=dataclasses.replace(cfg.dit, object_hint=True))
+    torch.manual_seed(0)
+    model = LiveReel(cfg).eval()
+
+    def stream(switches):
+        g = model.generator(Sampling(), seed=3)
+        g.set_prompt("a red ball over the meadow by day")
+        out, priors, records = [g.next_frames()], [], []
+        for text in switches:
+            g.set_prompt(text)
+            out.append(g.next_frames())
+            priors.append(g.cache.prior.clone())
+            records.append([a for a in g.applied if a["what"] == "prompt"][0])
+        return np.concatenate(out), priors, records
+
+    frames, priors, records = stream(["a blue ball over the meadow by day", "a blue cube over the meadow by day",
+                                      "a blue cube over the meadow by day in the rain"])
+    centre = model.centre_hint(torch.zeros(1), cfg.dit.chunk_frames)
+    for prior in priors[:2]:  # colour, then shape: nothing warped, the object drawn at the centre
+        assert torch.equal(prior[:, :, :-1], torch.zeros_like(prior[:, :, :-1]))
+        torch.testing.assert_close(prior[:, :, -1], centre)
+    assert priors[2][:, :, -2].amax() == 1 and torch.equal(priors[2][:, :, -1], torch.zeros_like(centre))
+    assert [r.get("redraw", False) for r in records] == [True, True, False]
+    assert model.redraws_object("a red ball", "a crimson ball") is False  # the same colour in other words
+    np.testing.assert_array_equal(stream(["a blue ball over the meadow by day"])[0], frames[:2 * len(frames) // 4])
+    assert not load_model("debug").redraws_object("a red ball", "a blue cube")  # no hint: the prior stays
+
+
 def shown_model(model):
     """`model` with `DiTConfig.prior_picture = "shown"` (same weights)."""
     import dataclasses

@@ -112,6 +112,9 @@ class WanModel(nn.Module):
         text.kv = self.text_kv(text)
         return text
 
+    def redraws_object(self, old: str, new: str) -> bool:
+        return False  # no warped prior to leave out
+
     def text_kv(self, text: TextCond) -> Tensor:
         return self.dit.text_kv(text.tokens)
 
