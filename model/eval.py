@@ -870,7 +870,7 @@ def read_prompt_file(path: str | Path) -> list[list[str]]:
 
 
 def colour_switches(make_generator: Callable[[], object], classifier: AttributeClassifier, seed: int,
-                    n: int = 6, before: int = 4, after: int = 8) -> dict:
+                    n: int = 6, before: int = 4, after: int = 24) -> dict:
     """Streamed (as a viewer steers): does a switch of only the object's colour recolour
     it? Per held-out scene (an rng no training clip or other eval run uses), a still
     stream of its caption for `before` chunks, then the same caption with another colour
