@@ -892,12 +892,13 @@ def colour_switches(make_generator: Callable[[], object], classifier: AttributeC
         gen.set_prompt(b)
         chunks = [gen.next_frames() for _ in range(after)]
         got_before = classify(first, classifier)["colour"]
-        got = classify(np.concatenate(chunks[1:]), classifier)["colour"]
+        got_all = classify(np.concatenate(chunks), classifier)["colour"]
+        got = got_all[len(chunks[0]):]  # after the switch's first chunk
         drawn.append(np.mean(got_before == scene.colour))
         new.append(np.mean(got == other.colour))
         old.append(np.mean(got == scene.colour))
         run = 0
-        for c in classify(np.concatenate(chunks), classifier)["colour"]:
+        for c in got_all:
             run = run + 1 if c == other.colour else 0
             if run == 3:
                 followed += 1
