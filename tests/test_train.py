@@ -167,6 +167,27 @@ def test_object_weights_cover_the_object_and_the_flag_trains(vae_run, tmp_path):
         cli(dit_args(tmp_path / "bad", vae_run, 2) + ["--first-chunk-weight", "0"])
 
 
+def test_object_fade_blends_the_object_toward_its_surroundings_and_the_flag_trains(vae_run, tmp_path):
+    from model.train.dit import fade_objects
+
+    g = torch.Generator().manual_seed(0)
+    z = 0.1 * torch.randn(3, 2, 4, 16, 16, generator=g)
+    z[:, :, :, 4:8, 4:8] += 3.0  # an object at (6, 6) latent px = (48, 48) view px, radius 2 latent px
+    cover = torch.ones(3, 2, 1, 16, 16)
+    objects = torch.tensor([48.0, 48.0, 16.0]).expand(3, 2, 3)
+    out = fade_objects(z, cover, objects, downsample=8, amount=torch.tensor([0.0, 0.5, 1.0]))
+    assert torch.equal(out[0], z[0])  # amount 0: untouched
+    assert torch.equal(out[:, :, :, 12:, 12:], z[:, :, :, 12:, 12:])  # far from the object: untouched
+    inside = (slice(None), slice(None), slice(4, 8), slice(4, 8))
+    assert abs(float(out[2][inside].mean())) < 0.3 < 1.4 < float(out[1][inside].mean()) < 1.6  # gone; half
+    uncovered = torch.zeros_like(cover)  # uncovered ground stays zeros
+    assert torch.equal(fade_objects(z * 0, uncovered, objects, 8, torch.ones(3)), z * 0)
+    run = tmp_path / "fade"
+    assert cli(dit_args(run, vae_run, 2) + ["--object-fade", "0.5"]) == 0
+    with pytest.raises(SystemExit, match="object-fade"):
+        cli(dit_args(tmp_path / "bad", vae_run, 2) + ["--object-fade", "2"])
+
+
 def test_switch_weights_mark_the_chunk_after_a_prompt_switch(vae_run, tmp_path):
     """--switch-weight: the first chunk under a clip's final caption weighs W where an
     earlier caption came before it (a switch mid-chunk included), 1 elsewhere and on clips

@@ -49,7 +49,7 @@ from model.camera import CameraCond
 from model.checkpoint import LiveReel, build_model, save_model
 from model.config import get_config
 from model.generate import decode_batch, flow_schedule, start_from_prior, step_batch
-from model.prior import decode_frame, first_chunk_hint, frame_pictures, warped_prior, with_object_hint
+from model.prior import decode_frame, first_chunk_hint, object_disk, frame_pictures, warped_prior, with_object_hint
 from model.sampling import Sampling
 from model.train.common import RUNS, ClipPool, LossLog, cosine_lr, load_state, save_state
 from model.train.vae import load_trained_vae
@@ -100,6 +100,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="loss weight of the first chunk after a clip's prompt switch (the chunk that must "
                         "draw the new prompt while its warped prior still shows the old one: streaming "
                         "kept the old object's colour there) against 1 for the others")
+    p.add_argument("--object-fade", type=float, default=0.0, metavar="P",
+                   help="share of clips whose warm chunks' prior shows the object faded (blended by a random "
+                        "amount toward the prior's mean around it) while the target keeps it: streaming's "
+                        "priors carry the model's own, fainter object, and one that was only ever trained "
+                        "on crisp objects let a faint one fade out over a few chunks (0: off)")
     p.add_argument("--width", type=_width, default=None, metavar="DIM/HEADS",
                    help="the DiT's width and heads (default: the preset's; the head size must stay the "
                         "preset's); --init-from a narrower run grows it (`widened`: the wide network starts "
@@ -224,6 +229,21 @@ def switch_weights(mask: torch.Tensor, frames_after: int, weight: float) -> torc
     f = torch.arange(mask.shape[1], device=mask.device)[None]
     near = (f >= first) & (f < first + frames_after) & (mask[:, :1] == 0)
     return torch.where(near, torch.full_like(mask, weight), torch.ones_like(mask))
+
+
+def fade_objects(z: torch.Tensor, cover: torch.Tensor, objects: torch.Tensor, downsample: int,
+                 amount: torch.Tensor) -> torch.Tensor:
+    """Priors z (B, F, C, h, w) with the object faded: within 1.25 radii (+ half a latent
+    pixel) of where the object is in each frame (`objects` (B, F, 3), view px), blended by
+    `amount` (B,) in [0, 1] toward the mean of the prior's covered pixels outside that disk
+    (1: the object gone, a flat patch of the surroundings' colour). `cover` (B, F, 1, h, w)
+    is the prior's coverage. The target keeps its object: the model learns to draw it back."""
+    obj = objects / downsample
+    disk = object_disk(obj[..., 0], obj[..., 1], 1.25 * obj[..., 2] + 0.5, z.shape[-1])[:, :, None]
+    outside = (1 - disk) * cover
+    mean = (z * outside).sum((3, 4), keepdim=True) / outside.sum((3, 4), keepdim=True).clamp(min=1)
+    a = amount.to(z.dtype)[:, None, None, None, None] * disk * cover
+    return z + a * (mean - z)
 
 
 def sample_t(rng: torch.Generator, batch: int, chunks: int, shift: float = 5.0) -> torch.Tensor:
@@ -501,6 +521,10 @@ def train(args: argparse.Namespace) -> Path:
         rollout = args.rollout_share > 0 and rng.random() < args.rollout_share  # no draw at 0: same data order
         if prior is not None:  # pixel space: made once per pool; noise where the old view covers
             z, cover = prior[:, :, :d.latent_channels].to(device), prior[:, :, -1:].to(device)
+            if args.object_fade > 0:  # some clips' priors show a fainter object than the target
+                fade = torch.from_numpy(rng.random(args.batch) < args.object_fade).float()
+                amount = fade * torch.from_numpy(rng.random(args.batch)).float()
+                z = fade_objects(z, cover, objects, cfg.vae.downsample, amount.to(device))
             z = ((1 - s) * z + s * torch.randn(z.shape, generator=trng).to(device)) * cover
             prior = torch.cat((z, cover), 2)
             if d.object_hint:  # where the object is, on the first chunk; none on 15% of clips
@@ -725,6 +749,8 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"--rollout-share must be in [0, 1] (got {args.rollout_share})")
     if not (0.0 <= args.object_weight <= 1000.0):
         raise SystemExit(f"--object-weight must be in [0, 1000] (got {args.object_weight})")
+    if not 0.0 <= args.object_fade <= 1.0:
+        raise SystemExit(f"--object-fade must be in [0, 1] (got {args.object_fade})")
     if not (0.0 < args.first_chunk_weight <= 1000.0):
         raise SystemExit(f"--first-chunk-weight must be in (0, 1000] (got {args.first_chunk_weight})")
     if not (0.0 < args.switch_weight <= 1000.0):
