@@ -209,6 +209,21 @@ def test_streak_index_sees_blur_along_the_pan():
     assert np.isnan(ev.streak_index(frames, np.tile([1.0, 0.0, 0.02], (6, 1))))  # a zoom is not a pan
 
 
+def test_sticking_sees_fine_detail_that_stays_on_the_screen_while_panning():
+    """Texture that moves with the pan averages out over a window; a pattern fixed on the
+    screen (what a VAE decoder draws on blurred latents) survives it."""
+    base = world.WorldStream(Scene("forest", "day", "clear", "cube", "red", "drifting")).render(1)[0]
+    moving = np.stack([np.roll(base, -3 * i, axis=1) for i in range(32)])
+    yy, xx = np.mgrid[:base.shape[0], :base.shape[1]]
+    overlay = (40 * ((xx // 2 + yy // 2) % 2))[..., None]  # a fine checker, fixed on the screen
+    stuck = np.clip(moving.astype(np.float64) * 0.3 + overlay, 0, 255).astype(np.uint8)
+    right = np.tile([3.0, 0.0, 0.0], (32, 1))
+    assert ev.sticking(moving, right) < 0.4 < 0.8 < ev.sticking(stuck, right)
+    assert ev.sticking(stuck[:1].repeat(32, 0), right) > 0.99  # nothing moved: all of it stays
+    assert np.isnan(ev.sticking(moving, np.zeros((32, 3))))  # no pan, no figure
+    assert np.isnan(ev.sticking(moving[:10], right[:10]))  # shorter than a window
+
+
 # ------------------------------------------------------------------ classifier
 
 
@@ -273,6 +288,7 @@ def test_cli_ground_truth_writes_every_field(tmp_path):
     # the scene holds while panning; the world's own streak index is near 1 (isotropic textures)
     assert gt["adherence_still"]["all"] >= 0.95 and gt["adherence_panning"]["all"] >= 0.95
     assert 0.5 < gt["streak"] < 2.0
+    assert gt["sticking"] < 0.5  # the world's texture moves with its camera
     assert "streak while panning" in res.stdout and "adherence still / panning" in res.stdout
     assert gt["switch"]["count"] == 1 and gt["switch"]["followed"] == 1
     assert gt["switch"]["latency_frames_max"] <= 1
