@@ -180,8 +180,8 @@ def test_object_fade_blends_the_object_toward_its_surroundings_and_the_flag_trai
     assert torch.equal(out[:, :, :, 12:, 12:], z[:, :, :, 12:, 12:])  # far from the object: untouched
     inside = (slice(None), slice(None), slice(4, 8), slice(4, 8))
     assert abs(float(out[2][inside].mean())) < 0.3 < 1.4 < float(out[1][inside].mean()) < 1.6  # gone; half
-    uncovered = torch.zeros_like(cover)  # uncovered ground stays zeros
-    assert torch.equal(fade_objects(z * 0, uncovered, objects, 8, torch.ones(3)), z * 0)
+    uncovered = torch.zeros_like(cover)  # where the old view did not cover, nothing is blended
+    assert torch.equal(fade_objects(z, uncovered, objects, 8, torch.ones(3)), z)
     run = tmp_path / "fade"
     assert cli(dit_args(run, vae_run, 2) + ["--object-fade", "0.5"]) == 0
     with pytest.raises(SystemExit, match="object-fade"):
