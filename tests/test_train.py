@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from model.checkpoint import load_model
 from streamer.cli import main as cli
@@ -375,3 +376,23 @@ def test_the_gpu_script_trains_and_its_parts_join_into_a_checkpoint(vae_run, tmp
     assert subprocess.run(["bash", str(script), "--join", str(out), str(joined)], timeout=60).returncode == 0
     model = load_model(joined)
     assert model.config.dit.dim == 64 and model.config.dit.object_hint
+
+
+def test_prior_detail_scales_the_fine_detail_only_and_the_flag_trains(vae_run, tmp_path):
+    from model.train.dit import scale_detail
+
+    g = torch.Generator().manual_seed(0)
+    smooth = torch.linspace(-1, 1, 16).expand(2, 3, 4, 16, 16).clone()  # a ramp: no detail inside
+    z = smooth + 0.2 * torch.randn(2, 3, 4, 16, 16, generator=g)
+    out = scale_detail(z, torch.tensor([1.0, 3.0]))
+    assert torch.allclose(out[0], z[0], atol=1e-6)  # gain 1: as it was
+    detail = lambda x: x - F.avg_pool2d(F.pad(x.flatten(0, 2)[:, None], (1,) * 4, mode="replicate"), 3, 1).view_as(x)
+    ratio = detail(out[1]).std() / detail(z[1]).std()
+    assert 2.0 < float(ratio) < 3.5  # the detail grew about 3x (the 3x3 mean of the result moves a little)
+    assert torch.allclose(scale_detail(smooth, torch.tensor([0.0, 3.0]))[:, :, :, 1:-1, 1:-1],
+                          smooth[:, :, :, 1:-1, 1:-1], atol=1e-5)  # a ramp has no detail to scale
+    assert abs(float(out[1].mean() - z[1].mean())) < 0.05  # the picture's level stays
+    run = tmp_path / "detail"
+    assert cli(dit_args(run, vae_run, 2) + ["--prior-detail", "0.5"]) == 0
+    with pytest.raises(SystemExit, match="prior-detail"):
+        cli(dit_args(tmp_path / "bad", vae_run, 2) + ["--prior-detail", "1.5"])

@@ -105,6 +105,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "amount toward the prior's mean around it) while the target keeps it: streaming's "
                         "priors carry the model's own, fainter object, and one that was only ever trained "
                         "on crisp objects let a faint one fade out over a few chunks (0: off)")
+    p.add_argument("--prior-detail", type=float, default=0.0, metavar="P",
+                   help="share of clips whose warm chunks' prior has its fine detail (the latent minus its "
+                        "3x3 mean) scaled by a random gain in [0.5, 3] while the target keeps the world's: "
+                        "a model that copies the prior's detail and sharpens it a little feeds its own "
+                        "sharpened picture back as the next prior, and a meadow grew into stripes within "
+                        "~30 frames (0: off)")
     p.add_argument("--width", type=_width, default=None, metavar="DIM/HEADS",
                    help="the DiT's width and heads (default: the preset's; the head size must stay the "
                         "preset's); --init-from a narrower run grows it (`widened`: the wide network starts "
@@ -244,6 +250,15 @@ def fade_objects(z: torch.Tensor, cover: torch.Tensor, objects: torch.Tensor, do
     mean = (z * outside).sum((3, 4), keepdim=True) / outside.sum((3, 4), keepdim=True).clamp(min=1)
     a = amount.to(z.dtype)[:, None, None, None, None] * disk * cover
     return z + a * (mean - z)
+
+
+def scale_detail(z: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+    """Latents z (B, F, C, h, w) with their fine detail, z minus its 3x3 mean (edges
+    repeated), scaled by `gain` (B,): 1 leaves z as it is, 0 leaves the 3x3 mean, 2 doubles
+    the detail."""
+    flat = z.flatten(0, 2)[:, None]
+    mean = F.avg_pool2d(F.pad(flat, (1, 1, 1, 1), mode="replicate"), 3, 1).view_as(z)
+    return mean + gain.to(z.dtype)[:, None, None, None, None] * (z - mean)
 
 
 def sample_t(rng: torch.Generator, batch: int, chunks: int, shift: float = 5.0) -> torch.Tensor:
@@ -525,6 +540,10 @@ def train(args: argparse.Namespace) -> Path:
                 fade = torch.from_numpy(rng.random(args.batch) < args.object_fade).float()
                 amount = fade * torch.from_numpy(rng.random(args.batch)).float()
                 z = fade_objects(z, cover, objects, cfg.vae.downsample, amount.to(device))
+            if args.prior_detail > 0:  # some clips' priors carry too much or too little fine detail
+                scaled = torch.from_numpy(rng.random(args.batch) < args.prior_detail)
+                gain = torch.where(scaled, torch.from_numpy(rng.uniform(0.5, 3.0, args.batch)), 1.0).float()
+                z = scale_detail(z, gain.to(device))
             z = ((1 - s) * z + s * torch.randn(z.shape, generator=trng).to(device)) * cover
             prior = torch.cat((z, cover), 2)
             if d.object_hint:  # where the object is, on the first chunk; none on 15% of clips
@@ -751,6 +770,8 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"--object-weight must be in [0, 1000] (got {args.object_weight})")
     if not 0.0 <= args.object_fade <= 1.0:
         raise SystemExit(f"--object-fade must be in [0, 1] (got {args.object_fade})")
+    if not 0.0 <= args.prior_detail <= 1.0:
+        raise SystemExit(f"--prior-detail must be in [0, 1] (got {args.prior_detail})")
     if not (0.0 < args.first_chunk_weight <= 1000.0):
         raise SystemExit(f"--first-chunk-weight must be in (0, 1000] (got {args.first_chunk_weight})")
     if not (0.0 < args.switch_weight <= 1000.0):
