@@ -34,16 +34,18 @@ class Sampling:
     evaluates every step with and without the prompt, about 1.3x the DiT's time).
 
     Its defaults are the shipped model's (its model card has the eval behind them): one
-    step from the warped prior follows the camera best and is the cheapest. Guidance is
-    off by default: on the eval it shows the prompt's biome more often (80% -> 90% at 2)
-    for a little camera accuracy (pan direction 95% -> 92%), but in the browser test at
-    4 px/frame pans the picture nearly stopped following the camera, and one prompt's
-    desert turned into another biome. With less noise (steps 7, warm_start 6) guidance 2
-    meets the eval's biome, switch and camera targets together, but that desert prompt
-    still fails (the model card's sampler tables)."""
+    step from the warped prior, noised to t = 0.5 (6 steps, 5 skipped), follows the camera
+    and costs what any one-step start costs. v2 made with 4/3 (t = 0.63) let a held pan
+    slow to 0.9 px/frame of 4 in its second second; with 6/5 it holds 2.4. Less noise than
+    that leaves a colour switch too little room to redraw the object. A chunk from noise
+    (the first, and after a prompt switch) takes all 6 steps. Guidance is off by default:
+    on v1's eval it showed the prompt's biome more often (80% -> 90% at 2) for a little
+    camera accuracy (pan direction 95% -> 92%), but in the browser test at 4 px/frame pans
+    the picture nearly stopped following the camera.
+    """
 
-    steps: int = 4
-    warm_start: int = 3
+    steps: int = 6
+    warm_start: int = 5
     guidance: float = 1.0
 
     def __post_init__(self) -> None:

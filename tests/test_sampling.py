@@ -14,14 +14,14 @@ def parse(*argv: str) -> Sampling:
 
 
 def test_flags_over_the_defaults():
-    assert parse() == Sampling() == Sampling(steps=4, warm_start=3, guidance=1.0)
+    assert parse() == Sampling() == Sampling(steps=6, warm_start=5, guidance=1.0)
     assert parse("--steps", "8") == Sampling(8, 7, 1.0)  # still one step from the warped prior
     assert parse("--steps", "2", "--warm-start", "0", "--guidance", "2.5") == Sampling(2, 0, 2.5)
 
 
 @pytest.mark.parametrize("argv, message", [
     (("--steps", "0"), "--steps must be an integer >= 1"),
-    (("--warm-start", "4"), r"--warm-start must be an integer in \[0, steps\) \(got 4 with 4 steps\)"),
+    (("--warm-start", "6"), r"--warm-start must be an integer in \[0, steps\) \(got 6 with 6 steps\)"),
     (("--warm-start", "-1"), "--warm-start must be"),
     (("--guidance", "0.5"), r"--guidance must be a number in \[1, 20\]"),
     (("--guidance", "nan"), "--guidance must be a number"),
@@ -36,7 +36,7 @@ def test_settings_reach_the_generator(debug_model):
     gen = Sampling(steps=3, warm_start=1, guidance=1.5).generator(debug_model, seed=7)
     assert (len(gen.sigmas) - 1, gen.warm_start, gen.guidance, gen.seed, gen.cfg_batch) == (3, 1, 1.5, 7, 2)
     assert Sampling(guidance=1.0).generator(debug_model).cfg_batch == 1
-    assert Sampling().to_dict() == {"steps": 4, "warm_start": 3, "guidance": 1.0}
+    assert Sampling().to_dict() == {"steps": 6, "warm_start": 5, "guidance": 1.0}
 
 
 def test_commands_check_their_flags_before_torch_is_loaded():
