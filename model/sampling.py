@@ -36,7 +36,7 @@ class Sampling:
     Its defaults are the shipped model's (its model card has the eval behind them): one
     step from the warped prior, noised to t = 0.5 (6 steps, 5 skipped), follows the camera
     and costs what any one-step start costs. v2 made with 4/3 (t = 0.63) let a held pan
-    slow to 0.9 px/frame of 4 in its second second; with 6/5 it holds 2.4. Less noise than
+    slow to 0.9 px/frame of 4 in its second second; with 6/5 it holds 2.0-2.4. Less noise than
     that leaves a colour switch too little room to redraw the object. A chunk from noise
     (the first, and after a prompt switch) takes all 6 steps. Guidance is off by default:
     on v1's eval it showed the prompt's biome more often (80% -> 90% at 2) for a little

@@ -164,13 +164,11 @@ def shift(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
     whitened spectrum is weighted toward low frequencies (Gaussian, 0.12 cycles/px, as the
     eval's `measure_shift`): the VAE decoder draws a faint fine pattern fixed on the
     screen, and on a model's raw frames that pattern won a plain whitened correlation (0 px
-    on most pairs of a pan); VP8 happened to smooth it away."""
-    window = np.outer(np.hanning(a.shape[0]), np.hanning(a.shape[1]))
-    ga, gb = a.mean(-1), b.mean(-1)
-    cross = np.fft.fft2((ga - ga.mean()) * window) * np.conj(np.fft.fft2((gb - gb.mean()) * window))
-    ky, kx = np.fft.fftfreq(ga.shape[0])[:, None], np.fft.fftfreq(ga.shape[1])[None, :]
-    weight = np.exp(-(kx**2 + ky**2) / (2 * 0.12**2))
-    corr = np.fft.ifft2(cross / (np.abs(cross) + 1e-9) * weight).real
+    on most pairs of a pan); VP8 happened to smooth it away. The spectrum is the eval's
+    own (`_cross_power`); the peak here is the integer one, over the whole frame."""
+    from model.eval import _cross_power
+
+    corr = np.fft.ifft2(_cross_power(a.mean(-1), b.mean(-1), lowpass=0.12)).real
     py, px = np.unravel_index(np.argmax(corr), corr.shape)
     h, w = corr.shape
     py, px = (py + h // 2) % h - h // 2, (px + w // 2) % w - w // 2
