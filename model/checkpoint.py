@@ -131,11 +131,12 @@ class LiveReel(nn.Module):
         return self.dit(x, t, text, camera, ctx, kv_only=kv_only, context_rows=context_rows)
 
     def generator(self, sampling: Sampling, seed: int = 0, memory: bool = True) -> Generator:
-        """A Generator sampling this model as `sampling` says (steps, warm start, guidance)."""
+        """A Generator sampling this model as `sampling` says (steps, warm start, guidance,
+        anchor)."""
         from model.generate import Generator
 
         return Generator(self, seed=seed, steps=sampling.steps, warm_start=sampling.warm_start,
-                         guidance=float(sampling.guidance), memory=memory)
+                         guidance=float(sampling.guidance), memory=memory, anchor=sampling.anchor)
 
     def sampling_record(self, sampling: Sampling) -> dict:
         """How its streams are sampled, as session logs record it (replay reads it back)."""

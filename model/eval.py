@@ -337,17 +337,37 @@ CEILING_SEEDS = range(1_000_000, 1_000_040)  # world clips no training or eval s
 
 @torch.no_grad()
 def vae_ceiling(vae, classifier: AttributeClassifier, seeds: Sequence[int] = CEILING_SEEDS,
-                frames_per_clip: int = 16, size: int = world.REF_SIZE) -> dict[str, float]:
+                frames_per_clip: int = 16, size: int = world.REF_SIZE,
+                roundtrip: tuple | None = None) -> dict[str, float]:
     """Classifier accuracy per attribute on world clips passed through the VAE (encode,
     decode): what the DiT could reach at best through this autoencoder. When the model's
-    adherence to an attribute is far below it, the DiT is what misses it, not the VAE."""
+    adherence to an attribute is far below it, the DiT is what misses it, not the VAE.
+    `roundtrip`: `vae_roundtrip`'s result, where it was made already."""
+    _, recon, labels = roundtrip or vae_roundtrip(vae, seeds, frames_per_clip, size)
+    pred = classify(recon, classifier)
+    return {a: float(np.mean(pred[a] == np.array(world.VOCAB[a], dtype=object)[labels[a]])) for a in CLASSIFIED}
+
+
+@torch.no_grad()
+def vae_roundtrip(vae, seeds: Sequence[int] = CEILING_SEEDS, frames_per_clip: int = 16,
+                  size: int = world.REF_SIZE) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """World clips of `seeds` (F, H, W, 3) uint8, the same through the VAE (encode, decode),
+    and their labels."""
     from model.vae import from_uint8, to_uint8
 
     frames, labels = _clip_frames(seeds, frames_per_clip, size)
     clips = from_uint8(torch.from_numpy(frames)).view(len(seeds), frames_per_clip, 3, size, size)
     recon = np.concatenate([to_uint8(vae.decode(vae.encode(clip[None])))[0].numpy() for clip in clips])
-    pred = classify(recon, classifier)
-    return {a: float(np.mean(pred[a] == np.array(world.VOCAB[a], dtype=object)[labels[a]])) for a in CLASSIFIED}
+    return frames, recon, labels
+
+
+def vae_sharpness(vae, seeds: Sequence[int] = CEILING_SEEDS, frames_per_clip: int = 16,
+                  size: int = world.REF_SIZE, roundtrip: tuple | None = None) -> float:
+    """Sharpness (`sharpness`, mean over frames) of world clips through the VAE over that
+    of the clips themselves: the most of the world's detail a model decoded by this
+    autoencoder can show. `roundtrip` as for `vae_ceiling`."""
+    frames, recon, _ = roundtrip or vae_roundtrip(vae, seeds, frames_per_clip, size)
+    return float(sharpness(recon).mean() / max(sharpness(frames).mean(), 1e-9))
 
 
 BINDING_SEEDS = range(1_000_100, 1_000_116)  # world clips no training or eval stream renders
@@ -705,6 +725,22 @@ def sharpness(frames: np.ndarray) -> np.ndarray:
     g = _gray(frames)
     lap = g[:, 1:-1, :-2] + g[:, 1:-1, 2:] + g[:, :-2, 1:-1] + g[:, 2:, 1:-1] - 4 * g[:, 1:-1, 1:-1]
     return lap.var((1, 2))
+
+
+def sharpness_summary(recordings: list["Recording"]) -> dict[str, float]:
+    """Mean `sharpness` over the frames of `recordings`: all of them, those with the camera
+    held still, and those under a pan (nan where there are none)."""
+    sharp = np.concatenate([sharpness(r.frames) for r in recordings])
+    cmd = np.concatenate([r.commanded for r in recordings])
+    out = {"all": float(sharp.mean())}
+    for name, sel in (("still", np.all(cmd == 0, axis=1)), ("panning", panning(cmd))):
+        out[name] = float(sharp[sel].mean()) if sel.any() else float("nan")
+    return out
+
+
+def sharpness_against(model: dict[str, float], truth: dict[str, float]) -> dict[str, float]:
+    """The model's `sharpness_summary` over the ground truth's on the same scenario."""
+    return {k: model[k] / truth[k] if truth.get(k, 0) > 0 else float("nan") for k in model}
 
 
 def panning(commanded: np.ndarray) -> np.ndarray:
@@ -1109,6 +1145,7 @@ def score(recordings: list[Recording], classifier: AttributeClassifier, fps: int
         if sel.any():
             out[f"adherence_{name}"] = prompt_adherence({a: v[sel] for a, v in lab.items()},
                                                         [p for p, keep in zip(prompts, sel) if keep])
+    out["sharpness"] = sharpness_summary(control)
     out["streak"] = streak_index(np.concatenate([r.frames for r in control]), cmd)
     out["sticking"] = _finite_mean([sticking(r.frames, r.commanded) for r in control])
 
@@ -1234,6 +1271,9 @@ def table_rows(result: dict) -> list[tuple[str, str]]:
         ("camera still error, px/frame", _fmt(cam["still_error_px"])),
         ("pan direction accuracy", _fmt(cam["pan_direction_accuracy"], "%")),
         ("pan speed, measured/commanded", _fmt(cam["pan_speed_ratio"])),
+        *([("sharpness against ground truth: all / still / panning; through the VAE alone",
+            f"{_fmt(sg['all'], '%')} / {_fmt(sg['still'], '%')} / {_fmt(sg['panning'], '%')}; "
+            f"{_fmt(sg.get('vae'), '%')}")] if (sg := result.get("sharpness_vs_ground_truth")) else []),
         ("streak while panning (gradient energy across / along)", _fmt(result.get("streak"))),
         ("fine detail fixed on screen while panning (0 moves, 1 static)", _fmt(result.get("sticking"))),
         ("zoom direction accuracy", _fmt(cam["zoom_direction_accuracy"], "%")),
@@ -1487,7 +1527,18 @@ def main(args: argparse.Namespace) -> int:
                   unit="frame") as bar:
             recs = [play(run, make(memory=False), size, fps, bar) for run in revisit]
         results["model"]["revisit_memory_off"] = revisit_of(recs)
-        results["model"]["vae_ceiling"] = vae_ceiling(model.vae, classifier, size=size)
+        roundtrip = vae_roundtrip(model.vae, size=size)
+        results["model"]["vae_ceiling"] = vae_ceiling(model.vae, classifier, roundtrip=roundtrip)
+        # sharpness against the world's own frames on the same control runs
+        if "ground_truth" in results:
+            truth = results["ground_truth"]["sharpness"]
+        else:
+            control = [r for r in runs if r.kind == "control"]
+            truth = sharpness_summary([play(run, WorldGenerator(args.seed, size, fps, chunk), size, fps)
+                                       for run in control])
+        results["model"]["sharpness_vs_ground_truth"] = {
+            **sharpness_against(results["model"]["sharpness"], truth),
+            "vae": vae_sharpness(model.vae, roundtrip=roundtrip)}
         from model.checkpoint import LiveReel
 
         if isinstance(model, LiveReel):

@@ -133,13 +133,15 @@ class Generator:
                  context_t: float = 0.0, shift: float = 5.0, memory: bool = True,
                  autocast: torch.dtype | None = None, warm_start: int = 0, fuse: bool = True,
                  sigmas: Sequence[float] | None = None, renoise: bool = False, switch: str = "recache",
-                 keep_sink: bool = False, blend_chunks: int = 4):
+                 keep_sink: bool = False, blend_chunks: int = 4, anchor: float = 0.0):
         """`sigmas`: the noise levels from 1 down to 0 (default: `steps` levels of
         `flow_schedule` at `shift`); `renoise`: the Self-Forcing family's sampler (see the
         module docstring). `switch`: what a prompt change without a transition does:
         "recache" (the kept chunks' K/V recomputed under the new prompt; `keep_sink`
         keeps the sink's, as LongLive), "cut" (only the text changes) or "blend" (the
-        text blended over `blend_chunks` chunks, as Krea)."""
+        text blended over `blend_chunks` chunks, as Krea). `anchor`: the share of a
+        warm-started chunk's result taken from its warped prior where the prior covers the
+        view (`anchor_to_prior`; 0: the network's alone)."""
         if sigmas is None and steps < 1:
             raise ValueError(f"steps must be >= 1 (got {steps})")
         sigmas = list(flow_schedule(steps, shift) if sigmas is None else sigmas)
@@ -148,6 +150,8 @@ class Generator:
             raise ValueError(f"need >= 1 step and noise levels falling to 0 (got steps {steps}, sigmas {sigmas})")
         if not 0 <= warm_start < steps:
             raise ValueError(f"warm_start must be in [0, steps) (got {warm_start} with {steps} steps)")
+        if not 0.0 <= anchor <= 1.0:
+            raise ValueError(f"anchor must be in [0, 1] (got {anchor})")
         if switch not in ("recache", "cut", "blend") or blend_chunks < 1:
             raise ValueError(f"switch must be 'recache', 'cut' or 'blend' and blend_chunks >= 1 "
                              f"(got {switch!r}, {blend_chunks})")
@@ -159,6 +163,7 @@ class Generator:
         # schedule then starts (where the prior covers the view; noise where it does not).
         # Not after a prompt switch or a reset: the prior shows the old prompt or nothing.
         self.warm_start = warm_start if model.warp_prior else 0
+        self.anchor = float(anchor)
         self.autocast = autocast  # e.g. torch.bfloat16 on CUDA: the DiT's matmuls in bf16, the state in fp32
         self.fuse = fuse  # a chunk's context pass fused with the next chunk's first evaluation
         self.sigmas, self.renoise = sigmas, renoise
@@ -414,7 +419,7 @@ class Generator:
     def batch_key(self) -> tuple:
         """Streams with equal keys can share one batched step (`next_frames_batch`)."""
         return (id(self.model), tuple(self.sigmas), self.guidance, self.context_t, self.autocast,
-                self.warm_start, self.renoise)
+                self.warm_start, self.renoise, self.anchor)
 
 
 # ---------------------------------------------------------------------- several streams
@@ -472,7 +477,7 @@ def step_batch(gens: list[Generator]) -> list[Tensor]:
     for g in gens[1:]:
         if g.batch_key() != lead.batch_key():
             raise ValueError("a batched step needs streams of one model with the same steps, shift, "
-                             "guidance, context_t, autocast and warm_start")
+                             "guidance, context_t, autocast, warm_start and anchor")
     clock = _Clock()
     staged = [g.take_controls() for g in gens]
     for g, s in zip(gens, staged):
@@ -537,6 +542,19 @@ def start_from_prior(prior: Tensor, noise: Tensor, s: float | Tensor) -> Tensor:
     return (1 - s) * extend_covered(prior[:, :, :C], prior[:, :, C:C + 1]) + s * noise
 
 
+def anchor_to_prior(x: Tensor, prior: Tensor, share: float) -> Tensor:
+    """A warm-started chunk's clean latents x (B, K, C, h, w) moved by `share` toward its
+    warped prior (B, K, C + 1 (+ hint), h, w) where the prior covers the view. The
+    camera's move is exact in the prior (the last frame shown, warped); the network,
+    trained with a mean-squared error, keeps part of the picture's detail where it was on
+    the screen (a held pan measured 0.5-0.6 of its speed). Half the prior keeps the move
+    (0.87 of it on the eval) and leaves the network the rest: the object's own motion,
+    the weather, and the border the camera uncovers, which it draws alone."""
+    C = x.shape[2]
+    cover = prior[:, :, C:C + 1]
+    return x + share * cover * (prior[:, :, :C] - x)
+
+
 def _cat_text(texts: list[TextCond]) -> TextCond:
     return texts[0] if len(texts) == 1 else TextCond.cat(texts)
 
@@ -582,6 +600,8 @@ def _denoise(gens: list[Generator], begun: list[tuple[Tensor, TextCond, CameraCo
             x = (1 - t_next) * (x - t * v) + t_next * noise
         else:
             x = x + (t_next - t) * v
+    if k and lead.anchor > 0:
+        x = anchor_to_prior(x, prior, lead.anchor)
     return list(x.split(1))
 
 

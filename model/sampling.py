@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 class SamplingError(ValueError):
-    """A bad sampling setting: `field` (steps, warm_start or guidance) and what is wrong,
+    """A bad sampling setting: `field` (steps, warm_start, guidance or anchor) and what is wrong,
     said of `subject` (default: the field; a flag or a log line where that is the source)."""
 
     def __init__(self, field: str, detail: str, subject: str | None = None):
@@ -31,7 +31,9 @@ class Sampling:
     replay, sample, eval, bench): `steps` flow-matching Euler steps from noise,
     `warm_start` of them skipped by starting a chunk from its warped prior (not after a
     prompt switch or reset), and classifier-free `guidance` on the prompt (1: none; > 1
-    evaluates every step with and without the prompt, about 1.3x the DiT's time).
+    evaluates every step with and without the prompt, about 1.3x the DiT's time), and
+    `anchor`: the share of a warm-started chunk's result taken from its warped prior where
+    it covers the view (0: the network's alone; `model.generate.anchor_to_prior`).
 
     Its defaults are the shipped model's (its model card has the eval behind them): one
     step from the warped prior, noised to t = 0.5 (6 steps, 5 skipped), follows the camera
@@ -47,6 +49,7 @@ class Sampling:
     steps: int = 6
     warm_start: int = 5
     guidance: float = 1.0
+    anchor: float = 0.5
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
@@ -58,6 +61,9 @@ class Sampling:
         if isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float)) or not (
                 math.isfinite(self.guidance) and 1.0 <= self.guidance <= 20.0):
             raise SamplingError("guidance", f"must be a number in [1, 20] (got {self.guidance!r})")
+        if isinstance(self.anchor, bool) or not isinstance(self.anchor, (int, float)) or not (
+                math.isfinite(self.anchor) and 0.0 <= self.anchor <= 1.0):
+            raise SamplingError("anchor", f"must be a number in [0, 1] (got {self.anchor!r})")
 
     def generator(self, model: LiveReel, seed: int = 0, memory: bool = True) -> Generator:
         """A Generator for `model` under these settings; a model family whose recipe fixes
@@ -65,11 +71,12 @@ class Sampling:
         return model.generator(self, seed=seed, memory=memory)
 
     def to_dict(self) -> dict:
-        return {"steps": self.steps, "warm_start": self.warm_start, "guidance": float(self.guidance)}
+        return {"steps": self.steps, "warm_start": self.warm_start, "guidance": float(self.guidance),
+                "anchor": float(self.anchor)}
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    """--steps, --warm-start and --guidance, as every command takes them."""
+    """--steps, --warm-start, --guidance and --anchor, as every command takes them."""
     d = Sampling()
     parser.add_argument("--steps", type=int, default=None,
                         help=f"denoising steps per chunk from noise (default {d.steps})")
@@ -79,6 +86,10 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", type=float, default=None,
                         help=f"classifier-free guidance on the prompt, in [1, 20] (default {d.guidance:g}: "
                              "none; more follows the prompt more and the camera less, ~1.3x the time)")
+    parser.add_argument("--anchor", type=float, default=None,
+                        help=f"share of a chunk started from the warped previous frame that keeps that frame "
+                             f"where it covers the view, in [0, 1] (default {d.anchor:g}; 0: the network's "
+                             "picture alone; more follows the camera more exactly and redraws less)")
 
 
 def sampling_from_args(args: argparse.Namespace) -> Sampling:
@@ -88,7 +99,8 @@ def sampling_from_args(args: argparse.Namespace) -> Sampling:
     steps = d.steps if args.steps is None else args.steps
     warm = max(0, steps - 1) if args.warm_start is None else args.warm_start
     guidance = d.guidance if args.guidance is None else args.guidance
+    anchor = d.anchor if getattr(args, "anchor", None) is None else args.anchor
     try:
-        return Sampling(steps, warm, guidance)
+        return Sampling(steps, warm, guidance, anchor)
     except SamplingError as e:
         raise SamplingError(e.field, e.detail, "--" + e.field.replace("_", "-")) from None

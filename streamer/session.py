@@ -73,6 +73,7 @@ class StreamInfo:
     steps: int
     warm_start: int = 0
     guidance: float = 1.0
+    anchor: float = 0.0
     width: int | None = None
     camera: bool = True
     """Whether the model follows camera controls."""
@@ -239,6 +240,7 @@ class Session:
                 "steps": info.steps,
                 "warm_start": info.warm_start,
                 "guidance": info.guidance,
+                **({"anchor": info.anchor} if info.anchor else {}),
                 **({} if info.recipe is None else {"recipe": info.recipe}),
                 "prompt": prompt,
                 "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -192,6 +192,31 @@ def test_drift_curves_and_sharpness():
     assert ev.sharpness(blurred).mean() < 0.5 * ev.sharpness(frames).mean()
 
 
+def test_sharpness_against_the_ground_truth_per_camera_state():
+    """The model's sharpness over the world's on the same frames: 1 for the same frames,
+    under 1 for blurred ones, split into still and panning frames by the commands."""
+    frames = world.WorldStream(Scene("city", "day", "clear", "cube", "red", "drifting")).render(8)
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    blurred = torch.nn.functional.avg_pool2d(x, 3, 1, 1).permute(0, 2, 3, 1).numpy().astype(np.uint8)
+    blurred[:4] = frames[:4]  # still frames sharp, panning frames blurred
+    cmd = np.zeros((8, 3))
+    cmd[4:, 0] = 2.0
+    run = ev.Run("control-0", "control", "p", [])
+
+    def rec(f):
+        return ev.Recording(run, f, ["p"] * 8, cmd, [], [0])
+
+    truth = ev.sharpness_summary([rec(frames)])
+    assert truth["all"] == pytest.approx(ev.sharpness(frames).mean())
+    same = ev.sharpness_against(ev.sharpness_summary([rec(frames)]), truth)
+    assert same == pytest.approx({"all": 1.0, "still": 1.0, "panning": 1.0})
+    ratio = ev.sharpness_against(ev.sharpness_summary([rec(blurred)]), truth)
+    assert ratio["still"] == pytest.approx(1.0) and ratio["panning"] < 0.5
+    assert ratio["panning"] < ratio["all"] < 1.0
+    no_pan = ev.sharpness_summary([ev.Recording(run, frames, ["p"] * 8, np.zeros((8, 3)), [], [0])])
+    assert np.isnan(no_pan["panning"]) and no_pan["still"] == pytest.approx(truth["all"])
+
+
 def test_streak_index_sees_blur_along_the_pan():
     """Frames smeared along the pan lose their gradients along it: the index rises for a
     blur along the commanded pan and falls for one across it; still or zooming frames
@@ -311,8 +336,11 @@ def test_cli_scores_a_model_with_and_without_memory(tmp_path):
     assert "revisit PSNR / SSIM, memory off" in res.stdout
     model = json.loads(out.read_text())["model"]
     for key in ("adherence", "switch", "camera", "revisit", "revisit_memory_off", "drift", "vae_ceiling",
-                "prompt_binding"):
+                "prompt_binding", "sharpness", "sharpness_vs_ground_truth"):
         assert key in model
+    assert set(model["sharpness_vs_ground_truth"]) == {"all", "still", "panning", "vae"}
+    assert all(v > 0 for v in model["sharpness_vs_ground_truth"].values())
+    assert "sharpness against ground truth" in res.stdout
     assert set(model["revisit_memory_off"]) == {"psnr", "psnr_trimmed", "ssim"}
     assert set(model["prompt_binding"]) == {"context", "first_chunk"}
     assert "object colour from the prompt, teacher-forced, first chunk, t=1" in res.stdout
@@ -339,6 +367,9 @@ def test_vae_ceiling_is_the_classifiers_accuracy_through_the_autoencoder(classif
     assert lossless["colour"] >= 0.9
     blank = ev.vae_ceiling(_Lossless(blank=True), classifier, seeds, frames_per_clip=4)
     assert blank["colour"] < 0.5 and blank["biome"] < 0.5
+    # the sharpness the autoencoder keeps: all of it, or none (a flat picture)
+    assert ev.vae_sharpness(_Lossless(), seeds=seeds, frames_per_clip=4) == pytest.approx(1.0)
+    assert ev.vae_sharpness(_Lossless(blank=True), seeds=seeds, frames_per_clip=4) < 0.01
 
 
 def test_cli_rejects_bad_input(tmp_path):

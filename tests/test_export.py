@@ -164,3 +164,14 @@ def test_replay_makes_chunks_the_way_the_log_says(tmp_path):
     write_log(tmp_path / "bad.jsonl", {**base, "warm_start": 2}, events)
     r = cli("replay", str(tmp_path / "bad.jsonl"), "-o", str(tmp_path / "bad.mp4"))
     assert r.returncode != 0 and "warm_start" in r.stderr
+    # the anchor (the share of the warped prior kept): a log with it replays differently
+    # from one without it (a log from before it had none: 0), and a bad value is refused
+    log = tmp_path / "anchored.jsonl"
+    write_log(log, {**base, "warm_start": 1, "anchor": 1.0}, events)
+    r = cli("replay", str(log), "-o", str(tmp_path / "anchored.mp4"), "--frames", "16")
+    assert r.returncode == 0, r.stderr
+    anchored = decode(tmp_path / "anchored.mp4")[0]
+    assert np.mean([np.abs(a.astype(int) - b).mean() for a, b in zip(anchored[8:], outs[1][8:])]) > 1.0
+    write_log(tmp_path / "bad.jsonl", {**base, "warm_start": 1, "anchor": "x"}, events)
+    r = cli("replay", str(tmp_path / "bad.jsonl"), "-o", str(tmp_path / "bad.mp4"))
+    assert r.returncode != 0 and "header anchor" in r.stderr

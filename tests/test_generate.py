@@ -114,6 +114,41 @@ def test_warm_start_begins_from_the_prior_except_after_a_switch(debug_model):
         Generator(debug_model, steps=2, warm_start=2)
 
 
+@torch.no_grad()
+def test_anchor_takes_its_share_of_the_warped_prior_where_it_covers(debug_model):
+    """A warm-started chunk's result moves toward its warped prior by the anchor's share
+    where the prior covers the view, and stays the network's where the camera uncovered
+    new ground; chunks from noise (the first, after a switch) are not anchored."""
+    from model.generate import anchor_to_prior
+
+    x = torch.zeros(1, 2, 3, 4, 4)
+    prior = torch.cat((torch.ones(1, 2, 3, 4, 4), torch.zeros(1, 2, 1, 4, 4)), 2)
+    prior[:, :, 3, :, :2] = 1  # the old view covers the left half
+    out = anchor_to_prior(x, prior, 0.25)
+    assert torch.allclose(out[..., :2], torch.full_like(out[..., :2], 0.25)) and (out[..., 2:] == 0).all()
+
+    def stream(anchor, camera=True):
+        g = Generator(debug_model, seed=4, steps=3, warm_start=2, anchor=anchor)
+        g.set_prompt("a red ball bouncing over snow")
+        if camera:
+            g.set_camera(pan=(0.4, 0.0))
+        return g
+
+    free, half, full = stream(0.0), stream(0.5), stream(1.0)
+    first = [g.step() for g in (free, half, full)]
+    assert torch.equal(first[0], first[1]) and torch.equal(first[0], first[2])  # chunk 0: from noise
+    chunks = [g.step() for g in (free, half, full)]  # warm: the prior made from each one's chunk 0
+    prior = full.cache.prior
+    C = chunks[0].shape[2]
+    cover = prior[:, :, C:C + 1] > 0.5
+    assert cover.any() and not cover.all()  # a pan: part of the view is new
+    z = prior[:, :, :C]
+    assert torch.allclose(chunks[2][cover.expand_as(z)], z[cover.expand_as(z)], atol=1e-5)
+    assert torch.allclose(chunks[1], anchor_to_prior(chunks[0], prior, 0.5), atol=1e-5)
+    with pytest.raises(ValueError, match="anchor"):
+        Generator(debug_model, steps=2, warm_start=1, anchor=1.5)
+
+
 def test_extend_covered_repeats_the_edge_of_the_covered_rectangle():
     from model.generate import extend_covered
 

@@ -14,9 +14,10 @@ def parse(*argv: str) -> Sampling:
 
 
 def test_flags_over_the_defaults():
-    assert parse() == Sampling() == Sampling(steps=6, warm_start=5, guidance=1.0)
+    assert parse() == Sampling() == Sampling(steps=6, warm_start=5, guidance=1.0, anchor=0.5)
     assert parse("--steps", "8") == Sampling(8, 7, 1.0)  # still one step from the warped prior
     assert parse("--steps", "2", "--warm-start", "0", "--guidance", "2.5") == Sampling(2, 0, 2.5)
+    assert parse("--anchor", "0") == Sampling(anchor=0.0)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -26,6 +27,8 @@ def test_flags_over_the_defaults():
     (("--guidance", "0.5"), r"--guidance must be a number in \[1, 20\]"),
     (("--guidance", "nan"), "--guidance must be a number"),
     (("--guidance", "inf"), "--guidance must be a number"),
+    (("--anchor", "1.5"), r"--anchor must be a number in \[0, 1\]"),
+    (("--anchor", "nan"), "--anchor must be a number"),
 ])
 def test_bad_flags_name_the_flag(argv, message):
     with pytest.raises(ValueError, match=message):
@@ -36,7 +39,8 @@ def test_settings_reach_the_generator(debug_model):
     gen = Sampling(steps=3, warm_start=1, guidance=1.5).generator(debug_model, seed=7)
     assert (len(gen.sigmas) - 1, gen.warm_start, gen.guidance, gen.seed, gen.cfg_batch) == (3, 1, 1.5, 7, 2)
     assert Sampling(guidance=1.0).generator(debug_model).cfg_batch == 1
-    assert Sampling().to_dict() == {"steps": 6, "warm_start": 5, "guidance": 1.0}
+    assert Sampling().to_dict() == {"steps": 6, "warm_start": 5, "guidance": 1.0, "anchor": 0.5}
+    assert Sampling(anchor=0.25).generator(debug_model).anchor == 0.25
 
 
 def test_commands_check_their_flags_before_torch_is_loaded():

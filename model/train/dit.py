@@ -132,6 +132,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-warmup", type=int, default=0, metavar="N",
                    help="a new run first trains the text encoder alone for N steps on the auxiliary "
                         "loss (64 fresh training captions a step; needs --text-aux)")
+    p.add_argument("--adv", type=float, default=0.0, metavar="W",
+                   help="weight of an adversarial loss against the blur (0: off): a latent critic "
+                        "(`LatentCritic`, conditioned on the prompt) is trained beside the DiT to tell the "
+                        "world's frames from the DiT's one-step predictions of them (x0 = x_t - t v) at noise "
+                        "levels up to --adv-max-t, where the sampler's outputs are made; the DiT gets W times "
+                        "its hinge loss beside the flow-matching loss (ramped in over the first 100 steps). "
+                        "The flow-matching loss alone makes the mean over what the frame could show: a blur")
+    p.add_argument("--adv-max-t", type=float, default=0.8, metavar="T",
+                   help="the highest noise level whose predictions the critic judges (default 0.8)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--device", default="cpu",
                    help="where the DiT trains: cpu, cuda or cuda:N (the pool is made on the CPU)")
@@ -400,6 +409,47 @@ class TextHeads(nn.Module):
         return torch.stack(terms).mean() if terms else pooled.sum() * 0.0
 
 
+class LatentCritic(nn.Module):
+    """The adversarial stage's discriminator (`--adv`): a small spectrally normalised
+    conv net on one latent frame (C, h, w) that scores 4x4 patches of it (h/2 x w/2
+    logits), plus a projection on the prompt (the pooled text embedding against its
+    pooled features, as a projection discriminator): it tells the world's frames from
+    the DiT's one-step predictions of them, and a frame that does not show its prompt
+    from one that does. Latent space only: no decode per step."""
+
+    def __init__(self, channels: int, text_dim: int, width: int = 96):
+        super().__init__()
+        sn = nn.utils.parametrizations.spectral_norm
+        self.body = nn.Sequential(
+            sn(nn.Conv2d(channels, width, 3, padding=1)), nn.LeakyReLU(0.2),
+            sn(nn.Conv2d(width, 2 * width, 4, stride=2, padding=1)), nn.LeakyReLU(0.2),
+            sn(nn.Conv2d(2 * width, 2 * width, 3, padding=1)), nn.LeakyReLU(0.2))
+        self.patch = sn(nn.Conv2d(2 * width, 1, 1))
+        self.text = sn(nn.Linear(text_dim, 2 * width))
+
+    def forward(self, z: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Logits (N, h/2 * w/2) for latent frames z (N, C, h, w) under pooled texts (N, D)."""
+        h = self.body(z)
+        proj = (self.text(text) * h.mean((2, 3))).sum(1, keepdim=True)
+        return self.patch(h).flatten(1) + proj
+
+
+def adversarial_losses(critic: LatentCritic, real: torch.Tensor, fake: torch.Tensor,
+                       text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hinge losses (critic, generator) on real and predicted latent frames (N, C, h, w)
+    under their pooled texts (N, D). The critic's loss sees `fake` detached and the
+    generator's does not reach the critic's weights: one backward of their sum trains
+    each on its own loss."""
+    text = text.detach()
+    d_loss = F.relu(1 - critic(real, text)).mean() + F.relu(1 + critic(fake.detach(), text)).mean()
+    critic.requires_grad_(False)
+    try:
+        g_loss = -critic(fake, text).mean()
+    finally:
+        critic.requires_grad_(True)
+    return d_loss, g_loss
+
+
 def warm_up_text(model: LiveReel, heads: TextHeads, steps: int, seed: int) -> None:
     """The text encoder trained alone on the auxiliary loss, on fresh training captions."""
     rng = np.random.default_rng([seed, 77])
@@ -477,14 +527,19 @@ def train(args: argparse.Namespace) -> Path:
     heads = TextHeads(cfg.text.dim).to(device) if args.text_aux > 0 else None
     if heads is not None:
         groups.append({"params": list(heads.parameters()), "weight_decay": 0.0, "lr_scale": 1.0})
+    critic = LatentCritic(d.latent_channels, cfg.text.dim).to(device) if args.adv > 0 else None
+    if critic is not None:
+        groups.append({"params": list(critic.parameters()), "weight_decay": 0.0, "lr_scale": 1.0})
     opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.99))
-    modules = {"model": trainable, "ema": ema, **({"heads": heads} if heads is not None else {})}
+    modules = {"model": trainable, "ema": ema, **({"heads": heads} if heads is not None else {}),
+               **({"critic": critic} if critic is not None else {})}
     start, hours_before = 0, 0.0
     origin = str(args.init_from) if args.init_from else None  # what the run started from, kept on resume
     if args.resume and (run / "state.json").exists():
         saved = json.loads((run / "state.json").read_text())
         for flag, key, now in (("--object-hint", "object_hint", args.object_hint),
-                               ("--text-aux", "text_aux", heads is not None)):
+                               ("--text-aux", "text_aux", heads is not None),
+                               ("--adv", "adv", critic is not None)):
             if key in saved and bool(saved[key]) != now:  # the networks (or the optimizer's groups) would differ
                 raise SystemExit(f"{run} was trained {'with' if saved.get(key) else 'without'} {flag}: "
                                  f"resume it {'with' if saved.get(key) else 'without'} it")
@@ -509,7 +564,7 @@ def train(args: argparse.Namespace) -> Path:
 
     rng = np.random.default_rng(args.seed + start)
     trng = torch.Generator().manual_seed(args.seed + start)
-    losses = LossLog(run, ["loss", "lr", "warm_loss", "text_aux"])
+    losses = LossLog(run, ["loss", "lr", "warm_loss", "text_aux", "adv_g", "adv_d"])
     probe_csv = run / "probe.csv"
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="train dit")
     t0 = time.time()
@@ -579,6 +634,15 @@ def train(args: argparse.Namespace) -> Path:
             named = [i for i, p in enumerate(prompts) if p]
             aux = heads.loss(text.pooled[named].float(), [prompts[i] for i in named])
             loss = loss + args.text_aux * aux
+        adv, adv_term = None, 0.0
+        if critic is not None:  # the one-step predictions where the sampler makes its outputs, against the world's
+            tt = t[:, :, None, None, None]
+            judged = ((mask > 0) & (t >= 0.08) & (t <= args.adv_max_t)).nonzero(as_tuple=True)
+            if len(judged[0]):
+                x0_hat = (xt - tt * v)[judged]
+                d_loss, g_loss = adversarial_losses(critic, x0[judged], x0_hat, text.pooled[judged[0]].float())
+                adv = (g_loss, d_loss)
+                adv_term = args.adv * min(1.0, (step + 1) / 100) * g_loss + d_loss
         if rollout:
             k_frames = slice(k * d.chunk_frames, (k + 1) * d.chunk_frames)
             if mask[:, k_frames].sum() > 0:
@@ -588,7 +652,7 @@ def train(args: argparse.Namespace) -> Path:
         for g in opt.param_groups:
             g["lr"] = lr * g["lr_scale"]
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss + adv_term).backward()
         torch.nn.utils.clip_grad_norm_(trainable.parameters(), 1.0)
         opt.step()
         update_ema(ema, trainable, min(0.999, (1 + step) / (10 + step)))
@@ -596,7 +660,9 @@ def train(args: argparse.Namespace) -> Path:
         if step % 10 == 0:
             losses.add(step, loss=loss.item(), lr=lr,
                        warm_loss=float(np.mean(warm_losses)) if warm_losses else float("nan"),
-                       text_aux=aux.item() if aux is not None else float("nan"))
+                       text_aux=aux.item() if aux is not None else float("nan"),
+                       adv_g=adv[0].item() if adv is not None else float("nan"),
+                       adv_d=adv[1].item() if adv is not None else float("nan"))
             warm_losses = []
         done = step + 1 == args.steps
         out_of_time = args.minutes is not None and time.time() - t0 >= 60 * args.minutes
@@ -604,6 +670,7 @@ def train(args: argparse.Namespace) -> Path:
             save_state(run, modules, opt, step + 1,
                        {"hours": hours_before + (time.time() - t0) / 3600,
                         "init_from": origin, "object_hint": args.object_hint, "text_aux": heads is not None,
+                        "adv": critic is not None,
                         "prior_picture": args.prior_picture, "switch_share": args.switch_share,
                         "width": list(args.width) if args.width else None})
             losses.plot()
@@ -782,6 +849,10 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"--minutes must be positive (got {args.minutes})")
     if not 0.0 <= args.switch_share <= 1.0:
         raise SystemExit(f"--switch-share must be in [0, 1] (got {args.switch_share})")
+    if not 0.0 <= args.adv <= 100.0:
+        raise SystemExit(f"--adv must be in [0, 100] (got {args.adv})")
+    if not 0.08 < args.adv_max_t <= 1.0:
+        raise SystemExit(f"--adv-max-t must be in (0.08, 1] (got {args.adv_max_t})")
     if not 0.0 <= args.text_aux <= 100.0:
         raise SystemExit(f"--text-aux must be in [0, 100] (got {args.text_aux})")
     if args.text_warmup < 0 or (args.text_warmup > 0 and args.text_aux <= 0):
