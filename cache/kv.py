@@ -23,6 +23,9 @@ Token slots, the same for every layer:
   source of the next chunk's warped prior (`DiTConfig.warp_prior`; `prior` is set by
   `DiT.begin_chunk`). The chunk in flight writes its last frame at every evaluation,
   like its K/V, and `commit()` keeps the final (clean) one.
+- With the memory on, a spatial memory too (`remember`): pictures the viewer was shown and
+  the camera that saw each, one per spot. A prior fills the ground its camera uncovers
+  from them (`LiveReel.begin_chunk`): a view revisited shows what it showed.
 
 Capacity is fixed at construction; the position state is plain Python (no host syncs).
 """
@@ -41,6 +44,7 @@ from cache.memory import MemoryBank, compress_chunk
 from model.ops import apply_rope
 
 RopeTables = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+PLACES = 32  # pictures in the spatial memory (`KVCache.remember`): ~6 MB a stream at 128 px
 
 
 class PositionLimitError(ValueError):
@@ -244,6 +248,11 @@ class KVCache:
         # re-cache those of the kept chunks' frames before them
         self.shown: list[tuple[Tensor, Tensor]] = []
         self._keep_shown = cfg.sink_frames // K + cfg.window_frames // K + 1
+        # the spatial memory (with `memory`): pictures shown and the camera that saw them,
+        # (picture (S, 3, H, W), camera (S, 3)), newest last, at most PLACES, one per spot
+        # (`remember`): a prior fills the ground the camera uncovers from them
+        # (`LiveReel.begin_chunk`), so that a view revisited shows what it showed
+        self.places: list[tuple[Tensor, Tensor]] = []
 
         self.bank = MemoryBank(cfg.memory_frames // K)
         self.frame_ids: list[int] = [-1] * fr  # stream frame index held by each frame slot
@@ -407,6 +416,27 @@ class KVCache:
         """The last latent frame of a chunk (S, C, h, w) and its picture as shown (S, 3, H, W)."""
         self.shown = [*self.shown[1 - self._keep_shown:], (frame, picture)]
 
+    def remember(self, picture: Tensor, pos: Tensor) -> None:
+        """Keep the picture shown (S, 3, H, W) of camera `pos` (S, 3) in the spatial memory
+        (with `memory` only): one place per spot (a cell a quarter of the view wide and a
+        quarter octave of zoom deep: the latest picture there replaces the one before), the
+        oldest dropped beyond PLACES."""
+        if not self.use_memory:
+            return
+        grid = max(self.layout.grid)
+
+        def spot(p: Tensor) -> tuple[int, int, int]:
+            x, y, zoom = (float(v) for v in p[0])
+            cell = grid * 2.0 ** -zoom / 4  # a quarter of the view's width, in tokens
+            return round(x / cell), round(y / cell), round(4 * zoom)
+
+        here = spot(pos)
+        self.places = [p for p in self.places if spot(p[1]) != here][1 - PLACES:] + [(picture, pos.clone())]
+
+    def forget_places(self) -> None:
+        """Empty the spatial memory (a new prompt: the places show the old one)."""
+        self.places = []
+
     def shown_picture(self, frame: Tensor) -> Tensor | None:
         """The picture shown of latent frame `frame` (S, C, h, w), if it was among the latest."""
         for latent, picture in reversed(self.shown):
@@ -426,6 +456,8 @@ class KVCache:
         """Shift every stored world position by -offset (B, 2), to keep them small."""
         self.pos -= offset[:, None]
         self.frame_pos[:, :2] -= offset
+        for _, pos in self.places:
+            pos[:, :2] -= offset[:pos.shape[0]]
 
     def reset(self) -> None:
         self.frame_ids = [-1] * self.n_frames
@@ -435,11 +467,12 @@ class KVCache:
         self.frame_valid.zero_()
         self.prior = None
         self.shown = []
+        self.places = []
 
     def allocated_bytes(self) -> int:
         """Bytes the cache holds: its buffers, the chunk pending commit and the pictures
-        shown that a prior may warp (`show`; bounded by the window)."""
-        shown = [t for pair in self.shown for t in pair]
+        shown that a prior may warp (`show`, bounded by the window; `remember`, by PLACES)."""
+        shown = [t for pair in self.shown + self.places for t in pair]
         return sum(t.numel() * t.element_size()
                    for t in (self.k, self.v, self.k_rot, self.pos, self.cos, self.sin, self.frame,
                              *self._pending, *shown))

@@ -22,7 +22,7 @@ from torch import nn
 from typing import TYPE_CHECKING
 
 from cache.kv import CacheLayout
-from model.camera import CameraCond
+from model.camera import CameraCond, warp_frame
 from model.conditioning import TextCond
 from model.errors import CheckpointError
 from model.config import ModelConfig, get_config
@@ -95,6 +95,8 @@ class LiveReel(nn.Module):
                 picture = cache.shown_picture(frame) if d.prior_picture == "shown" else None
                 prior = (self.pixel_prior(self.vae, frame, frame_pos, valid, pos, d.grid) if picture is None else
                          self.warped_prior(self.vae, picture, frame_pos, valid, pos, d.grid))
+                if cache.places and prior.shape[0] == 1 and not bool(prior[:, :, -1].all()):
+                    prior = self.remembered(cache.places, prior, valid, pos)
             else:  # nothing before (a stream's first chunk, a reset): the warp would cover nothing
                 prior = cache.frame.new_zeros(valid.shape[0], camera.pos.shape[1], d.latent_channels + 1,
                                               *cache.frame.shape[-2:])
@@ -102,6 +104,34 @@ class LiveReel(nn.Module):
                 prior = with_object_hint(prior, None if bool(valid.all()) else self.centre_hint(valid, prior.shape[1]))
             prior = prior.repeat_interleave(rows, 0)
         self.dit.begin_chunk(cache, camera, first_frame, prior=prior)
+
+    def remembered(self, places: list[tuple[torch.Tensor, torch.Tensor]], prior: torch.Tensor,
+                   valid: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """A stream's warped prior (1, F, C + 1, h, w) with the ground its camera `pos`
+        (1, F, 3) uncovered filled from the spatial memory (`KVCache.remember`): the place
+        that covers most of it, warped as the prior is (one more encode, on chunks where a
+        place covers new ground); the rest stays uncovered, for the network to draw."""
+        d = self.config.dit
+        cover = prior[:, :, -1:]
+        probe = prior.new_zeros(1, 1, *prior.shape[-2:])
+        best, most = None, 0.0
+        for picture, place in reversed(places):  # newest first: of equal cover, the latest view
+            seen = warp_frame(probe, place, valid, pos, d.grid)[:, :, -1:] > 0.999
+            gain = float(((1 - cover) * seen).sum())
+            if gain > most:
+                best, most = (picture, place), gain
+        if best is None:
+            return prior
+        filled = self.warped_prior(self.vae, best[0], best[1], valid, pos, d.grid)
+        fill = (1 - cover) * filled[:, :, -1:]
+        return torch.cat((prior[:, :, :-1] + fill * filled[:, :, :-1], cover + fill), 2)
+
+    @property
+    def remembers_places(self) -> bool:
+        """Its priors fill uncovered ground from the spatial memory (`remembered`): a
+        pixel-space warped prior (the Generator keeps the pictures, `KVCache.remember`)."""
+        d = self.config.dit
+        return d.warp_prior and d.prior_space == "pixel"
 
     def centre_hint(self, valid: torch.Tensor, frames: int) -> torch.Tensor:
         """The object hint (B, frames, h, w) of streams whose prior is `valid` (B,): a disk

@@ -273,6 +273,7 @@ class Generator:
                     if redraw:
                         self.cache.frame_valid.zero_()
             self.prompt = text
+            self.cache.forget_places()  # they show the old prompt
             self.applied.append({"what": "prompt", "text": text, "transition": transition,
                                  "frame": self.frame_index, **({"redraw": True} if redraw else {})})
 
@@ -628,9 +629,14 @@ def decode_batch(gens: list[Generator], latents: list[Tensor]) -> list[np.ndarra
             state.append(None if like is None else
                          torch.cat([torch.zeros_like(like) if p is None else p for p in parts]))
     frames, state = model.decode(torch.cat(latents), state)
-    if getattr(model, "prior_from_shown", False):  # the next chunk's prior warps the picture shown
+    shown, places = getattr(model, "prior_from_shown", False), getattr(model, "remembers_places", False)
+    if shown or places:
         for i, (g, x) in enumerate(zip(gens, latents)):
-            g.cache.show(x[:, -1].clone(), frames[i:i + 1, -1].clamp(-1, 1))
+            picture = frames[i:i + 1, -1].clamp(-1, 1)
+            if shown:  # the next chunk's prior warps the picture shown
+                g.cache.show(x[:, -1].clone(), picture)
+            if places:  # the spatial memory (with the memory on)
+                g.cache.remember(picture, g._cam.pos[:, -1])
     frames = to_uint8(frames)
     if frames.is_cuda:  # through pinned host memory: one DMA copy, not a pageable staging copy
         host = torch.empty(frames.shape, dtype=frames.dtype, pin_memory=True)

@@ -127,8 +127,11 @@ def test_memory_off_drops_evicted_chunks(debug_model):
 def test_the_pictures_kept_for_a_shown_prior_are_counted_and_bounded(debug_model):
     """A model whose prior warps the picture shown keeps the latest pictures in its cache:
     allocated_bytes counts them (one latent frame and one picture each), and their number
-    stops at the window's."""
+    stops at the window's; with the memory on, the spatial memory's pictures too, up to
+    PLACES."""
     import dataclasses
+
+    from cache.kv import PLACES
 
     from model.checkpoint import LiveReel
 
@@ -138,7 +141,7 @@ def test_the_pictures_kept_for_a_shown_prior_are_counted_and_bounded(debug_model
     shown_model.load_state_dict(debug_model.state_dict())
     sizes = {}
     for name, model in (("decoded", debug_model), ("shown", shown_model)):
-        gen = Generator(model, seed=3, steps=1)
+        gen = Generator(model, seed=3, steps=1, memory=False)  # the spatial memory: below
         gen.set_camera(pan=(0.5, 0.0))
         for i in range(30):
             gen.next_frames()
@@ -151,3 +154,42 @@ def test_the_pictures_kept_for_a_shown_prior_are_counted_and_bounded(debug_model
     keep = gen.cache._keep_shown
     assert len(gen.cache.shown) == keep > 0
     assert sizes["shown"] - sizes["decoded"] == keep * per_pair
+    gen = Generator(shown_model, seed=3, steps=1)  # memory on: a new place every chunk at this pan
+    gen.set_camera(pan=(4.0, 0.0))
+    for i in range(PLACES + 20):
+        gen.next_frames()
+        if i == PLACES + 5:
+            at_full = gen.cache.allocated_bytes()
+    assert len(gen.cache.places) == PLACES
+    assert gen.cache.allocated_bytes() == at_full
+
+
+def test_spatial_memory_keeps_one_picture_per_spot(debug_model):
+    """`remember` keeps the latest picture of each spot (a quarter of the view, a quarter
+    octave of zoom), at most PLACES, none with the memory off; a rebase moves the places
+    with the world, and a reset or `forget_places` empties them."""
+    from cache.kv import PLACES
+
+    layout = debug_model.cache_layout()
+    view = max(layout.grid)  # tokens across the view at zoom 0
+    cache = KVCache(layout)
+    pic = lambda v: torch.full((1, 3, 4, 4), float(v))  # noqa: E731
+    at = lambda x, z=0.0: torch.tensor([[x, 0.0, z]])  # noqa: E731
+    cache.remember(pic(0), at(0.0))
+    cache.remember(pic(1), at(0.05 * view))  # the same spot: replaces it
+    cache.remember(pic(2), at(0.5 * view))  # half a view away: a new place
+    cache.remember(pic(3), at(0.5 * view, z=1.0))  # zoomed in: a new place
+    assert [float(p[0].mean()) for p in cache.places] == [1.0, 2.0, 3.0]
+    cache.rebase(torch.tensor([[0.5 * view, 0.0]]))
+    assert torch.allclose(cache.places[1][1], at(0.0))
+    for i in range(PLACES + 5):
+        cache.remember(pic(10 + i), at(i * view))
+    assert len(cache.places) == PLACES and float(cache.places[-1][0].mean()) == 10 + PLACES + 4
+    cache.forget_places()
+    assert cache.places == []
+    cache.remember(pic(0), at(0.0))
+    cache.reset()
+    assert cache.places == []
+    off = KVCache(layout, memory=False)
+    off.remember(pic(0), at(0.0))
+    assert off.places == []

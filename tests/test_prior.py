@@ -7,6 +7,7 @@ import torch
 from model import load_model
 from model.camera import warp_frame
 from model.eval import measure_shift
+from model.generate import Generator
 from model.prior import clip_pixel_prior, pixel_prior, warped_prior
 from model.sampling import Sampling
 from model.vae import to_uint8
@@ -231,3 +232,34 @@ def test_the_shown_picture_is_the_streaming_decodes_and_training_makes_the_same_
     invalid = warped_prior(m.vae, torch.rand(1, 3, m.config.image_size, m.config.image_size), pos[0][:, 0],
                            torch.zeros(1), pos[0], d.grid)
     assert torch.equal(invalid, torch.zeros_like(invalid))
+
+
+@torch.no_grad()
+def test_a_revisited_view_is_filled_from_the_spatial_memory(debug_model):
+    """Panning away and back: with the memory on, the prior of a chunk on the way back
+    covers ground the last frame never showed (filled from a picture the viewer saw
+    there); with it off, that ground is uncovered, for the network to draw. A prompt
+    switch forgets the places (they show the old prompt)."""
+    C = debug_model.config.dit.latent_channels
+
+    def covers(memory: bool) -> list[float]:
+        g = Generator(debug_model, seed=2, steps=2, warm_start=1, memory=memory)
+        g.set_prompt("a green star orbiting in the forest")
+        out = []
+        for pan, chunks in (((0.0, 0.0), 2), ((1.0, 0.0), 8), ((-1.0, 0.0), 8)):
+            g.set_camera(pan=pan)
+            for _ in range(chunks):
+                g.next_frames()
+                out.append(float(g.cache.prior[:, :, C].mean()) if g.cache.prior is not None else 1.0)
+        if memory:
+            assert g.cache.places
+            g.set_prompt("a purple cube in the city at night")
+            g.next_frames()
+            assert len(g.cache.places) == 1  # the new prompt's first picture only
+        return out
+
+    on, off = covers(True), covers(False)
+    back = slice(10, 18)
+    assert all(a >= b - 1e-6 for a, b in zip(on[back], off[back]))
+    assert max(a - b for a, b in zip(on[back], off[back])) > 0.1
+    assert on[:10] == pytest.approx(off[:10])  # going out, nothing was seen before
