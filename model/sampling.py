@@ -33,7 +33,7 @@ class Sampling:
     prompt switch or reset), and classifier-free `guidance` on the prompt (1: none; > 1
     evaluates every step with and without the prompt, about 1.3x the DiT's time), and
     `anchor`: the share of a warm-started chunk's result taken from its warped prior where
-    it covers the view, on chunks whose camera moves (0: the network's alone;
+    it covers the view, on chunks whose camera pans (0: the network's alone;
     `model.generate.anchor_to_prior`).
 
     Its defaults are the shipped model's (its model card has the eval behind them): one
@@ -89,7 +89,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                              "none; more follows the prompt more and the camera less, ~1.3x the time)")
     parser.add_argument("--anchor", type=float, default=None,
                         help=f"share of a chunk started from the warped previous frame that keeps that frame "
-                             f"where it covers the view, while the camera moves, in [0, 1] (default {d.anchor:g}; "
+                             f"where it covers the view, while the camera pans, in [0, 1] (default {d.anchor:g}; "
                              "0: the network's picture alone; more follows the camera more exactly and redraws "
                              "less)")
 

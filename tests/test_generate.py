@@ -119,7 +119,7 @@ def test_anchor_takes_its_share_of_the_warped_prior_where_it_covers(debug_model)
     """A warm-started chunk's result moves toward its warped prior by the anchor's share
     where the prior covers the view, and stays the network's where the camera uncovered
     new ground; chunks from noise (the first, after a switch) and chunks with the camera
-    still are not anchored."""
+    still or zooming are not anchored."""
     from model.generate import anchor_to_prior
 
     x = torch.zeros(1, 2, 3, 4, 4)
@@ -148,6 +148,11 @@ def test_anchor_takes_its_share_of_the_warped_prior_where_it_covers(debug_model)
     assert torch.allclose(chunks[1], anchor_to_prior(chunks[0], prior, 0.5), atol=1e-5)
     still = [stream(a, camera=False) for a in (0.0, 1.0)]  # the camera still: nothing anchored
     for _ in range(3):
+        a, b = (g.step() for g in still)
+        assert torch.equal(a, b)
+    for g in still:  # nor a zoom (its prior is the picture resampled)
+        g.set_camera(zoom=0.5)
+    for _ in range(2):
         a, b = (g.step() for g in still)
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="anchor"):
