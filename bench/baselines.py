@@ -190,6 +190,17 @@ class GrowingCache:
     def rebase(self, offset: Tensor) -> None:
         pass  # positions are absolute here
 
+    # the spatial memory (`KVCache.remember`): none here; this baseline times the
+    # attention over a context that grows, with the same prior as the bounded cache's
+    # wherever the camera does not revisit ground
+    places: list = []
+
+    def remember(self, picture: Tensor, pos: Tensor) -> None:
+        pass
+
+    def forget_places(self) -> None:
+        pass
+
     def allocated_bytes(self) -> int:
         return (self.k.numel() + self.v.numel()) * self.k.element_size()
 

@@ -82,7 +82,6 @@ def test_init_from_and_vae_from_a_model_checkpoint(vae_run, tmp_path):
 @torch.no_grad()
 def test_rollout_context_is_what_streaming_makes(debug_model):
     from model.camera import CameraCond
-    from model.generate import Generator
     from model.sampling import Sampling
     from model.train.dit import rollout_context
 
@@ -96,7 +95,7 @@ def test_rollout_context_is_what_streaming_makes(debug_model):
     latents, priors = rollout_context(debug_model, cam, prompts, chunks, seed=5, sampling=sampling)
     assert priors.shape[1] == frames
     for b in range(2):  # each clip alone, as a stream following its path
-        gen = Generator(debug_model, seed=5 + b, steps=4, warm_start=3, guidance=1.5)
+        gen = sampling.generator(debug_model, seed=5 + b)  # the same sampler (its anchor too)
         gen.set_prompt(prompts[b])
         gen.follow_path(cam.pos[b], cam.motion[b])
         for i in range(chunks + 1):
