@@ -113,16 +113,16 @@ class LiveReel(nn.Module):
         place covers new ground); the rest stays uncovered, for the network to draw."""
         d = self.config.dit
         cover = prior[:, :, -1:]
-        probe = prior.new_zeros(1, 1, *prior.shape[-2:])
-        best, most = None, 0.0
-        for picture, place in reversed(places):  # newest first: of equal cover, the latest view
-            seen = warp_frame(probe, place, valid, pos, d.grid)[:, :, -1:] > 0.999
-            gain = float(((1 - cover) * seen).sum())
-            if gain > most:
-                best, most = (picture, place), gain
-        if best is None:
+        n = len(places)  # every place's cover of the new ground in one warp, newest first
+        where = torch.cat([place for _, place in reversed(places)])  # (P, 3)
+        seen = warp_frame(prior.new_zeros(n, 1, *prior.shape[-2:]), where, valid.expand(n),
+                          pos.expand(n, -1, -1), d.grid)[:, :, -1:] > 0.999
+        gain = ((1 - cover) * seen).sum((1, 2, 3, 4))
+        i = int(gain.argmax())  # the first of equal gains: the latest view
+        if not bool(gain[i] > 0):
             return prior
-        filled = self.warped_prior(self.vae, best[0], best[1], valid, pos, d.grid)
+        picture, place = places[n - 1 - i]
+        filled = self.warped_prior(self.vae, picture, place, valid, pos, d.grid)
         fill = (1 - cover) * filled[:, :, -1:]
         return torch.cat((prior[:, :, :-1] + fill * filled[:, :, :-1], cover + fill), 2)
 
