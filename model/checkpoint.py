@@ -162,11 +162,12 @@ class LiveReel(nn.Module):
 
     def generator(self, sampling: Sampling, seed: int = 0, memory: bool = True) -> Generator:
         """A Generator sampling this model as `sampling` says (steps, warm start, guidance,
-        anchor)."""
+        anchor, prompt rewrite)."""
         from model.generate import Generator
 
         return Generator(self, seed=seed, steps=sampling.steps, warm_start=sampling.warm_start,
-                         guidance=float(sampling.guidance), memory=memory, anchor=sampling.anchor)
+                         guidance=float(sampling.guidance), memory=memory, anchor=sampling.anchor,
+                         rewrite=sampling.rewrite)
 
     def sampling_record(self, sampling: Sampling) -> dict:
         """How its streams are sampled, as session logs record it (replay reads it back)."""

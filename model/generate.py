@@ -133,7 +133,8 @@ class Generator:
                  context_t: float = 0.0, shift: float = 5.0, memory: bool = True,
                  autocast: torch.dtype | None = None, warm_start: int = 0, fuse: bool = True,
                  sigmas: Sequence[float] | None = None, renoise: bool = False, switch: str = "recache",
-                 keep_sink: bool = False, blend_chunks: int = 4, anchor: float = 0.0):
+                 keep_sink: bool = False, blend_chunks: int = 4, anchor: float = 0.0,
+                 rewrite: bool = False):
         """`sigmas`: the noise levels from 1 down to 0 (default: `steps` levels of
         `flow_schedule` at `shift`); `renoise`: the Self-Forcing family's sampler (see the
         module docstring). `switch`: what a prompt change without a transition does:
@@ -141,7 +142,9 @@ class Generator:
         keeps the sink's, as LongLive), "cut" (only the text changes) or "blend" (the
         text blended over `blend_chunks` chunks, as Krea). `anchor`: the share of a
         warm-started chunk's result taken from its warped prior where the prior covers the
-        view (`anchor_to_prior`; 0: the network's alone)."""
+        view (`anchor_to_prior`; 0: the network's alone). `rewrite`: a closed-vocabulary
+        model's prompts reworded in its caption grammar before encoding
+        (`model.world.grammar_prompt`)."""
         if sigmas is None and steps < 1:
             raise ValueError(f"steps must be >= 1 (got {steps})")
         sigmas = list(flow_schedule(steps, shift) if sigmas is None else sigmas)
@@ -164,6 +167,7 @@ class Generator:
         # Not after a prompt switch or a reset: the prior shows the old prompt or nothing.
         self.warm_start = warm_start if model.warp_prior else 0
         self.anchor = float(anchor)
+        self.rewrite = bool(rewrite) and getattr(model, "closed_vocabulary", False)
         self.autocast = autocast  # e.g. torch.bfloat16 on CUDA: the DiT's matmuls in bf16, the state in fp32
         self.fuse = fuse  # a chunk's context pass fused with the next chunk's first evaluation
         self.sigmas, self.renoise = sigmas, renoise
@@ -228,6 +232,10 @@ class Generator:
         self._vae_state = self.model.init_decode_state()
 
     def _encode(self, prompt: str) -> TextCond:
+        if self.rewrite:
+            from model.world import grammar_prompt
+
+            prompt = grammar_prompt(prompt)
         return self.model.encode_prompt([prompt])
 
     def take_controls(self) -> dict:

@@ -34,7 +34,9 @@ class Sampling:
     evaluates every step with and without the prompt, about 1.3x the DiT's time), and
     `anchor`: the share of a warm-started chunk's result taken from its warped prior where
     it covers the view, on chunks whose camera pans (0: the network's alone;
-    `model.generate.anchor_to_prior`).
+    `model.generate.anchor_to_prior`), and `rewrite`: a closed-vocabulary model's prompts
+    reworded in its caption grammar before they are encoded (`model.world.grammar_prompt`;
+    models with a real text encoder, Wan's, read them as typed).
 
     Its defaults are the shipped model's (its model card has the eval behind them): one
     step from the warped prior, noised to t = 0.5 (6 steps, 5 skipped), follows the camera
@@ -51,6 +53,7 @@ class Sampling:
     warm_start: int = 5
     guidance: float = 1.0
     anchor: float = 0.5
+    rewrite: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
@@ -65,6 +68,8 @@ class Sampling:
         if isinstance(self.anchor, bool) or not isinstance(self.anchor, (int, float)) or not (
                 math.isfinite(self.anchor) and 0.0 <= self.anchor <= 1.0):
             raise SamplingError("anchor", f"must be a number in [0, 1] (got {self.anchor!r})")
+        if not isinstance(self.rewrite, bool):
+            raise SamplingError("rewrite", f"must be true or false (got {self.rewrite!r})")
 
     def generator(self, model: LiveReel, seed: int = 0, memory: bool = True) -> Generator:
         """A Generator for `model` under these settings; a model family whose recipe fixes
@@ -73,11 +78,11 @@ class Sampling:
 
     def to_dict(self) -> dict:
         return {"steps": self.steps, "warm_start": self.warm_start, "guidance": float(self.guidance),
-                "anchor": float(self.anchor)}
+                "anchor": float(self.anchor), "rewrite": self.rewrite}
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    """--steps, --warm-start, --guidance and --anchor, as every command takes them."""
+    """--steps, --warm-start, --guidance, --anchor and --rewrite, as every command takes them."""
     d = Sampling()
     parser.add_argument("--steps", type=int, default=None,
                         help=f"denoising steps per chunk from noise (default {d.steps})")
@@ -92,6 +97,10 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                              f"where it covers the view, while the camera pans, in [0, 1] (default {d.anchor:g}; "
                              "0: the network's picture alone; more follows the camera more exactly and redraws "
                              "less)")
+    parser.add_argument("--rewrite", action=argparse.BooleanOptionalAction, default=None,
+                        help="reword prompts in the caption grammar the model was trained on before encoding "
+                             "them, keeping the words it knows (default: on; models with an open vocabulary, "
+                             "Wan's, always read them as typed)")
 
 
 def sampling_from_args(args: argparse.Namespace) -> Sampling:
@@ -102,7 +111,8 @@ def sampling_from_args(args: argparse.Namespace) -> Sampling:
     warm = max(0, steps - 1) if args.warm_start is None else args.warm_start
     guidance = d.guidance if args.guidance is None else args.guidance
     anchor = d.anchor if getattr(args, "anchor", None) is None else args.anchor
+    rewrite = d.rewrite if getattr(args, "rewrite", None) is None else args.rewrite
     try:
-        return Sampling(steps, warm, guidance, anchor)
+        return Sampling(steps, warm, guidance, anchor, rewrite)
     except SamplingError as e:
         raise SamplingError(e.field, e.detail, "--" + e.field.replace("_", "-")) from None

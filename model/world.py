@@ -396,6 +396,33 @@ def training_caption(scene: Scene, rng: np.random.Generator) -> str:
     return caption(scene, rng) if u < 0.6 else free_caption(scene, rng, partial=u >= 0.9)
 
 
+def grammar_prompt(text: str) -> str:
+    """`text` reworded in the caption grammar (template 0, each value's first word): the
+    attributes it names, in the order and words the built-in text encoder saw most in
+    training; the words the parser does not know are dropped (the encoder never learned
+    them). A prompt that names nothing the parser knows is returned as it is. As the Wan
+    family's prompt extension rewrites what users type into its captions' style, this
+    puts a closed-vocabulary model's prompts into its own (`Sampling.rewrite`)."""
+    found = parse_prompt(text)
+    if not found:
+        return text
+    words: list[str] = []
+    if "colour" in found:
+        colour = COLOUR_WORDS[found["colour"]][0]
+        words += ["an" if colour[0] in "aeiou" else "a", colour]
+    if "shape" in found:
+        words += ([] if words else ["a"]) + [SHAPE_WORDS[found["shape"]][0]]
+    if "motion" in found:
+        words.append(MOTION_ING[found["motion"]][0])
+    if "biome" in found:
+        words += (["over"] if words else []) + [BIOME_PLACE[found["biome"]][0]]
+    if "time" in found:
+        words.append(TIME_PHRASE[found["time"]][0])
+    if "weather" in found:
+        words.append(WEATHER_PHRASE[found["weather"]][0])
+    return " ".join(words)
+
+
 def scene_from_prompt(text: str, base: Scene) -> Scene:
     """`base` with the attributes that `text` names replaced."""
     return replace(base, **parse_prompt(text))

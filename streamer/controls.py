@@ -180,6 +180,8 @@ class Hello(Message):
     """Every word the model knows, when it knows only some (None: any wording)."""
     words: list[Word] | None = None
     """What it made of `prompt`'s words, with `vocabulary`."""
+    reads: str | None = None
+    """`prompt` as the model reads it, where the prompt rewrite reworded it (`Sampling.rewrite`)."""
 
 
 class Applied(Message):
@@ -196,6 +198,8 @@ class Applied(Message):
     seed: int | None = None
     words: list[Word] | None = None
     """For a prompt, with a closed vocabulary: what the model made of each word."""
+    reads: str | None = None
+    """For a prompt the rewrite reworded: the words the model reads (`Sampling.rewrite`)."""
 
 
 class Stats(Message):

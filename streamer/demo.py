@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import logging
 import math
 import shutil
@@ -359,10 +360,11 @@ def _session(request: gr.Request) -> str:
     return request.session_hash or "anonymous"
 
 
-def explain_words(text: str) -> str:
+def explain_words(text: str, rewrite: bool = False) -> str:
     """What a closed-vocabulary model makes of `text`'s words, as one Markdown line (the
-    page's hint beside its prompt box, in words)."""
-    from model.world import explain_prompt
+    page's hint beside its prompt box, in words); with `rewrite`, the wording it reads
+    where the prompt rewrite changes it (`Sampling.rewrite`)."""
+    from model.world import explain_prompt, grammar_prompt
 
     understood, ignored, overridden, first = [], [], [], {}
     for w in explain_prompt(text):
@@ -378,6 +380,8 @@ def explain_words(text: str) -> str:
         parts.append(f"**ignored:** {', '.join(ignored)}")
     if overridden:
         parts.append(f"**overridden:** {', '.join(overridden)}")
+    if rewrite and grammar_prompt(text) != text:
+        parts.append(f"**reads:** “{grammar_prompt(text)}”")
     return " · ".join(parts)
 
 
@@ -511,7 +515,8 @@ def build_app(model, sampling: Sampling = Sampling(), max_sessions: int = 2, *,
                 prompt = gr.Textbox(DEFAULT_PROMPT, label="prompt", max_lines=3,
                                     info=f"1 to {MAX_PROMPT_CHARS} characters; Enter switches now")
                 closed = getattr(model, "closed_vocabulary", False)  # Wan's umT5 reads any wording
-                words = gr.Markdown(explain_words(DEFAULT_PROMPT) if closed else "", visible=closed)
+                words = gr.Markdown(explain_words(DEFAULT_PROMPT, sampling.rewrite) if closed else "",
+                                    visible=closed)
                 with gr.Accordion("What this model knows", open=False, visible=closed):
                     gr.Markdown(vocabulary_markdown() if closed else "")
                 with gr.Row():
@@ -555,7 +560,7 @@ def build_app(model, sampling: Sampling = Sampling(), max_sessions: int = 2, *,
         reset_btn.click(reset, seed, message, api_name="reset", concurrency_limit=None)
         log_btn.click(save_log, None, log_file, api_name="log", concurrency_limit=None)
         if closed:  # as the user types: which words the model will understand
-            prompt.change(explain_words, prompt, words, api_name="explain", concurrency_limit=None,
+            prompt.change(functools.partial(explain_words, rewrite=sampling.rewrite), prompt, words, api_name="explain", concurrency_limit=None,
                           show_progress="hidden")
         app.unload(unload)
     app.queue(default_concurrency_limit=None)

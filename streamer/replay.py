@@ -126,8 +126,9 @@ def main(args: argparse.Namespace) -> int:
     warm = header.get("warm_start", 0) if args.steps is None else 0  # other steps: from noise
     guidance = header.get("guidance", 1.0) if args.guidance is None else args.guidance
     anchor = header.get("anchor", 0.0)  # a log from before the anchor was made without it
+    rewrite = header.get("rewrite", False)  # nor the prompt rewrite
     try:
-        sampling = Sampling(steps, warm, guidance, anchor)
+        sampling = Sampling(steps, warm, guidance, anchor, rewrite)
     except SamplingError as e:  # from the flag it came from, else from the header
         flag = {"guidance": args.guidance, "steps": args.steps}.get(e.field) is not None
         where = f"--{e.field}" if flag else f"{args.log}:1: header {e.field}"

@@ -74,6 +74,8 @@ class StreamInfo:
     warm_start: int = 0
     guidance: float = 1.0
     anchor: float = 0.0
+    rewrite: bool = False
+    """Whether prompts are reworded in the model's caption grammar (`Sampling.rewrite`)."""
     width: int | None = None
     camera: bool = True
     """Whether the model follows camera controls."""
@@ -83,6 +85,15 @@ class StreamInfo:
     """A recipe-sampled model's recipe (model/wan/config.py), for the log and replay."""
     vocabulary: Vocabulary | None = None
     """Every word the model knows, when its vocabulary is closed (None: any wording)."""
+
+    def reads(self, prompt: str) -> str | None:
+        """`prompt` as the model reads it, where the prompt rewrite changes it (else None)."""
+        if not self.rewrite:
+            return None
+        from model.world import grammar_prompt
+
+        reworded = grammar_prompt(prompt)
+        return None if reworded == prompt else reworded
 
     def explain(self, prompt: str) -> list[Word] | None:
         """What the model makes of each word of `prompt`, when its vocabulary is closed."""
@@ -241,6 +252,7 @@ class Session:
                 "warm_start": info.warm_start,
                 "guidance": info.guidance,
                 **({"anchor": info.anchor} if info.anchor else {}),
+                **({"rewrite": True} if info.rewrite else {}),
                 **({} if info.recipe is None else {"recipe": info.recipe}),
                 "prompt": prompt,
                 "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -373,6 +385,7 @@ class Session:
                 fields = {k: _to_builtin(v) for k, v in event.items() if k in Applied.model_fields}
                 if entry["what"] == "prompt":
                     fields["words"] = self.info.explain(entry["text"])
+                    fields["reads"] = self.info.reads(entry["text"])
                 applied = Applied.model_validate(fields)
                 received = staged[entry["what"]][1] if entry["what"] in staged else time.monotonic()
                 self._notices.append(_Notice(applied, received))

@@ -251,6 +251,7 @@ class Peer:
                 camera_note=info.camera_note,
                 vocabulary=info.vocabulary,
                 words=info.explain(self.session.prompt),
+                reads=info.reads(self.session.prompt),
             )
         )
 

@@ -158,6 +158,7 @@ def test_the_vocabulary_hint_says_which_words_the_model_understood(demo_url):
     hint = client.predict("a sunny beach with palm trees, make it snow at night", api_name="/explain")
     assert hint.startswith("**understood:** *sunny* → weather clear, *trees* → biome forest, *at night* → time night")
     assert "**ignored:** *beach*, *palm*, *make*" in hint and "*snow* (“trees” already set the biome)" in hint
+    assert hint.endswith(" · **reads:** “the forest at night under clear skies”")  # the prompt rewrite's wording
     assert client.predict("hello there", api_name="/explain") == "**understood:** no word · **ignored:** *hello*, *there*"
     table = vocabulary_markdown()
     for attribute, values in world.vocabulary().items():

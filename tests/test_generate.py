@@ -234,3 +234,19 @@ def test_fused_context_pass_makes_the_same_stream(debug_model, steps, warm_start
                 assert torch.allclose(getattr(f.cache, name), getattr(p.cache, name), rtol=1e-4, atol=1e-4), name
             assert f._kept.keys() == p._kept.keys()
             assert all(torch.allclose(f._kept[s][0], p._kept[s][0], rtol=1e-4, atol=1e-4) for s in f._kept)
+
+
+def test_rewrite_encodes_the_prompt_reworded_in_the_caption_grammar(debug_model, monkeypatch):
+    """With `rewrite` a closed-vocabulary model's generator encodes the prompt as
+    `grammar_prompt` rewords it (the paraphrase and its grammar wording condition alike);
+    without it, as typed; a model with an open vocabulary never rewrites."""
+    from model.world import grammar_prompt
+
+    typed = "it is raining at night in the dunes, and a white triangle floats around"
+    assert grammar_prompt(typed) != typed
+    as_typed, reworded = (debug_model.encode_prompt([p]).kv for p in (typed, grammar_prompt(typed)))
+    assert not torch.allclose(as_typed, reworded)
+    assert torch.equal(Generator(debug_model, steps=2, rewrite=True)._encode(typed).kv, reworded)
+    assert torch.equal(Generator(debug_model, steps=2, rewrite=False)._encode(typed).kv, as_typed)
+    monkeypatch.setattr(type(debug_model), "closed_vocabulary", False)  # as Wan's umT5 reads any wording
+    assert not Generator(debug_model, steps=2, rewrite=True).rewrite

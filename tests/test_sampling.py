@@ -18,6 +18,8 @@ def test_flags_over_the_defaults():
     assert parse("--steps", "8") == Sampling(8, 7, 1.0)  # still one step from the warped prior
     assert parse("--steps", "2", "--warm-start", "0", "--guidance", "2.5") == Sampling(2, 0, 2.5)
     assert parse("--anchor", "0") == Sampling(anchor=0.0)
+    assert parse("--no-rewrite") == Sampling(rewrite=False) != Sampling()
+    assert parse("--rewrite") == Sampling()
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -39,8 +41,11 @@ def test_settings_reach_the_generator(debug_model):
     gen = Sampling(steps=3, warm_start=1, guidance=1.5).generator(debug_model, seed=7)
     assert (len(gen.sigmas) - 1, gen.warm_start, gen.guidance, gen.seed, gen.cfg_batch) == (3, 1, 1.5, 7, 2)
     assert Sampling(guidance=1.0).generator(debug_model).cfg_batch == 1
-    assert Sampling().to_dict() == {"steps": 6, "warm_start": 5, "guidance": 1.0, "anchor": 0.5}
+    assert Sampling().to_dict() == {"steps": 6, "warm_start": 5, "guidance": 1.0, "anchor": 0.5, "rewrite": True}
     assert Sampling(anchor=0.25).generator(debug_model).anchor == 0.25
+    assert Sampling().generator(debug_model).rewrite and not Sampling(rewrite=False).generator(debug_model).rewrite
+    with pytest.raises(ValueError, match="rewrite must be true or false"):
+        Sampling(rewrite="yes")
 
 
 def test_commands_check_their_flags_before_torch_is_loaded():

@@ -67,6 +67,7 @@ async def test_offer_answer_hello_and_paced_video(server, clients, debug_model):
     vocabulary, words = hello.pop("vocabulary"), hello.pop("words")
     assert list(vocabulary) == ["biome", "time", "weather", "shape", "colour", "motion"]
     assert [(w["text"], w.get("attribute")) for w in words] == [("a", None), ("red", "colour"), ("desert", "biome")]
+    assert hello.pop("reads") == "a red over the desert"  # as the prompt rewrite rewords it for the model
     assert hello == {
         "type": "hello",
         "session": reply["session"],
@@ -391,9 +392,10 @@ async def test_recorded_session_replays_to_the_streamed_frames(server, clients, 
 
     header, events = load_log(tmp_path / f"{c.session}.jsonl")
     assert [e["what"] for e in events if e["what"] != "prompt"][:2] == ["camera", "reset"]
-    assert (header["steps"], header["warm_start"], header["guidance"]) == (2, 1, 1.5)
+    assert (header["steps"], header["warm_start"], header["guidance"], header["rewrite"]) == (2, 1, 1.5, True)
     n = max(played) + 1
-    gen = Sampling(header["steps"], header["warm_start"], header["guidance"]).generator(debug_model, header["seed"])
+    gen = Sampling(header["steps"], header["warm_start"], header["guidance"], header.get("anchor", 0.0),
+                   header["rewrite"]).generator(debug_model, header["seed"])
     replayed = list(render(gen, events, n))
     assert len(played) >= 16
     for index, frame in played.items():

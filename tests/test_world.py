@@ -277,3 +277,32 @@ def test_a_fixed_object_start_puts_each_motion_in_one_place_at_the_first_frame()
     assert max(np.ptp(np.array(xy), axis=0).max() for xy in starts["random"].values()) > 0.2 * 64
     with pytest.raises(ValueError, match="object_start"):
         world.render_clip(0, n_frames=2, size=64, object_start="centre")
+
+
+def test_grammar_prompt_rewords_what_users_type_in_the_caption_grammar():
+    """A prompt reworded keeps every attribute the parser reads in it, in template 0's
+    order and each value's first word; rewording twice changes nothing; a prompt naming
+    nothing the parser knows stays as typed (the model reads it as it is)."""
+    assert world.grammar_prompt("it is raining at night in the dunes, and a white triangle floats around") == \
+        "a white triangle drifting over the desert at night in the rain"
+    assert world.grammar_prompt("golden hour on the tundra") == "snow at sunset"
+    default = "a red ball bouncing over a meadow by day under clear skies"
+    assert world.grammar_prompt(default) == default
+    for text in ("hello world", "", "   "):
+        assert world.grammar_prompt(text) == text
+    rng = np.random.default_rng(2)
+    for _ in range(2000):
+        scene = world.sample_scene(rng)
+        text = world.free_caption(scene, rng, partial=bool(rng.random() < 0.3))
+        got = world.grammar_prompt(text)
+        assert world.parse_prompt(got) == world.parse_prompt(text), (text, got)
+        assert world.grammar_prompt(got) == got
+        if len(world.parse_prompt(text)) == len(world.ATTRIBUTES):  # all named: template 0 itself
+            first = {a: v[0] for a, v in (("colour", world.COLOUR_WORDS[scene.colour]),
+                                          ("shape", world.SHAPE_WORDS[scene.shape]),
+                                          ("motion_ing", world.MOTION_ING[scene.motion]),
+                                          ("place", world.BIOME_PLACE[scene.biome]),
+                                          ("time_phrase", world.TIME_PHRASE[scene.time]),
+                                          ("weather_phrase", world.WEATHER_PHRASE[scene.weather]))}
+            first["a"] = "an" if first["colour"][0] in "aeiou" else "a"
+            assert got == world.CAPTION_TEMPLATES[0].format(**first)

@@ -109,7 +109,7 @@ stream.addEventListener("message", (e) => {
       setCameraEnabled(msg.camera !== false, msg.camera_note);
       $("caption").textContent = msg.prompt;
       showVocabulary(msg.vocabulary);
-      showWords(msg.words);
+      showWords(msg.words, msg.reads);
       const link = $("download");
       link.href = withToken(`sessions/${encodeURIComponent(msg.session)}/log.jsonl`);
       link.setAttribute("download", `livereel-${msg.session}.jsonl`);
@@ -147,7 +147,7 @@ function onApplied(msg) {
   if (msg.what === "prompt") {
     state.prompt = msg.text;
     $("caption").textContent = msg.text;
-    showWords(msg.words);
+    showWords(msg.words, msg.reads);
     text = msg.text;
   } else if (msg.what === "camera") {
     text = `pan ${msg.pan.map((v) => v.toFixed(2)).join(", ")} · zoom ${msg.zoom.toFixed(2)}`;
@@ -347,7 +347,8 @@ function errorWords(msg) {
 // A closed-vocabulary model (livereel's own) says what it made of each word of the
 // prompt (hello and applied "words"): understood words with what they set, ignored ones
 // marked, and every word it knows one click away. An open one (Wan) sends neither.
-function showWords(words) {
+// `reads`: the prompt as the model reads it, where the prompt rewrite reworded it.
+function showWords(words, reads) {
   const line = $("words-line");
   line.replaceChildren();
   $("words").hidden = !words;
@@ -384,6 +385,14 @@ function showWords(words) {
     ? ` · ignored: ${ignored.join(", ")}`
     : first.size ? " · every word understood" : " · no word understood";
   line.append(summary);
+  if (reads) {
+    const reworded = document.createElement("span");
+    reworded.id = "reads";
+    reworded.className = "muted small";
+    reworded.title = "the prompt reworded in the words this model was trained on (serve --no-rewrite: as typed)";
+    reworded.textContent = ` · reads: “${reads}”`;
+    line.append(reworded);
+  }
 }
 
 function showVocabulary(vocabulary) {

@@ -186,6 +186,7 @@ def test_the_vocabulary_hint_shows_understood_and_ignored_words(browser, server_
     page.locator("#prompt").press("Enter")
     switch = applied(page, f"a.what === 'prompt' && a.text === {json.dumps(text)}")
     assert switch["words"]
+    assert switch["reads"] == "the forest at night under clear skies"  # the prompt rewrite's wording
     page.wait_for_function("() => document.querySelector('#words-line').textContent.includes('ignored: ')")
     shown = words(page)
     assert shown["understood"] == ["sunny", "trees", "at night"]
@@ -194,6 +195,7 @@ def test_the_vocabulary_hint_shows_understood_and_ignored_words(browser, server_
     chip = page.locator("#words-line .word[data-kind=understood]").first
     assert chip.get_attribute("title") == "understood: weather clear"
     assert "ignored: beach, palm, make" in page.locator("#words-line").inner_text()
+    assert "reads: “the forest at night under clear skies”" in page.locator("#reads").inner_text()
 
     # The vocabulary one click away; a word clicked there joins the prompt and is understood.
     assert not page.locator("#vocab-list").is_visible()
