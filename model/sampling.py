@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 class SamplingError(ValueError):
-    """A bad sampling setting: `field` (steps, warm_start, guidance or anchor) and what is wrong,
+    """A bad sampling setting: `field` (steps, warm_start, guidance, anchor or rewrite) and what is wrong,
     said of `subject` (default: the field; a flag or a log line where that is the source)."""
 
     def __init__(self, field: str, detail: str, subject: str | None = None):
