@@ -380,8 +380,9 @@ def explain_words(text: str, rewrite: bool = False) -> str:
         parts.append(f"**ignored:** {', '.join(ignored)}")
     if overridden:
         parts.append(f"**overridden:** {', '.join(overridden)}")
-    if rewrite and grammar_prompt(text) != text:
-        parts.append(f"**reads:** “{grammar_prompt(text)}”")
+    reads = grammar_prompt(text) if rewrite else text
+    if reads != text:
+        parts.append(f"**reads:** “{reads}”")
     return " · ".join(parts)
 
 
@@ -560,8 +561,8 @@ def build_app(model, sampling: Sampling = Sampling(), max_sessions: int = 2, *,
         reset_btn.click(reset, seed, message, api_name="reset", concurrency_limit=None)
         log_btn.click(save_log, None, log_file, api_name="log", concurrency_limit=None)
         if closed:  # as the user types: which words the model will understand
-            prompt.change(functools.partial(explain_words, rewrite=sampling.rewrite), prompt, words, api_name="explain", concurrency_limit=None,
-                          show_progress="hidden")
+            prompt.change(functools.partial(explain_words, rewrite=sampling.rewrite), prompt, words,
+                          api_name="explain", concurrency_limit=None, show_progress="hidden")
         app.unload(unload)
     app.queue(default_concurrency_limit=None)
     return app

@@ -87,8 +87,9 @@ class StreamInfo:
     """Every word the model knows, when its vocabulary is closed (None: any wording)."""
 
     def reads(self, prompt: str) -> str | None:
-        """`prompt` as the model reads it, where the prompt rewrite changes it (else None)."""
-        if not self.rewrite:
+        """`prompt` as the model reads it, where the prompt rewrite changes it (else None);
+        as the Generator, only a closed vocabulary is reworded."""
+        if not self.rewrite or self.vocabulary is None:
             return None
         from model.world import grammar_prompt
 
