@@ -1,11 +1,11 @@
-"""`livereel train {vae,dit}`: the training stages, each resumable with --resume."""
+"""`livereel train {vae,dit,decoder}`: the training stages, each resumable with --resume."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 
-STAGES = {"vae": "model.train.vae", "dit": "model.train.dit"}
+STAGES = {"vae": "model.train.vae", "dit": "model.train.dit", "decoder": "model.train.decoder"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
