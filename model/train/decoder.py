@@ -71,6 +71,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=1e-4, help="the decoder's peak learning rate")
     p.add_argument("--critic-lr", type=float, default=2e-4, help="the critic's learning rate")
     p.add_argument("--adv", type=float, default=0.05, help="weight of the adversarial loss")
+    p.add_argument("--adv-world", type=float, default=0.0,
+                   help="weight of the adversarial loss on the world's own latents decoded (paired with --rec)")
     p.add_argument("--keep", type=float, default=1.0, help="weight of the pooled L1 to the first decoder's pictures")
     p.add_argument("--keep-scale", type=int, default=4, help="average-pooling factor of --keep")
     p.add_argument("--rec", type=float, default=1.0, help="weight of the L1 reconstruction of world clips")
@@ -168,15 +170,15 @@ class PairCritic(nn.Module):
     features on the prompt's attributes (one embedding per attribute value; "unnamed"
     is a value of its own)."""
 
-    def __init__(self, width: int = 48):
+    def __init__(self, width: int = 32):
         super().__init__()
         sn = nn.utils.parametrizations.spectral_norm
         w = width
         self.body = nn.Sequential(
-            sn(nn.Conv2d(6, w, 4, 2, 1)), nn.LeakyReLU(0.2),
+            sn(nn.Conv2d(6, w, 3, 1, 1)), nn.LeakyReLU(0.2),
             sn(nn.Conv2d(w, 2 * w, 4, 2, 1)), nn.LeakyReLU(0.2),
             sn(nn.Conv2d(2 * w, 4 * w, 4, 2, 1)), nn.LeakyReLU(0.2),
-            sn(nn.Conv2d(4 * w, 4 * w, 3, 1, 1)), nn.LeakyReLU(0.2))
+            sn(nn.Conv2d(4 * w, 4 * w, 4, 2, 1)), nn.LeakyReLU(0.2))
         self.patch = sn(nn.Conv2d(4 * w, 1, 1))
         self.embed = nn.ModuleList([nn.Embedding(len(world.VOCAB[a]) + 1, 4 * w) for a in ATTRS])
         for e in self.embed:
@@ -292,23 +294,28 @@ def train(args: argparse.Namespace) -> Path:
         x_real = x_real[:, WARM_FRAMES:]
 
         fake = decode_window(decoder, z_fake)  # (B, w, 3, H, W)
-        rec = F.l1_loss(decode_window(decoder, z_real), x_real)
+        x_rec = decode_window(decoder, z_real)
+        rec = F.l1_loss(x_rec, x_real)
         keep = F.l1_loss(F.avg_pool2d(fake.flatten(0, 1), ks), F.avg_pool2d(first_pic.flatten(0, 1), ks))
         # the critic: world pairs against the decoder's pairs (detached)
         d_real = critic(frame_pairs(x_real), real_attrs)
         d_fake = critic(frame_pairs(fake.detach()), fake_attrs)
         d_loss = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+        if args.adv_world > 0:  # the world's latents decoded are fake too
+            d_loss = d_loss + F.relu(1 + critic(frame_pairs(x_rec.detach()), real_attrs)).mean()
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
         adv = args.adv if step >= args.adv_start else 0.0
-        if adv > 0:
+        if adv > 0 or (args.adv_world > 0 and step >= args.adv_start):
             critic.requires_grad_(False)
             g_adv = -critic(frame_pairs(fake), fake_attrs).mean()
+            g_world = -critic(frame_pairs(x_rec), real_attrs).mean() if args.adv_world > 0 else torch.zeros(())
             critic.requires_grad_(True)
         else:
-            g_adv = torch.zeros(())
-        loss = args.rec * rec + args.keep * keep + adv * g_adv
+            g_adv = g_world = torch.zeros(())
+        world_adv = args.adv_world if step >= args.adv_start else 0.0
+        loss = args.rec * rec + args.keep * keep + adv * g_adv + world_adv * g_world
         opt_g.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(decoder.parameters(), 1.0)
@@ -390,7 +397,7 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"--pool-frames and --rollout-frames must be >= {WARM_FRAMES + 2}")
     if not 2 <= args.window <= min(args.pool_frames, args.rollout_frames) - WARM_FRAMES:
         raise SystemExit(f"--window must be in [2, frames - {WARM_FRAMES}] (got {args.window})")
-    for name in ("adv", "keep", "rec"):
+    for name in ("adv", "adv_world", "keep", "rec"):
         if not 0.0 <= getattr(args, name) <= 100.0:
             raise SystemExit(f"--{name} must be in [0, 100] (got {getattr(args, name)})")
     if not (args.lr > 0 and args.critic_lr > 0):
