@@ -38,7 +38,7 @@ def test_decoder_trains_probes_resumes_and_exports(start, tmp_path):
     assert (run / "strip-000002.png").stat().st_size > 0 and (run / "probe.png").is_file()
     with pytest.raises(SystemExit, match="--resume"):
         cli(decoder_args(run, start, 4))
-    assert cli(decoder_args(run, start, 4, "--resume")) == 0
+    assert cli(decoder_args(run, start, 4, "--resume", "--adv-world", "0.05")) == 0  # the paired loss too
     assert json.loads((run / "state.json").read_text())["step"] == 4
     assert [r["step"] for r in csv.DictReader((run / "probe.csv").open())] == ["2", "4"]
 
@@ -61,6 +61,7 @@ def test_decoder_trains_probes_resumes_and_exports(start, tmp_path):
 @pytest.mark.parametrize("flags, message", [
     (["--window", "9"], "--window"),
     (["--adv", "-1"], "--adv"),
+    (["--adv-world", "101"], "--adv-world"),
     (["--keep-scale", "0"], "--keep-scale"),
     (["--minutes", "0"], "--minutes"),
 ])

@@ -399,7 +399,7 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"--window must be in [2, frames - {WARM_FRAMES}] (got {args.window})")
     for name in ("adv", "adv_world", "keep", "rec"):
         if not 0.0 <= getattr(args, name) <= 100.0:
-            raise SystemExit(f"--{name} must be in [0, 100] (got {getattr(args, name)})")
+            raise SystemExit(f"--{name.replace('_', '-')} must be in [0, 100] (got {getattr(args, name)})")
     if not (args.lr > 0 and args.critic_lr > 0):
         raise SystemExit("--lr and --critic-lr must be positive")
     if args.minutes is not None and not args.minutes > 0:
