@@ -42,6 +42,9 @@ def test_decoder_trains_probes_resumes_and_exports(start, tmp_path):
     assert json.loads((run / "state.json").read_text())["step"] == 4
     assert [r["step"] for r in csv.DictReader((run / "probe.csv").open())] == ["2", "4"]
 
+    with pytest.raises(SystemExit, match="--checkpoint"):  # onto another model than the one it learned on
+        cli(decoder_args(run, "debug", 4, "--export", str(tmp_path / "wrong")))
+    assert not (tmp_path / "wrong").exists()
     out = tmp_path / "sharpened"
     assert cli(decoder_args(run, start, 4, "--export", str(out))) == 0
     before, after = load_model(start), load_model(out)

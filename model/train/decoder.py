@@ -46,14 +46,13 @@ from tqdm import tqdm
 
 from model import world
 from model.checkpoint import LiveReel, load_model, save_model
+from model.eval import PAN_SPEEDS_PX, ZOOM_PER_FRAME, sharpness
 from model.sampling import Sampling
 from model.train.common import RUNS, ClipPool, LossLog, cosine_lr, load_state, save_state
 from model.vae import from_uint8, to_uint8
 
 log = logging.getLogger(__name__)
 
-PAN_SPEEDS_PX = (1.0, 2.0, 3.0, 4.0)  # px/frame at the reference view size, as the eval's
-ZOOM_PER_FRAME = 0.02  # log2/frame, as the eval's
 WARM_FRAMES = 2  # frames decoded (no grad) before a window, to warm the decoder's state
 PROBE_CLIPS = 4  # rollouts held out for the probe
 
@@ -89,7 +88,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------------------- rollouts
 def rollout_plan(rng: np.random.Generator, frames: int, fps: int, segment: int = 16) -> list[dict]:
     """Controls per segment of `segment` frames: a prompt (a new one on a switch), a pan
-    (still a third of the time, else the eval's speeds on one axis) or a zoom."""
+    at the eval's speeds on one axis (55%), a zoom at the eval's rate (10%), or neither."""
     scene = world.sample_scene(rng)
     plan = []
     for s in range(math.ceil(frames / segment)):
@@ -203,21 +202,18 @@ def decode_window(decoder: nn.Module, z: torch.Tensor) -> torch.Tensor:
     first WARM_FRAMES only warm the temporal state (no grad), as a stream's past does."""
     with torch.no_grad():
         _, state = decoder(z[:, :WARM_FRAMES], [None])
-    return decoder(z[:, WARM_FRAMES:], [s.detach() if s is not None else None for s in state])[0]
+    return decoder(z[:, WARM_FRAMES:], state)[0]
 
 
 def sharpness_probe(decoder: nn.Module, model: LiveReel, rollouts: Rollouts, world_sharp: float) -> dict:
     """Held-out rollouts decoded whole (streaming state): their sharpness (the eval's)
     over the world's, and over the first decoder's pictures of the same latents."""
-    from model.eval import sharpness
-
     vae = model.vae
     ours, first = [], []
     with torch.no_grad():
         for i in range(len(rollouts) - PROBE_CLIPS, len(rollouts)):
             z = vae.from_dit(torch.from_numpy(rollouts.latents[i:i + 1].astype(np.float32)))
-            x = decoder(z, [None])[0][0].clamp(-1, 1)
-            ours.append(sharpness(to_uint8(x).numpy()).mean())
+            ours.append(sharpness(to_uint8(decoder(z, [None])[0][0]).numpy()).mean())
             first.append(sharpness(rollouts.frames[i]).mean())
     return {"vs_world": float(np.mean(ours) / world_sharp), "first_vs_world": float(np.mean(first) / world_sharp),
             "vs_first": float(np.mean(ours) / np.mean(first))}
@@ -248,8 +244,6 @@ def train(args: argparse.Namespace) -> Path:
     rollouts = Rollouts(model, args.rollouts + PROBE_CLIPS, args.rollout_frames, args.seed, run / "rollouts.npz")
     clips = ClipPool(args.pool, args.pool_frames, cfg.image_size, cfg.fps, run / "world.npz",
                      seed_offset=3_000_000, switch_share=0.3)
-    from model.eval import sharpness
-
     world_sharp = float(np.mean([sharpness(c).mean() for c in clips.frames[:32]]))
     decoder = model.vae.decoder.train().requires_grad_(True)
     critic = PairCritic()
@@ -306,26 +300,25 @@ def train(args: argparse.Namespace) -> Path:
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
-        adv = args.adv if step >= args.adv_start else 0.0
-        if adv > 0 or (args.adv_world > 0 and step >= args.adv_start):
-            critic.requires_grad_(False)
+        # the decoder: the critic's hinge loss (its weights frozen) once it has had a head start
+        adv, adv_world = (args.adv, args.adv_world) if step >= args.adv_start else (0.0, 0.0)
+        g_adv = g_world = torch.zeros(())
+        critic.requires_grad_(False)
+        if adv > 0:
             g_adv = -critic(frame_pairs(fake), fake_attrs).mean()
-            g_world = -critic(frame_pairs(x_rec), real_attrs).mean() if args.adv_world > 0 else torch.zeros(())
-            critic.requires_grad_(True)
-        else:
-            g_adv = g_world = torch.zeros(())
-        world_adv = args.adv_world if step >= args.adv_start else 0.0
-        loss = args.rec * rec + args.keep * keep + adv * g_adv + world_adv * g_world
+        if adv_world > 0:
+            g_world = -critic(frame_pairs(x_rec), real_attrs).mean()
+        critic.requires_grad_(True)
+        loss = args.rec * rec + args.keep * keep + adv * g_adv + adv_world * g_world
         opt_g.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(decoder.parameters(), 1.0)
         opt_g.step()
-        gap = float(d_real.detach().mean() - d_fake.detach().mean())
-        bar.set_postfix(rec=f"{rec.item():.4f}", keep=f"{keep.item():.4f}", critic=f"{d_loss.item():.3f}",
-                        gap=f"{gap:.2f}")
-        if step % 10 == 0:
-            losses.add(step, rec=rec.item(), keep=keep.item(), adv_g=float(g_adv.detach()), critic=d_loss.item(),
-                       real_minus_fake=gap)
+        if step % 10 == 0:  # the figures read back from the tensors every tenth step only
+            figures = dict(rec=rec.item(), keep=keep.item(), adv_g=g_adv.item(), critic=d_loss.item(),
+                           real_minus_fake=(d_real.mean() - d_fake.mean()).item())
+            losses.add(step, **figures)
+            bar.set_postfix({k: f"{v:.4f}" for k, v in figures.items()})
         done = step + 1
         last = done == args.steps or (deadline is not None and time.time() > deadline)
         if args.probe_every and (done % args.probe_every == 0 or last):
@@ -381,6 +374,9 @@ def export(args: argparse.Namespace) -> Path:
 
     if not (args.run / "state.json").exists():
         raise SystemExit(f"no run state in {args.run}")
+    trained_on = json.loads((args.run / "state.json").read_text()).get("checkpoint")
+    if trained_on is not None and trained_on != str(args.checkpoint):  # its decoder belongs with that model
+        raise SystemExit(f"{args.run} sharpened the decoder of {trained_on}: export it with --checkpoint {trained_on}")
     model = load_model(args.checkpoint).eval()
     tensors = load_file(args.run / "state.safetensors")
     model.vae.decoder.load_state_dict({k[len("decoder."):]: v for k, v in tensors.items() if k.startswith("decoder.")})
