@@ -180,12 +180,19 @@ class LiveReel(nn.Module):
                 "KV cache per stream": self.cache_layout().nbytes(1, element)}
 
     def init_decode_state(self):
-        return self.vae.init_state()
+        return self.vae.init_shown_state()
 
     def decode(self, latents: torch.Tensor, state):
-        """Latents in DiT scale (B, K, C, h, w) -> RGB in [-1, 1] (B, K, 3, H, W) and the
-        VAE's next streaming state."""
-        return self.vae.decode_step(self.vae.from_dit(latents), state)
+        """Latents in DiT scale (B, K, C, h, w) -> RGB in [-1, 1] (B, K, 3, H, W) shown and
+        the VAE's next streaming state."""
+        frames, _, state = self.decode_pictures(latents, state)
+        return frames, state
+
+    def decode_pictures(self, latents: torch.Tensor, state):
+        """`decode`, plus the picture of the last frame the stream keeps (B, 3, H, W) (its
+        next prior warps it, its spatial memory holds it): the first decoder's, which the
+        DiT learned on, where a display decoder draws the frames shown (`VAE.decode_shown`)."""
+        return self.vae.decode_shown(self.vae.from_dit(latents), state)
 
 
 def build_model(config: ModelConfig, seed: int = 0) -> LiveReel:

@@ -30,6 +30,10 @@ class VAEConfig:
     dec_channels: tuple[int, ...] = (96, 48, 24)  # widths at H/8, H/4, H/2, coarse first
     latent_scale: float = 1.0  # latents are (z - latent_shift) * latent_scale for the DiT
     latent_shift: float = 0.0
+    # a second decoder draws the frames shown (`livereel train decoder` sharpens it); the
+    # first still draws the picture the stream keeps (the next chunk's warped prior, the
+    # spatial memory), as the DiT was trained on
+    display_decoder: bool = False
 
     def __post_init__(self) -> None:
         self.enc_channels = tuple(self.enc_channels)

@@ -13,7 +13,8 @@ Parts (each a small `nn.Module` over the model's own modules, so there is one mo
   "dit-fused": the same with the previous chunks' context passes riding along
   (`cache.kv.FusedBatch`), their reads given apart (no copy joins them before the graph).
 - "decode": one streaming VAE decode step (latents and the decoder's state in; frames in
-  [-1, 1] and the next state out).
+  [-1, 1], the picture the stream keeps of the last one and the next state out; with a
+  display decoder, both decoders' states).
 - "prior": the warped prior in pixel space (model/prior.py), the way the model streams:
   the last latent frame decoded, warped and encoded, or the picture shown of it warped
   and encoded (`DiTConfig.prior_picture`).
@@ -168,16 +169,19 @@ class StreamEval(nn.Module):
 
 
 class DecodeStep(nn.Module):
-    """A streaming VAE decode step: DiT-scale latents (B, K, C, h, w) and the decoder's
-    state (B, C', h, w) (zeros before the first chunk) -> frames (B, K, 3, H, W), state."""
+    """A streaming VAE decode step (`VAE.decode_shown`): DiT-scale latents (B, K, C, h, w)
+    and the decoder's state (B, C', h, w) (zeros before the first chunk) -> frames shown
+    (B, K, 3, H, W), the picture kept of the last one (B, 3, H, W), state; with a display
+    decoder, its state is an input and an output too."""
 
     def __init__(self, vae: nn.Module):
         super().__init__()
         self.vae = vae
 
-    def forward(self, z: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        frames, (state,) = self.vae.decode_step(self.vae.from_dit(z), [state])
-        return frames, state
+    def forward(self, z: Tensor, state: Tensor, display_state: Tensor | None = None) -> tuple[Tensor, ...]:
+        states = [state] if display_state is None else [state, display_state]
+        frames, picture, states = self.vae.decode_shown(self.vae.from_dit(z), states)
+        return frames, picture, *states
 
 
 class Prior(nn.Module):
@@ -386,8 +390,8 @@ class EngineParts:
         self.dit = Part("dit", StreamEval(model.dit), engine, rows, threads, directory)
         self.dit_fused = Part("dit-fused", StreamEval(model.dit, fused=True), engine, {**rows, **ctx_rows},
                               threads, directory)
-        self.decoder = Part("decode", DecodeStep(model.vae), engine, {"z": (0, "rows"), "state": (0, "rows")},
-                            threads, directory)
+        self.decoder = Part("decode", DecodeStep(model.vae), engine,
+                            {k: (0, "rows") for k in ("z", "state", "display_state")}, threads, directory)
         self.prior = (Part("prior", Prior(model.vae, d.grid, model.prior_from_shown), engine,
                            {k: (0, "rows") for k in ("source", "frame_pos", "valid", "pos")}, threads, directory)
                       if d.warp_prior and d.prior_space == "pixel" else None)
@@ -424,11 +428,18 @@ class EngineParts:
         return None if kv_only else velocity  # the fused graph leaves out the deferred rows'
 
     def decode(self, latents: Tensor, state):
-        prev = state[0]
-        if prev is None:  # the decoder's state before the first chunk: zeros
-            prev = torch.zeros(latents.shape[0], self.model.config.vae.dec_channels[0], *latents.shape[-2:])
-        frames, prev = self.decoder(z=latents, state=prev)
-        return frames, [prev]
+        frames, _, state = self.decode_pictures(latents, state)
+        return frames, state
+
+    def decode_pictures(self, latents: Tensor, state):
+        """`LiveReel.decode_pictures` through the engine (states before the first chunk: zeros)."""
+        shape = (latents.shape[0], self.model.config.vae.dec_channels[0], *latents.shape[-2:])
+        prev = [torch.zeros(shape) if s is None else s for s in state]
+        inputs = {"z": latents, "state": prev[0]}
+        if len(prev) > 1:
+            inputs["display_state"] = prev[1]
+        frames, picture, *state = self.decoder(**inputs)
+        return frames, picture, state
 
     def warped(self, vae, source: Tensor, frame_pos: Tensor, valid: Tensor, pos: Tensor, grid: int) -> Tensor:
         """The model's `pixel_prior` or `warped_prior` (the one the graph was made of)."""
@@ -463,6 +474,7 @@ def use_engine(model, engine: str, threads: int | None = None, directory: Path |
     model.engine_parts = parts
     model.evaluate = parts.evaluate
     model.decode = parts.decode
+    model.decode_pictures = parts.decode_pictures
     if parts.prior is not None:  # the one the model streams with; the other (a fallback) stays eager
         setattr(model, "warped_prior" if model.prior_from_shown else "pixel_prior", parts.warped)
     return model

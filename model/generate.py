@@ -105,7 +105,10 @@ class StreamModel(Protocol):
     def init_decode_state(self) -> Any: ...
 
     def decode(self, latents: Tensor, state: Any) -> tuple[Tensor, Any]:
-        """Latents of a chunk -> RGB in [-1, 1] (B, n, 3, H, W) and the next streaming state."""
+        """Latents of a chunk -> RGB in [-1, 1] (B, n, 3, H, W) and the next streaming state.
+        A model may also have `decode_pictures(latents, state) -> (frames, picture, state)`,
+        the picture of the last frame its stream keeps (a warped prior's source, the spatial
+        memory) where that is not the last frame shown (livereel's display decoder)."""
 
 
 def flow_schedule(steps: int, shift: float = 5.0) -> list[float]:
@@ -645,11 +648,15 @@ def decode_batch(gens: list[Generator], latents: list[Tensor]) -> list[np.ndarra
             like = next((p for p in parts if p is not None), None)
             state.append(None if like is None else
                          torch.cat([torch.zeros_like(like) if p is None else p for p in parts]))
-    frames, state = model.decode(torch.cat(latents), state)
+    if hasattr(model, "decode_pictures"):  # the picture kept may be another decoder's than the one shown
+        frames, pictures, state = model.decode_pictures(torch.cat(latents), state)
+    else:
+        frames, state = model.decode(torch.cat(latents), state)
+        pictures = frames[:, -1]
     shown, places = getattr(model, "prior_from_shown", False), getattr(model, "remembers_places", False)
     if shown or places:
         for i, (g, x) in enumerate(zip(gens, latents)):
-            picture = frames[i:i + 1, -1].clamp(-1, 1)
+            picture = pictures[i:i + 1].clamp(-1, 1)
             if shown:  # the next chunk's prior warps the picture shown
                 g.cache.show(x[:, -1].clone(), picture)
             if places:  # the spatial memory (with the memory on)

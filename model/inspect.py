@@ -64,6 +64,7 @@ def livereel_report(folder: Path) -> dict:
     parts = {p: sum(math.prod(s) for k, s in shapes.items() if k.split(".")[0] == p) for p in PARTS}
     return {"path": str(folder), "family": "livereel", "layout": "livereel folder (config.json + model.safetensors)",
             "config_name": config.name, "params": sum(parts.values()), "params_by_part": parts,
+            "display_decoder": sum(math.prod(s) for k, s in shapes.items() if k.startswith("vae.display.")),
             "image_size": config.image_size, "fps": config.fps, "needs": []}
 
 
@@ -142,6 +143,9 @@ def format_report(r: dict) -> str:
         parts = ", ".join(f"{p} {_count(n)}" for p, n in r["params_by_part"].items())
         lines += [f"config    {r['config_name']} ({r['image_size']} px, {r['fps']} fps)",
                   f"params    {_count(r['params'])} ({r['params']:,}: {parts})"]
+        if r["display_decoder"]:
+            lines.append(f"display   a display decoder ({_count(r['display_decoder'])} of the VAE's) draws the frames "
+                         "shown; the first decoder draws the picture the stream keeps")
         return "\n".join(lines)
     c = r["config"]
     dtypes = ", ".join(f"{d} {n / r['params']:.0%}" for d, n in r["dtypes"].items())

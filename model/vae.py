@@ -149,7 +149,9 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(ch[-1], 4 * cfg.image_channels, 3, padding=1)
         self.first = ch[0]
 
-    def forward(self, z: Tensor, state: State) -> tuple[Tensor, State]:
+    def forward(self, z: Tensor, state: State, last: bool = False) -> tuple[Tensor, State]:
+        """Frames (B, T, 3, H, W) and the next state; `last`: the last frame's only (B, 1, ...),
+        the others go no further than the temporal state needs (a fraction of the cost)."""
         def inp(y: Tensor) -> Tensor:
             h = self.conv_in(y)
             short = match_channels(y, self.first)
@@ -157,6 +159,8 @@ class Decoder(nn.Module):
 
         h = _frames(inp, z)
         h, s0 = self.mix(h, state[0])
+        if last:
+            h = h[:, -1:]
 
         def spatial(y: Tensor) -> Tensor:
             y = self.mid2(y)
@@ -175,9 +179,26 @@ class VAE(nn.Module):
         self.cfg = cfg
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
+        self.display = Decoder(cfg) if cfg.display_decoder else None
 
     def init_state(self) -> State:
         return [None]
+
+    def init_shown_state(self) -> State:
+        """The state of `decode_shown`: the decoder's, then the display decoder's if any."""
+        return [None] * (1 if self.display is None else 2)
+
+    def decode_shown(self, z: Tensor, state: State) -> tuple[Tensor, Tensor, State]:
+        """Raw latents (B, T, C, h, w) -> the frames shown (B, T, 3, H, W), the decoder's
+        picture of the last frame (B, 3, H, W) (what a stream keeps of it) and the next
+        state (`init_shown_state`). Without a display decoder the picture is the last frame
+        shown; with one, the frames shown are the display decoder's."""
+        if self.display is None:
+            frames, state = self.decoder(z, state)
+            return frames, frames[:, -1], state
+        picture, (kept,) = self.decoder(z, state[:1], last=True)
+        frames, (shown,) = self.display(z, state[1:])
+        return frames, picture[:, 0], [kept, shown]
 
     def encode_step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         """Frames (B, T, 3, H, W) in [-1, 1] -> raw latents, carrying `state` across calls."""

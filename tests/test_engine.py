@@ -105,6 +105,28 @@ def test_a_model_warping_the_picture_shown_equals_eager(engine, tmp_path):
 
 @pytest.mark.parametrize("engine", ENGINES)
 @torch.no_grad()
+def test_a_model_with_a_display_decoder_equals_eager(engine, tmp_path):
+    """`VAEConfig.display_decoder`: the decode graph takes and gives both decoders' states,
+    and the picture the prior warps is the first decoder's."""
+    import dataclasses
+
+    from model.checkpoint import LiveReel
+
+    base = load_model("debug")
+    cfg = dataclasses.replace(base.config, dit=dataclasses.replace(base.config.dit, prior_picture="shown"),
+                              vae=dataclasses.replace(base.config.vae, display_decoder=True))
+    eager = LiveReel(cfg).eval()
+    state = base.state_dict()
+    state.update({"vae.display." + k[len("vae.decoder."):]: v + 0.05 * torch.randn_like(v)
+                  for k, v in state.items() if k.startswith("vae.decoder.")})
+    eager.load_state_dict(state)
+    fast = use_engine(copy.deepcopy(eager), engine, directory=tmp_path)
+    runs = [script(Sampling().generator(m, seed=3), 8) for m in (eager, fast)]
+    assert_same(*runs)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@torch.no_grad()
 def test_batched_streams_with_guidance_equal_eager(engine, engine_dir):
     """Two streams batched (their context passes fused into the first evaluation, and
     from noise: several evaluations), classifier-free guidance: rows of every kind."""

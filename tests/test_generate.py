@@ -250,3 +250,57 @@ def test_rewrite_encodes_the_prompt_reworded_in_the_caption_grammar(debug_model,
     assert torch.equal(Generator(debug_model, steps=2, rewrite=False)._encode(typed).kv, as_typed)
     monkeypatch.setattr(type(debug_model), "closed_vocabulary", False)  # as Wan's umT5 reads any wording
     assert not Generator(debug_model, steps=2, rewrite=True).rewrite
+
+
+@torch.no_grad()
+def test_a_display_decoder_draws_the_frames_shown_and_the_stream_keeps_the_first_decoders_picture():
+    """`VAEConfig.display_decoder`: the stream's latents (its priors warp the picture kept)
+    are the same as without one, batched or alone; the frames shown are the display
+    decoder's, and the picture kept is the first decoder's of the last frame."""
+    import dataclasses
+
+    from model.checkpoint import LiveReel, load_model
+    from model.generate import next_frames_batch
+    from model.sampling import Sampling
+    from model.vae import to_uint8
+
+    base = load_model("debug")
+    cfg = dataclasses.replace(base.config, dit=dataclasses.replace(base.config.dit, prior_picture="shown"),
+                              vae=dataclasses.replace(base.config.vae, display_decoder=True))
+    plain_cfg = dataclasses.replace(cfg, vae=base.config.vae)
+    state = base.state_dict()
+    plain = LiveReel(plain_cfg).eval()
+    plain.load_state_dict(state)
+    state.update({"vae.display." + k[len("vae.decoder."):]: v + 0.05 * torch.randn_like(v)
+                  for k, v in state.items() if k.startswith("vae.decoder.")})
+    shown = LiveReel(cfg).eval()
+    shown.load_state_dict(state)
+
+    def stream(model, n=2, chunks=4):
+        gens = [Sampling().generator(model, seed=s) for s in range(n)]
+        for g in gens:
+            g.set_prompt("a red ball bouncing over the desert")
+            g.set_camera(pan=(0.4, 0.0))
+        latents, frames = [], []
+        for _ in range(chunks):
+            zs = step_batch(gens)
+            latents.append(torch.cat(zs))
+            from model.generate import decode_batch
+            frames.append(np.stack(decode_batch(gens, zs)))
+        return gens, torch.cat(latents, 1), np.concatenate(frames, 1)
+
+    g_plain, z_plain, f_plain = stream(plain)
+    g_shown, z_shown, f_shown = stream(shown)
+    assert torch.allclose(z_plain, z_shown, atol=1e-5)  # the loop never sees the display decoder
+    assert np.abs(f_plain.astype(int) - f_shown.astype(int)).max() > 8  # what is shown is another decoder's
+    display = to_uint8(shown.vae.display(shown.vae.from_dit(z_shown), [None])[0]).numpy()
+    assert np.abs(display.astype(int) - f_shown.astype(int)).max() <= 1
+    for a, b in zip(g_plain, g_shown):
+        assert torch.allclose(a.cache.shown[-1][1], b.cache.shown[-1][1], atol=1e-5)
+    # one stream alone makes what it made in the batch
+    alone = Sampling().generator(shown, seed=1)
+    alone.set_prompt("a red ball bouncing over the desert")
+    alone.set_camera(pan=(0.4, 0.0))
+    got = np.concatenate([alone.next_frames() for _ in range(4)])
+    assert np.abs(got.astype(int) - f_shown[1].astype(int)).max() <= 1
+    assert next_frames_batch(g_shown)[0].shape == f_shown[0, :base.config.dit.chunk_frames].shape

@@ -12,8 +12,9 @@ from safetensors.torch import load_file
 
 from model import world
 from model.checkpoint import load_model, save_model
-from model.train.decoder import (WARM_FRAMES, PairCritic, attribute_ids, decode_window, frame_pairs,
-                                 rollout_plan)
+from model.eval import measure_shift
+from model.train.decoder import (WARM_FRAMES, PairCritic, Rollouts, attribute_ids, decode_window, fourier_shift,
+                                 frame_pairs, motion_loss, rollout_plan)
 from streamer.cli import main as cli
 
 
@@ -48,17 +49,30 @@ def test_decoder_trains_probes_resumes_and_exports(start, tmp_path):
     out = tmp_path / "sharpened"
     assert cli(decoder_args(run, start, 4, "--export", str(out))) == 0
     before, after = load_model(start), load_model(out)
+    assert before.vae.display is None and after.config.vae.display_decoder
     trained = {k[len("decoder."):]: v for k, v in load_file(run / "state.safetensors").items()
                if k.startswith("decoder.")}
-    for k, v in after.vae.decoder.state_dict().items():
+    for k, v in after.vae.display.state_dict().items():  # the trained decoder draws the frames shown
         assert torch.equal(v, trained[k]), k
     changed = [k for k, v in before.vae.decoder.state_dict().items() if not torch.equal(v, trained[k])]
     assert changed, "four steps changed nothing in the decoder"
-    for part in ("dit", "text"):
-        for k, v in getattr(before, part).state_dict().items():
-            assert torch.equal(v, getattr(after, part).state_dict()[k]), (part, k)
-    for k, v in before.vae.encoder.state_dict().items():
-        assert torch.equal(v, after.vae.encoder.state_dict()[k]), k
+    for part in ("dit", "text", "vae.encoder", "vae.decoder"):  # the first decoder stays: the stream keeps its picture
+        for k, v in before.get_submodule(part).state_dict().items():
+            assert torch.equal(v, after.get_submodule(part).state_dict()[k]), (part, k)
+
+    from model.inspect import format_report, inspect
+
+    shown = format_report(inspect(out, None, None))
+    assert "display   a display decoder" in shown and "display" not in format_report(inspect(start, None, None))
+
+    # a second run on the exported model sharpens its display decoder further, from where it is
+    again = tmp_path / "again"
+    assert cli(decoder_args(again, out, 2)) == 0
+    assert cli(decoder_args(again, out, 2, "--export", str(tmp_path / "twice"))) == 0
+    twice = load_model(tmp_path / "twice")
+    for k, v in after.vae.decoder.state_dict().items():
+        assert torch.equal(v, twice.vae.decoder.state_dict()[k]), k
+    assert any(not torch.equal(v, twice.vae.display.state_dict()[k]) for k, v in after.vae.display.state_dict().items())
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -128,3 +142,46 @@ def test_rollout_plan_pans_zooms_and_switches_at_the_evals_speeds():
     assert any(len({s["prompt"] for s in p}) > 1 for p in plans)
     for s in segs:  # every attribute named, so the critic is told the whole scene
         assert set(world.parse_prompt(s["prompt"])) == set(world.ATTRIBUTES)
+
+
+def test_fourier_shift_moves_as_the_eval_measures_a_camera_move():
+    x = torch.randn(2, 3, 16, 16)
+    moved = fourier_shift(x, torch.tensor([[1.0, 0.0], [0.0, -2.0]]))  # out(p) = x(p + d)
+    assert torch.allclose(moved[0], torch.roll(x[0], -1, dims=-1), atol=1e-5)
+    assert torch.allclose(moved[1], torch.roll(x[1], 2, dims=-2), atol=1e-5)
+    rng = np.random.default_rng(0)
+    picture = np.kron(rng.uniform(0, 255, (16, 16, 3)), np.ones((4, 4, 1))).astype(np.float32)  # blocky, 64 px
+    t = torch.from_numpy(picture).permute(2, 0, 1)[None]
+    b = fourier_shift(t, torch.tensor([[1.5, -0.75]]))[0].permute(1, 2, 0).numpy()
+    assert np.allclose(measure_shift(picture, b), (1.5, -0.75), atol=0.15)
+
+
+def test_motion_loss_asks_the_added_detail_to_move_with_the_camera():
+    detail = torch.randn(1, 1, 3, 24, 24)
+    d = torch.tensor([[[float("nan"), float("nan")], [1.5, 0.0], [1.5, 0.0]]])  # frame 0 has no pair
+    step = fourier_shift(detail[:, 0], d[:, 1])
+    following = torch.cat([detail, step[:, None], fourier_shift(step, d[:, 1])[:, None]], 1)
+    assert float(motion_loss(following, d)) < 1e-5
+    stuck = detail.expand(1, 3, 3, 24, 24)  # detail fixed on the screen under a pan
+    assert float(motion_loss(stuck, d)) > 0.3
+    assert float(motion_loss(stuck, torch.zeros(1, 3, 2))) < 1e-6  # the camera still: it may stay
+    assert float(motion_loss(stuck, torch.full((1, 3, 2), float("nan")))) == 0.0  # no pair counts
+
+
+def test_rollouts_cached_without_commands_replay_their_plans(tmp_path):
+    """Rollouts cached before the commands were stored get them by drawing their plans
+    again, checked against the prompts stored; a cache the plans do not match is refused."""
+    model = load_model("debug")
+    path = tmp_path / "rollouts.npz"
+    made = Rollouts(model, 2, 8, seed=5, path=path)
+    assert made.commanded.shape == (2, 8, 3)
+    data = dict(np.load(path))
+    stored = data.pop("commanded")
+    np.savez(path, **data)
+    assert np.array_equal(Rollouts(model, 2, 8, seed=5, path=path).commanded, stored)
+    with pytest.raises(SystemExit, match="cannot be drawn again"):
+        Rollouts(model, 2, 8, seed=6, path=path)
+    shifts = made.shifts(tmp_path / "shifts.npy")
+    assert shifts.shape == (2, 8, 2) and np.isnan(shifts[:, 0]).all()
+    still = (made.commanded[:, 1:] == 0).all(-1)
+    assert (shifts[:, 1:][still] == 0).all()

@@ -1,16 +1,20 @@
-"""Stage 3: the VAE decoder sharpened on the DiT's own rollouts (`livereel train decoder`).
+"""Stage 3: a display decoder sharpened on the DiT's own rollouts (`livereel train decoder`).
 
 The DiT's latents are soft: trained on flow matching, it predicts the mean of what
 could be there, and the decoder, trained on the world's sharp latents, draws that mean
 as it is (the model card's sharpness row: 2-5% of the world's at full resolution). This
-stage fine-tunes the decoder alone, so that what it draws from the DiT's latents looks
-like the world at the detail the latents do not fix; the DiT, the encoder and every
-stream's cache stay as they were.
+stage fine-tunes a copy of the decoder (or the checkpoint's display decoder, when it
+has one), so that what it draws from the DiT's latents looks like the world at the
+detail the latents do not fix. It draws the frames shown only (`VAEConfig.display_decoder`):
+the picture a stream keeps (the next chunk's warped prior, the spatial memory) is still
+the first decoder's, which the DiT learned on; with the sharpened decoder in that loop
+too, a 10-minute stream lost its object (the DiT reads detail it never saw in its priors).
+The DiT, the encoder, the first decoder and every stream's cache stay as they were.
 
 - Rollouts: streams of the checkpoint under the shipped sampler (`Sampling()`) on random
   world captions, with pans at the eval's speeds, still spells, zooms and prompt
-  switches; their latents (DiT scale) and the frames the current decoder drew from them,
-  made once per run (rollouts.npz).
+  switches; their latents (DiT scale), the camera commanded, and the first decoder's
+  pictures of them, made once per run (rollouts.npz).
 - The decoder's loss, per window of consecutive frames (the decoder's temporal state
   warmed on the frames before, as a stream carries it):
   - `--rec` x L1 to the world's frames, decoding the world's own latents (it stays a
@@ -21,17 +25,28 @@ stream's cache stay as they were.
   - `--adv` x the hinge loss of a critic on pairs of consecutive frames (so detail that
     flickers from frame to frame reads as fake), told the prompt's attributes as a
     projection discriminator (so rain is drawn under a rainy prompt, not under a clear
-    one).
+    one);
+  - `--motion` x L1 between the detail it adds to a frame (its picture less the first
+    decoder's) and the detail it added to the frame before, moved by the camera's shift
+    between them (measured on the first decoder's pictures, whose pans the eval reads at
+    ~0.85 of the commanded speed; a Fourier shift, exact below a pixel). Without it the
+    added detail snaps to the latent grid under a sub-token pan (8 px per token): it
+    stays on the screen a frame, then jumps, and the eval reads the pan slower.
 - The critic tells the world's frame pairs from the decoder's pictures of rollouts.
 - Resumable state every 100 steps, loss CSV + PNG, and a probe every `--probe-every`
   steps: the sharpness (variance of the Laplacian, as the eval) of held-out rollouts
-  decoded whole, over the world's (probe.csv, probe.png), and a strip of frames.
+  decoded whole, over the world's, and the pan speed the eval's estimator reads on its
+  pictures over that on the first decoder's (probe.csv, probe.png), and a strip of frames.
+- `--init RUN` starts the decoder and the critic from another run's latest state.
+- `--export DIR` writes the checkpoint with the run's decoder as its display decoder.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -46,7 +61,7 @@ from tqdm import tqdm
 
 from model import world
 from model.checkpoint import LiveReel, load_model, save_model
-from model.eval import PAN_SPEEDS_PX, ZOOM_PER_FRAME, sharpness
+from model.eval import PAN_SPEEDS_PX, ZOOM_PER_FRAME, measure_shift, sharpness
 from model.sampling import Sampling
 from model.train.common import RUNS, ClipPool, LossLog, cosine_lr, load_state, save_state
 from model.vae import from_uint8, to_uint8
@@ -75,6 +90,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep", type=float, default=1.0, help="weight of the pooled L1 to the first decoder's pictures")
     p.add_argument("--keep-scale", type=int, default=4, help="average-pooling factor of --keep")
     p.add_argument("--rec", type=float, default=1.0, help="weight of the L1 reconstruction of world clips")
+    p.add_argument("--motion", type=float, default=0.0,
+                   help="weight of the L1 between the added detail of a frame and that of the frame before, "
+                        "moved by the camera's shift")
+    p.add_argument("--init", type=Path, default=None,
+                   help="start the decoder and the critic from this run's latest state (a new run)")
     p.add_argument("--adv-start", type=int, default=100, help="steps the critic learns alone first")
     p.add_argument("--probe-every", type=int, default=200, help="steps between probes (0: none)")
     p.add_argument("--minutes", type=float, default=None, help="stop (resumably) after this many minutes")
@@ -106,13 +126,24 @@ def rollout_plan(rng: np.random.Generator, frames: int, fps: int, segment: int =
     return plan
 
 
+def plan_commands(plan: list[dict], fps: int) -> np.ndarray:
+    """A `rollout_plan`'s camera per frame (F, 3): [dx, dy] in view px/frame at the
+    reference size, zoom in log2/frame."""
+    rows = []
+    for seg in plan:
+        px = [v * world.REF_SIZE / fps for v in seg["pan"]]
+        rows += [[px[0], px[1], seg["zoom"] / fps]] * seg["frames"]
+    return np.array(rows, np.float32)
+
+
 class Rollouts:
     """The checkpoint's streams under the shipped sampler: latents (N, F, C, h, w) in DiT
-    scale (float16), the frames shown (N, F, H, W, 3) uint8 and the prompt of each frame;
-    made once, cached on disk as .npz."""
+    scale (float16), the frames shown (N, F, H, W, 3) uint8, the prompt of each frame and
+    the camera commanded (N, F, 3) as `plan_commands`; made once, cached on disk as .npz."""
 
     def __init__(self, model: LiveReel, n: int, frames: int, seed: int, path: Path):
         self.path = path
+        self.fps, self.seed = model.config.fps, seed
         if path.exists():
             data = np.load(path, allow_pickle=False)
             if data["latents"].shape[:2] == (n, frames):
@@ -121,24 +152,28 @@ class Rollouts:
         k = model.config.dit.chunk_frames
         if frames % k:
             raise SystemExit(f"--rollout-frames must be a multiple of the chunk ({k} frames); got {frames}")
-        latents, shown, prompts = [], [], []
+        latents, shown, prompts, commanded = [], [], [], []
         rng = np.random.default_rng([seed, 31])
         with torch.no_grad():
             for i in tqdm(range(n), desc="rolling out the checkpoint", unit="stream"):
                 gen = Sampling().generator(model, seed=seed * 100_000 + i)
-                zs, fs, ps = [], [], []
-                for seg in rollout_plan(rng, frames, model.config.fps):
+                zs, ps = [], []
+                plan = rollout_plan(rng, frames, model.config.fps)
+                commanded.append(plan_commands(plan, model.config.fps))
+                for seg in plan:
                     gen.set_prompt(seg["prompt"])
                     gen.set_camera(seg["pan"], seg["zoom"])
                     for _ in range(seg["frames"] // k):
                         z = gen.step()
-                        fs.append(gen.decode(z))
+                        gen.decode(z)  # the stream keeps the picture of it
                         zs.append(z[0].to(torch.float16).numpy())
                         ps += [seg["prompt"]] * k
                 latents.append(np.concatenate(zs))
-                shown.append(np.concatenate(fs))
+                z = model.vae.from_dit(torch.from_numpy(latents[-1].astype(np.float32))[None])
+                shown.append(to_uint8(model.vae.decoder(z, [None])[0][0]).numpy())  # the first decoder's
                 prompts.append(json.dumps(ps))
-        data = dict(latents=np.stack(latents), frames=np.stack(shown), prompts=np.array(prompts))
+        data = dict(latents=np.stack(latents), frames=np.stack(shown), prompts=np.array(prompts),
+                    commanded=np.stack(commanded))
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path.with_suffix(".tmp.npz"), **data)
         path.with_suffix(".tmp.npz").replace(path)
@@ -148,9 +183,44 @@ class Rollouts:
         self.latents = data["latents"]
         self.frames = data["frames"]
         self.prompts = [json.loads(p) for p in data["prompts"]]
+        self.commanded = data["commanded"] if "commanded" in data else self._replayed()
+
+    def _replayed(self) -> np.ndarray:
+        """The commands of rollouts cached before they were stored: their plans drawn again
+        (the plan's draws are its own generator's), checked against the stored prompts."""
+        rng = np.random.default_rng([self.seed, 31])
+        n, frames = self.latents.shape[:2]
+        out = []
+        for i in range(n):
+            plan = rollout_plan(rng, frames, self.fps)
+            if [seg["prompt"] for seg in plan for _ in range(seg["frames"])] != self.prompts[i]:
+                raise SystemExit(f"{self.path}: its plans cannot be drawn again (another --seed, or another "
+                                 "world): remove it to roll out again")
+            out.append(plan_commands(plan, self.fps))
+        return np.stack(out)
 
     def __len__(self) -> int:
         return len(self.latents)
+
+    def shifts(self, path: Path) -> np.ndarray:
+        """(N, F, 2): the camera's shift (dx, dy) from frame f-1 to f of each rollout, as the
+        eval's `measure_shift` reads it on the first decoder's pictures; 0 where the camera
+        was held still, nan at frame 0, under a zoom, or where the estimator finds no peak.
+        Cached on disk as .npy."""
+        if path.exists():
+            out = np.load(path, allow_pickle=False)
+            if out.shape == (*self.latents.shape[:2], 2):
+                return out
+        n, frames = self.latents.shape[:2]
+        out = np.full((n, frames, 2), np.nan, np.float32)
+        for i in tqdm(range(n), desc="measuring the rollouts' pans", unit="stream"):
+            for f in range(1, frames):
+                cmd = self.commanded[i, f]
+                if cmd[2] != 0:
+                    continue
+                out[i, f] = (0.0, 0.0) if not cmd[:2].any() else measure_shift(self.frames[i, f - 1], self.frames[i, f])
+        np.save(path, out)
+        return out
 
 
 # ---------------------------------------------------------------------------- the critic
@@ -196,6 +266,33 @@ def frame_pairs(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((x[:, :-1], x[:, 1:]), 2).flatten(0, 1)
 
 
+# ---------------------------------------------------------------------------- the motion loss
+def fourier_shift(x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """x (N, C, H, W) moved by d (N, 2) = (dx, dy) px as `measure_shift` reads a camera
+    move: out(p) = x(p + d), by a phase ramp (band-limited, exact below a pixel; what
+    leaves one side wraps in on the other, so a caller masks a border)."""
+    h, w = x.shape[-2:]
+    fy = torch.fft.fftfreq(h, dtype=x.dtype, device=x.device).view(1, 1, h, 1)
+    fx = torch.fft.rfftfreq(w, dtype=x.dtype, device=x.device).view(1, 1, 1, -1)
+    phase = 2 * math.pi * (fx * d[:, 0].view(-1, 1, 1, 1) + fy * d[:, 1].view(-1, 1, 1, 1))
+    return torch.fft.irfft2(torch.fft.rfft2(x) * torch.polar(torch.ones_like(phase), phase), s=(h, w))
+
+
+def motion_loss(added: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """added (B, T, 3, H, W): what a decoder adds to the first one's pictures; shifts
+    (B, T, 2): the camera's shift onto each frame from the one before (nan: no pair).
+    Mean L1 between each frame's added detail and the frame before's moved by the shift,
+    inside a border as wide as the largest shift (+1 px); 0 when no pair counts."""
+    prev, nxt, d = added[:, :-1].flatten(0, 1), added[:, 1:].flatten(0, 1), shifts[:, 1:].flatten(0, 1)
+    ok = torch.isfinite(d).all(1)
+    if not bool(ok.any()):
+        return added.sum() * 0.0
+    prev, nxt, d = prev[ok], nxt[ok], d[ok]
+    m = int(math.ceil(float(d.abs().max()))) + 1
+    moved = fourier_shift(prev, d)
+    return F.l1_loss(moved[..., m:-m, m:-m], nxt[..., m:-m, m:-m])
+
+
 # ---------------------------------------------------------------------------- training
 def decode_window(decoder: nn.Module, z: torch.Tensor) -> torch.Tensor:
     """Raw latents (B, WARM + T, C, h, w) -> frames of the last T (B, T, 3, H, W): the
@@ -205,18 +302,30 @@ def decode_window(decoder: nn.Module, z: torch.Tensor) -> torch.Tensor:
     return decoder(z[:, WARM_FRAMES:], state)[0]
 
 
-def sharpness_probe(decoder: nn.Module, model: LiveReel, rollouts: Rollouts, world_sharp: float) -> dict:
+def sharpness_probe(decoder: nn.Module, model: LiveReel, rollouts: Rollouts, world_sharp: float,
+                    shifts: np.ndarray) -> dict:
     """Held-out rollouts decoded whole (streaming state): their sharpness (the eval's)
-    over the world's, and over the first decoder's pictures of the same latents."""
+    over the world's, and over the first decoder's pictures of the same latents; and the
+    pan speed the eval's estimator reads on them over that on the first decoder's (the
+    shift along the first decoder's, summed over the panning frames)."""
     vae = model.vae
-    ours, first = [], []
+    ours, first, along, speed = [], [], 0.0, 0.0
     with torch.no_grad():
         for i in range(len(rollouts) - PROBE_CLIPS, len(rollouts)):
             z = vae.from_dit(torch.from_numpy(rollouts.latents[i:i + 1].astype(np.float32)))
-            ours.append(sharpness(to_uint8(decoder(z, [None])[0][0]).numpy()).mean())
+            pics = to_uint8(decoder(z, [None])[0][0]).numpy()
+            ours.append(sharpness(pics).mean())
             first.append(sharpness(rollouts.frames[i]).mean())
+            for f in range(1, len(pics)):
+                d = shifts[i, f]
+                if np.isfinite(d).all() and np.abs(d).sum() > 0.5:
+                    m = np.asarray(measure_shift(pics[f - 1], pics[f]))
+                    if np.isfinite(m).all():
+                        along += float(m @ d) / float(np.linalg.norm(d))
+                        speed += float(np.linalg.norm(d))
     return {"vs_world": float(np.mean(ours) / world_sharp), "first_vs_world": float(np.mean(first) / world_sharp),
-            "vs_first": float(np.mean(ours) / np.mean(first))}
+            "vs_first": float(np.mean(ours) / np.mean(first)),
+            "pan_vs_first": along / speed if speed > 0 else float("nan")}
 
 
 def probe_strip(decoder: nn.Module, model: LiveReel, rollouts: Rollouts, path: Path, frames: int = 6) -> Path:
@@ -245,7 +354,10 @@ def train(args: argparse.Namespace) -> Path:
     clips = ClipPool(args.pool, args.pool_frames, cfg.image_size, cfg.fps, run / "world.npz",
                      seed_offset=3_000_000, switch_share=0.3)
     world_sharp = float(np.mean([sharpness(c).mean() for c in clips.frames[:32]]))
-    decoder = model.vae.decoder.train().requires_grad_(True)
+    shifts = rollouts.shifts(run / "shifts.npy")
+    # the decoder trained: the display decoder, or a copy of the first one (which stays as it is)
+    decoder = copy.deepcopy(model.vae.display if model.vae.display is not None else model.vae.decoder)
+    decoder.train().requires_grad_(True)
     critic = PairCritic()
     opt_g = torch.optim.Adam(decoder.parameters(), lr=args.lr, betas=(0.5, 0.9))
     opt_d = torch.optim.Adam(critic.parameters(), lr=args.critic_lr, betas=(0.5, 0.9))
@@ -257,8 +369,15 @@ def train(args: argparse.Namespace) -> Path:
         log.info("resumed %s at step %d", run, start)
     elif (run / "state.json").exists():
         raise SystemExit(f"{run} already holds a run: pass --resume, or another --run")
+    elif args.init is not None:  # weights only: the optimizers start afresh
+        from safetensors.torch import load_file
+
+        for part, module, folder in (("decoder", decoder, args.init), ("critic", critic, args.init / "critic")):
+            tensors = load_file(folder / "state.safetensors")
+            module.load_state_dict({k[len(part) + 1:]: v for k, v in tensors.items() if k.startswith(part + ".")})
+        log.info("started from the decoder and critic of %s", args.init)
     (run / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=2))
-    losses = LossLog(run, ["rec", "keep", "adv_g", "critic", "real_minus_fake"])
+    losses = LossLog(run, ["rec", "keep", "motion", "adv_g", "critic", "real_minus_fake"])
     probe_path = run / "probe.csv"
     rng = np.random.default_rng([args.seed, start])
     vae, w, ks = model.vae, args.window, args.keep_scale
@@ -291,6 +410,10 @@ def train(args: argparse.Namespace) -> Path:
         x_rec = decode_window(decoder, z_real)
         rec = F.l1_loss(x_rec, x_real)
         keep = F.l1_loss(F.avg_pool2d(fake.flatten(0, 1), ks), F.avg_pool2d(first_pic.flatten(0, 1), ks))
+        motion = torch.zeros(())
+        if args.motion > 0:
+            d = torch.from_numpy(np.stack([shifts[c, f:f + w] for c, f in zip(ci, fi)]))
+            motion = motion_loss(fake - first_pic, d)
         # the critic: world pairs against the decoder's pairs (detached)
         d_real = critic(frame_pairs(x_real), real_attrs)
         d_fake = critic(frame_pairs(fake.detach()), fake_attrs)
@@ -309,13 +432,14 @@ def train(args: argparse.Namespace) -> Path:
         if adv_world > 0:
             g_world = -critic(frame_pairs(x_rec), real_attrs).mean()
         critic.requires_grad_(True)
-        loss = args.rec * rec + args.keep * keep + adv * g_adv + adv_world * g_world
+        loss = args.rec * rec + args.keep * keep + args.motion * motion + adv * g_adv + adv_world * g_world
         opt_g.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(decoder.parameters(), 1.0)
         opt_g.step()
         if step % 10 == 0:  # the figures read back from the tensors every tenth step only
-            figures = dict(rec=rec.item(), keep=keep.item(), adv_g=g_adv.item(), critic=d_loss.item(),
+            figures = dict(rec=rec.item(), keep=keep.item(), motion=motion.item(), adv_g=g_adv.item(),
+                           critic=d_loss.item(),
                            real_minus_fake=(d_real.mean() - d_fake.mean()).item())
             losses.add(step, **figures)
             bar.set_postfix({k: f"{v:.4f}" for k, v in figures.items()})
@@ -323,7 +447,7 @@ def train(args: argparse.Namespace) -> Path:
         last = done == args.steps or (deadline is not None and time.time() > deadline)
         if args.probe_every and (done % args.probe_every == 0 or last):
             decoder.eval()
-            probe = sharpness_probe(decoder, model, rollouts, world_sharp)
+            probe = sharpness_probe(decoder, model, rollouts, world_sharp, shifts)
             probe_strip(decoder, model, rollouts, run / f"strip-{done:06d}.png")
             decoder.train()
             new = not probe_path.exists()
@@ -333,8 +457,9 @@ def train(args: argparse.Namespace) -> Path:
                     wr.writerow(["step", *probe])
                 wr.writerow([done, *(f"{v:.4f}" for v in probe.values())])
             plot_probe(probe_path)
-            log.info("step %d: sharpness %.1f%% of the world's (the first decoder's %.1f%%)", done,
-                     100 * probe["vs_world"], 100 * probe["first_vs_world"])
+            log.info("step %d: sharpness %.1f%% of the world's (the first decoder's %.1f%%), pans read at "
+                     "%.2f of the first decoder's", done, 100 * probe["vs_world"], 100 * probe["first_vs_world"],
+                     probe["pan_vs_first"])
         if done % 100 == 0 or last:
             hours = hours_before + (time.time() - t0) / 3600
             save_state(run, {"decoder": decoder}, opt_g, done, {"hours": hours, "checkpoint": str(args.checkpoint)})
@@ -355,12 +480,20 @@ def plot_probe(path: Path) -> Path:
 
     rows = list(csv.DictReader(path.open()))
     steps = [int(r["step"]) for r in rows]
-    fig, ax = plt.subplots(figsize=(5, 3))
+    pans = "pan_vs_first" in rows[0]
+    fig, axes = plt.subplots(1, 2 if pans else 1, figsize=(10 if pans else 5, 3), squeeze=False)
+    ax = axes[0, 0]
     ax.plot(steps, [100 * float(r["vs_world"]) for r in rows], marker="o", label="this decoder")
     ax.plot(steps, [100 * float(r["first_vs_world"]) for r in rows], ls="--", label="the first decoder")
     ax.set_xlabel("step")
     ax.set_ylabel("sharpness, % of the world's")
     ax.legend()
+    if pans:
+        ax = axes[0, 1]
+        ax.plot(steps, [float(r["pan_vs_first"]) for r in rows], marker="o")
+        ax.axhline(1.0, ls="--", c="grey")
+        ax.set_xlabel("step")
+        ax.set_ylabel("pan speed read, over the first decoder's")
     fig.tight_layout()
     out = path.with_suffix(".png")
     fig.savefig(out, dpi=90)
@@ -369,7 +502,7 @@ def plot_probe(path: Path) -> Path:
 
 
 def export(args: argparse.Namespace) -> Path:
-    """The checkpoint with the run's latest decoder, as a checkpoint folder."""
+    """The checkpoint with the run's latest decoder as its display decoder, as a checkpoint folder."""
     from safetensors.torch import load_file
 
     if not (args.run / "state.json").exists():
@@ -379,10 +512,15 @@ def export(args: argparse.Namespace) -> Path:
         raise SystemExit(f"{args.run} sharpened the decoder of {trained_on}: export it with --checkpoint {trained_on}")
     model = load_model(args.checkpoint).eval()
     tensors = load_file(args.run / "state.safetensors")
-    model.vae.decoder.load_state_dict({k[len("decoder."):]: v for k, v in tensors.items() if k.startswith("decoder.")})
+    cfg = model.config
+    out = LiveReel(dataclasses.replace(cfg, vae=dataclasses.replace(cfg.vae, display_decoder=True))).eval()
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("vae.display.")}
+    state.update({"vae.display." + k[len("decoder."):]: v for k, v in tensors.items() if k.startswith("decoder.")})
+    out.load_state_dict(state, strict=True)
     step = json.loads((args.run / "state.json").read_text())["step"]
-    log.info("exporting %s with the decoder of %s at step %d", args.checkpoint, args.run, step)
-    return save_model(model, args.export)
+    log.info("exporting %s with the decoder of %s at step %d as its display decoder", args.checkpoint, args.run,
+             step)
+    return save_model(out, args.export)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -393,7 +531,9 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"--pool-frames and --rollout-frames must be >= {WARM_FRAMES + 2}")
     if not 2 <= args.window <= min(args.pool_frames, args.rollout_frames) - WARM_FRAMES:
         raise SystemExit(f"--window must be in [2, frames - {WARM_FRAMES}] (got {args.window})")
-    for name in ("adv", "adv_world", "keep", "rec"):
+    if args.init is not None and not (args.init / "state.safetensors").exists():
+        raise SystemExit(f"--init: no run state in {args.init}")
+    for name in ("adv", "adv_world", "keep", "rec", "motion"):
         if not 0.0 <= getattr(args, name) <= 100.0:
             raise SystemExit(f"--{name.replace('_', '-')} must be in [0, 100] (got {getattr(args, name)})")
     if not (args.lr > 0 and args.critic_lr > 0):
