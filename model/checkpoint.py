@@ -188,17 +188,11 @@ class LiveReel(nn.Module):
         frames, _, state = self.decode_pictures(latents, state)
         return frames, state
 
-    def decode_pictures(self, latents: torch.Tensor, state, offsets: torch.Tensor | None = None):
+    def decode_pictures(self, latents: torch.Tensor, state):
         """`decode`, plus the picture of the last frame the stream keeps (B, 3, H, W) (its
         next prior warps it, its spatial memory holds it): the first decoder's, which the
-        DiT learned on, where a display decoder draws the frames shown (`VAE.decode_shown`;
-        `offsets`: its anchor to the world, the Generator's `display_offsets`)."""
-        return self.vae.decode_shown(self.vae.from_dit(latents), state, offsets)
-
-    @property
-    def anchors_display(self) -> bool:
-        """Its frames shown are drawn anchored to the world: the Generator passes offsets."""
-        return self.vae.display is not None
+        DiT learned on, where a display decoder draws the frames shown (`VAE.decode_shown`)."""
+        return self.vae.decode_shown(self.vae.from_dit(latents), state)
 
 
 def build_model(config: ModelConfig, seed: int = 0) -> LiveReel:

@@ -172,21 +172,15 @@ class DecodeStep(nn.Module):
     """A streaming VAE decode step (`VAE.decode_shown`): DiT-scale latents (B, K, C, h, w)
     and the decoder's state (B, C', h, w) (zeros before the first chunk) -> frames shown
     (B, K, 3, H, W), the picture kept of the last one (B, 3, H, W), state; with a display
-    decoder, its anchored latents (`VAE.anchor_latents`) and its state are inputs too, and
-    its frames (padded) and state outputs."""
+    decoder, its state is an input and an output too."""
 
     def __init__(self, vae: nn.Module):
         super().__init__()
         self.vae = vae
 
-    def forward(self, z: Tensor, state: Tensor, display_z: Tensor | None = None,
-                display_state: Tensor | None = None) -> tuple[Tensor, ...]:
-        if display_z is None:
-            frames, picture, (state,) = self.vae.decode_shown(self.vae.from_dit(z), [state])
-            return frames, picture, state
-        # the anchor's shifts (FFTs) stay outside the graph: `EngineParts.decode_pictures`
-        frames, picture, states = self.vae.decode_both(self.vae.from_dit(z), self.vae.from_dit(display_z),
-                                                       [state, display_state])
+    def forward(self, z: Tensor, state: Tensor, display_state: Tensor | None = None) -> tuple[Tensor, ...]:
+        states = [state] if display_state is None else [state, display_state]
+        frames, picture, states = self.vae.decode_shown(self.vae.from_dit(z), states)
         return frames, picture, *states
 
 
@@ -397,8 +391,7 @@ class EngineParts:
         self.dit_fused = Part("dit-fused", StreamEval(model.dit, fused=True), engine, {**rows, **ctx_rows},
                               threads, directory)
         self.decoder = Part("decode", DecodeStep(model.vae), engine,
-                            {k: (0, "rows") for k in ("z", "state", "display_z", "display_state")}, threads,
-                            directory)
+                            {k: (0, "rows") for k in ("z", "state", "display_state")}, threads, directory)
         self.prior = (Part("prior", Prior(model.vae, d.grid, model.prior_from_shown), engine,
                            {k: (0, "rows") for k in ("source", "frame_pos", "valid", "pos")}, threads, directory)
                       if d.warp_prior and d.prior_space == "pixel" else None)
@@ -438,22 +431,15 @@ class EngineParts:
         frames, _, state = self.decode_pictures(latents, state)
         return frames, state
 
-    def decode_pictures(self, latents: Tensor, state, offsets: Tensor | None = None):
+    def decode_pictures(self, latents: Tensor, state):
         """`LiveReel.decode_pictures` through the engine (states before the first chunk: zeros)."""
-        from model.vae import ANCHOR_PAD, anchor_latents, unanchor_frames
-
-        c, (h, w) = self.model.config.vae.dec_channels[0], latents.shape[-2:]
-        if len(state) == 1:
-            prev = state[0] if state[0] is not None else torch.zeros(latents.shape[0], c, h, w)
-            frames, picture, prev = self.decoder(z=latents, state=prev)
-            return frames, picture, [prev]
-        p = 2 * ANCHOR_PAD
-        kept = state[0] if state[0] is not None else torch.zeros(latents.shape[0], c, h, w)
-        shown = state[1] if state[1] is not None else torch.zeros(latents.shape[0], c, h + p, w + p)
-        offsets = latents.new_zeros(*latents.shape[:2], 2) if offsets is None else offsets
-        frames, picture, kept, shown = self.decoder(z=latents, state=kept, display_z=anchor_latents(latents, offsets),
-                                                    display_state=shown)
-        return unanchor_frames(frames, offsets, self.model.config.vae.downsample), picture, [kept, shown]
+        shape = (latents.shape[0], self.model.config.vae.dec_channels[0], *latents.shape[-2:])
+        prev = [torch.zeros(shape) if s is None else s for s in state]
+        inputs = {"z": latents, "state": prev[0]}
+        if len(prev) > 1:
+            inputs["display_state"] = prev[1]
+        frames, picture, *state = self.decoder(**inputs)
+        return frames, picture, state
 
     def warped(self, vae, source: Tensor, frame_pos: Tensor, valid: Tensor, pos: Tensor, grid: int) -> Tensor:
         """The model's `pixel_prior` or `warped_prior` (the one the graph was made of)."""

@@ -233,7 +233,6 @@ class Generator:
         # per kept slot: clean latents, camera, and the cache's last frame before it (its prior's source)
         self._kept: dict[tuple[str, int], tuple[Tensor, CameraCond, tuple]] = {}
         self._vae_state = self.model.init_decode_state()
-        self._anchor = torch.zeros(2)  # the screen's pan so far, latent cells mod 1 (`display_offsets`)
 
     def _encode(self, prompt: str) -> TextCond:
         if self.rewrite:
@@ -425,19 +424,6 @@ class Generator:
     def decode(self, latents: Tensor) -> np.ndarray:
         """Latents of one chunk -> uint8 frames (K, H, W, 3), streaming the VAE state."""
         return decode_batch([self], [latents])[0]
-
-    def display_offsets(self) -> Tensor:
-        """The sub-cell offsets (1, K, 2) of the chunk last stepped, for a display decoder
-        anchored to the world (`VAE.anchor_latents`): the screen's pan since the stream
-        began in the VAE's latent cells (each frame's world motion times its zoom scale,
-        so a zoom adds nothing and a rebase changes nothing), less whole cells; advances
-        the stream's running sum, so call it once per chunk decoded."""
-        cfg = self.model.config
-        cells = cfg.pixels_per_token / cfg.vae.downsample  # latent cells per world unit at zoom 0
-        step = cells * self._cam.motion[0, :, :2].float().cpu() * torch.exp2(self._cam.pos[0, :, 2:3].float().cpu())
-        run = self._anchor + step.cumsum(0)
-        self._anchor = run[-1] % 1.0
-        return (run % 1.0)[None].to(self.device)
 
     def next_frames(self) -> np.ndarray:
         return self.decode(self.step())
@@ -663,9 +649,7 @@ def decode_batch(gens: list[Generator], latents: list[Tensor]) -> list[np.ndarra
             state.append(None if like is None else
                          torch.cat([torch.zeros_like(like) if p is None else p for p in parts]))
     if hasattr(model, "decode_pictures"):  # the picture kept may be another decoder's than the one shown
-        extra = {"offsets": torch.cat([g.display_offsets() for g in gens])} if getattr(model, "anchors_display",
-                                                                                         False) else {}
-        frames, pictures, state = model.decode_pictures(torch.cat(latents), state, **extra)
+        frames, pictures, state = model.decode_pictures(torch.cat(latents), state)
     else:
         frames, state = model.decode(torch.cat(latents), state)
         pictures = frames[:, -1]

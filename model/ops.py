@@ -5,8 +5,6 @@ kernels without importing one another."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -73,14 +71,3 @@ def to_uint8(x: Tensor) -> Tensor:
 def from_uint8(x: Tensor) -> Tensor:
     """uint8 (..., H, W, 3) -> float [-1, 1] (..., 3, H, W)."""
     return x.movedim(-1, -3).float() / 127.5 - 1.0
-
-
-def fourier_shift(x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """x (N, C, H, W) moved by d (N, 2) = (dx, dy) px as `measure_shift` reads a camera
-    move: out(p) = x(p + d), by a phase ramp (band-limited, exact below a pixel; what
-    leaves one side wraps in on the other, so a caller masks a border)."""
-    h, w = x.shape[-2:]
-    fy = torch.fft.fftfreq(h, dtype=x.dtype, device=x.device).view(1, 1, h, 1)
-    fx = torch.fft.rfftfreq(w, dtype=x.dtype, device=x.device).view(1, 1, 1, -1)
-    phase = 2 * math.pi * (fx * d[:, 0].view(-1, 1, 1, 1) + fy * d[:, 1].view(-1, 1, 1, 1))
-    return torch.fft.irfft2(torch.fft.rfft2(x) * torch.polar(torch.ones_like(phase), phase), s=(h, w))

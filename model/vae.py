@@ -21,30 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.config import VAEConfig
-from model.ops import fourier_shift
 from model.ops import from_uint8, to_uint8  # noqa: F401 (re-exported)
 
 State = list[Tensor | None]
-
-ANCHOR_PAD = 2  # latent tokens of edge padding around a display decode anchored to the world
-
-
-def anchor_latents(z: Tensor, offsets: Tensor) -> Tensor:
-    """Latents (B, T, C, h, w) moved onto the world's token grid: padded by ANCHOR_PAD
-    (edge copies) and shifted by -offsets (B, T, 2), each frame's camera position in view
-    tokens less whole tokens (x, y in [0, 1)). A decoder draws from these detail fixed to
-    the world, not to the screen; `unanchor_frames` moves its picture back."""
-    p = ANCHOR_PAD
-    flat = F.pad(z.flatten(0, 1), (p, p, p, p), mode="replicate")
-    return fourier_shift(flat, -offsets.flatten(0, 1)).view(*z.shape[:3], *flat.shape[-2:])
-
-
-def unanchor_frames(frames: Tensor, offsets: Tensor, down: int) -> Tensor:
-    """The picture of `anchor_latents` (B, T, 3, H', W') moved back by the offsets (`down`
-    pixels a token) and cropped to the view."""
-    m = ANCHOR_PAD * down
-    back = fourier_shift(frames.flatten(0, 1), down * offsets.flatten(0, 1))[..., m:-m, m:-m]
-    return back.reshape(*frames.shape[:3], *back.shape[-2:])
 
 
 class TemporalMix(nn.Module):
@@ -209,28 +188,16 @@ class VAE(nn.Module):
         """The state of `decode_shown`: the decoder's, then the display decoder's if any."""
         return [None] * (1 if self.display is None else 2)
 
-    def decode_shown(self, z: Tensor, state: State, offsets: Tensor | None = None) -> tuple[Tensor, Tensor, State]:
+    def decode_shown(self, z: Tensor, state: State) -> tuple[Tensor, Tensor, State]:
         """Raw latents (B, T, C, h, w) -> the frames shown (B, T, 3, H, W), the decoder's
         picture of the last frame (B, 3, H, W) (what a stream keeps of it) and the next
         state (`init_shown_state`). Without a display decoder the picture is the last frame
-        shown. With one, the frames shown are the display decoder's, anchored to the world
-        (`anchor_latents`) by `offsets` (B, T, 2) (None: zeros): the detail it adds then
-        moves with the camera under pans of a fraction of a token a frame, where it
-        snapped to the screen's token grid."""
+        shown; with one, the frames shown are the display decoder's."""
         if self.display is None:
             frames, state = self.decoder(z, state)
             return frames, frames[:, -1], state
-        if offsets is None:
-            offsets = z.new_zeros(*z.shape[:2], 2)
-        frames, picture, state = self.decode_both(z, anchor_latents(z, offsets), state)
-        return unanchor_frames(frames, offsets, self.cfg.downsample), picture, state
-
-    def decode_both(self, z: Tensor, anchored: Tensor, state: State) -> tuple[Tensor, Tensor, State]:
-        """The two decoders of `decode_shown` on raw latents `z` and their anchored copy:
-        the display decoder's frames (padded, not moved back), the first decoder's picture
-        of the last frame, both states."""
         picture, (kept,) = self.decoder(z, state[:1], last=True)
-        frames, (shown,) = self.display(anchored, state[1:])
+        frames, (shown,) = self.display(z, state[1:])
         return frames, picture[:, 0], [kept, shown]
 
     def encode_step(self, x: Tensor, state: State) -> tuple[Tensor, State]:

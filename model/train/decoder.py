@@ -64,7 +64,6 @@ from model.checkpoint import LiveReel, load_model, save_model
 from model.eval import PAN_SPEEDS_PX, ZOOM_PER_FRAME, measure_shift, sharpness
 from model.sampling import Sampling
 from model.train.common import RUNS, ClipPool, LossLog, cosine_lr, load_state, save_state
-from model.ops import fourier_shift  # noqa: F401 (the motion loss's shift, re-exported)
 from model.vae import from_uint8, to_uint8
 
 log = logging.getLogger(__name__)
@@ -268,6 +267,17 @@ def frame_pairs(x: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------- the motion loss
+def fourier_shift(x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """x (N, C, H, W) moved by d (N, 2) = (dx, dy) px as `measure_shift` reads a camera
+    move: out(p) = x(p + d), by a phase ramp (band-limited, exact below a pixel; what
+    leaves one side wraps in on the other, so a caller masks a border)."""
+    h, w = x.shape[-2:]
+    fy = torch.fft.fftfreq(h, dtype=x.dtype, device=x.device).view(1, 1, h, 1)
+    fx = torch.fft.rfftfreq(w, dtype=x.dtype, device=x.device).view(1, 1, 1, -1)
+    phase = 2 * math.pi * (fx * d[:, 0].view(-1, 1, 1, 1) + fy * d[:, 1].view(-1, 1, 1, 1))
+    return torch.fft.irfft2(torch.fft.rfft2(x) * torch.polar(torch.ones_like(phase), phase), s=(h, w))
+
+
 def motion_loss(added: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     """added (B, T, 3, H, W): what a decoder adds to the first one's pictures; shifts
     (B, T, 2): the camera's shift onto each frame from the one before (nan: no pair).
