@@ -34,6 +34,7 @@ import csv
 import dataclasses
 import json
 import logging
+import math
 import re
 import time
 from pathlib import Path
@@ -114,6 +115,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "a model that copies the prior's detail and sharpens it a little feeds its own "
                         "sharpened picture back as the next prior, and a meadow grew into stripes within "
                         "~30 frames (0: off)")
+    p.add_argument("--prior-blur", type=float, default=0.0, metavar="P",
+                   help="share of clips whose warm chunks' prior is blurred (a Gaussian in latent space, "
+                        "sigma drawn in [0.5, 2] cells) while the target keeps the world's: streaming's priors "
+                        "are the model's own soft pictures, and the shipped model, trained on the world's sharp "
+                        "ones, moved a soft prior by about half a slow pan (0.48 of 1 px/frame read; 0.83 with "
+                        "the world's picture as the prior) (0: off)")
     p.add_argument("--width", type=_width, default=None, metavar="DIM/HEADS",
                    help="the DiT's width and heads (default: the preset's; the head size must stay the "
                         "preset's); --init-from a narrower run grows it (`widened`: the wide network starts "
@@ -271,6 +278,20 @@ def scale_detail(z: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
     flat = z.flatten(0, 2)[:, None]
     mean = F.avg_pool2d(F.pad(flat, (1, 1, 1, 1), mode="replicate"), 3, 1).view_as(z)
     return mean + gain.to(z.dtype)[:, None, None, None, None] * (z - mean)
+
+
+def blur_latents(z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Latents z (B, F, C, h, w) blurred by a Gaussian of `sigma` (B,) cells (edges
+    repeated; 0 leaves a clip as it is), separable, radius 3 sigma."""
+    r = max(1, int(math.ceil(3 * float(sigma.max()))))
+    x = torch.arange(-r, r + 1, dtype=z.dtype, device=z.device)
+    k = torch.exp(-0.5 * (x[None] / sigma.to(z.dtype).clamp_min(1e-3)[:, None]) ** 2)
+    k = torch.where(sigma[:, None] > 0, k / k.sum(1, keepdim=True), (x == 0).to(z.dtype)[None])  # (B, 2r+1)
+    b, f, c, h, w = z.shape
+    flat = z.permute(1, 2, 0, 3, 4).reshape(f * c, b, h, w)  # the clips as channels: one kernel each
+    flat = F.conv2d(F.pad(flat, (r, r, 0, 0), mode="replicate"), k[:, None, None, :], groups=b)
+    flat = F.conv2d(F.pad(flat, (0, 0, r, r), mode="replicate"), k[:, None, :, None], groups=b)
+    return flat.view(f, c, b, h, w).permute(2, 0, 1, 3, 4)
 
 
 def sample_t(rng: torch.Generator, batch: int, chunks: int, shift: float = 5.0) -> torch.Tensor:
@@ -602,6 +623,10 @@ def train(args: argparse.Namespace) -> Path:
                 scaled = torch.from_numpy(rng.random(args.batch) < args.prior_detail)
                 gain = torch.where(scaled, torch.from_numpy(rng.uniform(0.5, 3.0, args.batch)), 1.0).float()
                 z = scale_detail(z, gain.to(device))
+            if args.prior_blur > 0:  # some clips' priors as soft as the model's own pictures
+                blurred = torch.from_numpy(rng.random(args.batch) < args.prior_blur)
+                sigma = torch.where(blurred, torch.from_numpy(rng.uniform(0.5, 2.0, args.batch)), 0.0).float()
+                z = blur_latents(z, sigma.to(device))
             z = ((1 - s) * z + s * torch.randn(z.shape, generator=trng).to(device)) * cover
             prior = torch.cat((z, cover), 2)
             if d.object_hint:  # where the object is, on the first chunk; none on 15% of clips
@@ -842,6 +867,8 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"--object-fade must be in [0, 1] (got {args.object_fade})")
     if not 0.0 <= args.prior_detail <= 1.0:
         raise SystemExit(f"--prior-detail must be in [0, 1] (got {args.prior_detail})")
+    if not 0.0 <= args.prior_blur <= 1.0:
+        raise SystemExit(f"--prior-blur must be in [0, 1] (got {args.prior_blur})")
     if not (0.0 < args.first_chunk_weight <= 1000.0):
         raise SystemExit(f"--first-chunk-weight must be in (0, 1000] (got {args.first_chunk_weight})")
     if not (0.0 < args.switch_weight <= 1000.0):
