@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from model import world
 from model.engine_choice import add_engine_argument, apply_engine
+from model.ops import gaussian_blur
 from model.sampling import Sampling, add_sampling_arguments, sampling_from_args
 
 log = logging.getLogger(__name__)
@@ -161,22 +162,6 @@ def classify(frames: np.ndarray, classifier: AttributeClassifier, batch_size: in
     }
 
 
-def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Blur each image of x (B, C, H, W) by its own sigma (B,) in px; sigma 0 is identity."""
-    radius = int(math.ceil(3 * float(sigma.max()))) if len(sigma) else 0
-    if radius == 0:
-        return x
-    k = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    w = torch.exp(-0.5 * (k[None] / sigma.clamp(min=1e-3)[:, None]) ** 2)  # (B, K)
-    w = w / w.sum(1, keepdim=True)
-    b, c, h, wd = x.shape
-    xp = F.pad(x.reshape(1, b * c, h, wd), (radius, radius, radius, radius), mode="reflect")
-    wk = w.repeat_interleave(c, 0)  # (B*C, K)
-    xp = F.conv2d(xp, wk[:, None, None, :], groups=b * c)
-    xp = F.conv2d(xp, wk[:, None, :, None], groups=b * c)
-    return xp.reshape(b, c, h, wd)
-
-
 def degrade(x: torch.Tensor, gen: torch.Generator, strength: float = 1.0) -> torch.Tensor:
     """Training augmentation: the softness and noise of generated frames.
 
@@ -186,7 +171,7 @@ def degrade(x: torch.Tensor, gen: torch.Generator, strength: float = 1.0) -> tor
     b, _, s, _ = x.shape
     u = torch.rand(b, 6, generator=gen)
     sigma = torch.where(u[:, 0] < 0.7, u[:, 1] * 2.0 * strength, torch.zeros(b))
-    x = _gaussian_blur(x, sigma)
+    x = gaussian_blur(x, sigma)
     down = u[:, 2] < 0.25
     if down.any():
         f = 4 if float(u[0, 3]) < 0.3 else 2
@@ -241,7 +226,7 @@ def classifier_accuracy(
     frames, labels = _clip_frames(seeds, frames_per_clip, size)
     if blur_sigma or noise:
         x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
-        x = _gaussian_blur(x, torch.full((len(x),), float(blur_sigma)))
+        x = gaussian_blur(x, torch.full((len(x),), float(blur_sigma)))
         x = x + noise * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
         frames = (x.clamp(0, 255) + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     pred = classify(frames, classifier)

@@ -5,6 +5,8 @@ kernels without importing one another."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -71,3 +73,21 @@ def to_uint8(x: Tensor) -> Tensor:
 def from_uint8(x: Tensor) -> Tensor:
     """uint8 (..., H, W, 3) -> float [-1, 1] (..., 3, H, W)."""
     return x.movedim(-1, -3).float() / 127.5 - 1.0
+
+
+def gaussian_blur(x: Tensor, sigma: Tensor, mode: str = "reflect") -> Tensor:
+    """Blur each image of x (B, C, H, W) by its own sigma (B,) in px (separable, radius 3
+    sigma, edges padded by `mode`: "reflect" needs the radius under the size); sigma 0 is
+    identity."""
+    radius = int(math.ceil(3 * float(sigma.max()))) if len(sigma) else 0
+    if radius == 0:
+        return x
+    k = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    w = torch.exp(-0.5 * (k[None] / sigma.to(x.dtype).clamp(min=1e-3)[:, None]) ** 2)  # (B, K)
+    w = w / w.sum(1, keepdim=True)
+    b, c, h, wd = x.shape
+    xp = F.pad(x.reshape(1, b * c, h, wd), (radius, radius, radius, radius), mode=mode)
+    wk = w.repeat_interleave(c, 0)  # (B*C, K)
+    xp = F.conv2d(xp, wk[:, None, None, :], groups=b * c)
+    xp = F.conv2d(xp, wk[:, None, :, None], groups=b * c)
+    return xp.reshape(b, c, h, wd)

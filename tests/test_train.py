@@ -397,18 +397,19 @@ def test_prior_detail_scales_the_fine_detail_only_and_the_flag_trains(vae_run, t
 
 
 def test_prior_blur_softens_the_chosen_clips_only_and_the_flag_trains(vae_run, tmp_path):
-    from model.train.dit import blur_latents
+    from model.ops import gaussian_blur
 
     g = torch.Generator().manual_seed(0)
-    z = torch.randn(3, 2, 4, 16, 16, generator=g)
-    out = blur_latents(z, torch.tensor([0.0, 1.0, 2.0]))
+    z = torch.randn(3, 8, 16, 16, generator=g)  # a clip's frames and channels as one image's channels
+    out = gaussian_blur(z, torch.tensor([0.0, 1.0, 2.0]), mode="replicate")
     assert torch.equal(out[0], z[0])  # sigma 0: as it was
     rough = lambda x: (x[..., 1:, :] - x[..., :-1, :]).abs().mean()  # noqa: E731
     assert rough(out[2]) < rough(out[1]) < 0.5 * rough(z[1])  # softer with sigma
-    flat = torch.full((1, 1, 1, 8, 8), 0.7)
-    assert torch.allclose(blur_latents(flat, torch.tensor([1.5])), flat, atol=1e-6)  # a level stays
-    ramp = torch.linspace(-1, 1, 16).expand(1, 1, 1, 16, 16)
-    assert torch.allclose(blur_latents(ramp, torch.tensor([1.0]))[..., 4:-4], ramp[..., 4:-4], atol=1e-5)
+    small = torch.full((1, 1, 4, 4), 0.7)  # a radius above the size: edge copies, a level stays
+    assert torch.allclose(gaussian_blur(small, torch.tensor([2.0]), mode="replicate"), small, atol=1e-6)
+    ramp = torch.linspace(-1, 1, 16).expand(1, 1, 16, 16)
+    assert torch.allclose(gaussian_blur(ramp, torch.tensor([1.0]), mode="replicate")[..., 4:-4], ramp[..., 4:-4],
+                          atol=1e-5)
     assert cli(dit_args(tmp_path / "blur", vae_run, 2) + ["--prior-blur", "0.5"]) == 0
     with pytest.raises(SystemExit, match="prior-blur"):
         cli(dit_args(tmp_path / "bad", vae_run, 2) + ["--prior-blur", "-0.1"])

@@ -81,12 +81,17 @@ def save_state(run: Path, modules: dict[str, torch.nn.Module], opt: torch.optim.
     (run / "state.tmp.json").replace(run / "state.json")
 
 
+def under(tensors: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+    """The tensors saved under module `name` ("name.*"), named as the module names them."""
+    prefix = f"{name}."
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
 def load_state(run: Path, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer) -> dict:
     tensors = load_file(run / "state.safetensors")
     meta = json.loads((run / "state.json").read_text())
     for name, m in modules.items():
-        prefix = f"{name}."
-        m.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        m.load_state_dict(under(tensors, name))
     sd = opt.state_dict()
     state: dict[int, dict[str, torch.Tensor]] = {}
     for k, v in tensors.items():

@@ -63,7 +63,7 @@ from model import world
 from model.checkpoint import LiveReel, load_model, save_model
 from model.eval import PAN_SPEEDS_PX, ZOOM_PER_FRAME, measure_shift, sharpness
 from model.sampling import Sampling
-from model.train.common import RUNS, ClipPool, LossLog, cosine_lr, load_state, save_state
+from model.train.common import RUNS, ClipPool, LossLog, cosine_lr, load_state, save_state, under
 from model.vae import from_uint8, to_uint8
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def plan_commands(plan: list[dict], fps: int) -> np.ndarray:
     reference size, zoom in log2/frame."""
     rows = []
     for seg in plan:
-        px = [v * world.REF_SIZE / fps for v in seg["pan"]]
+        px = [world.pan_to_px_per_frame(v, world.REF_SIZE, fps) for v in seg["pan"]]
         rows += [[px[0], px[1], seg["zoom"] / fps]] * seg["frames"]
     return np.array(rows, np.float32)
 
@@ -373,8 +373,7 @@ def train(args: argparse.Namespace) -> Path:
         from safetensors.torch import load_file
 
         for part, module, folder in (("decoder", decoder, args.init), ("critic", critic, args.init / "critic")):
-            tensors = load_file(folder / "state.safetensors")
-            module.load_state_dict({k[len(part) + 1:]: v for k, v in tensors.items() if k.startswith(part + ".")})
+            module.load_state_dict(under(load_file(folder / "state.safetensors"), part))
         log.info("started from the decoder and critic of %s", args.init)
     (run / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=2))
     losses = LossLog(run, ["rec", "keep", "motion", "adv_g", "critic", "real_minus_fake"])
@@ -515,7 +514,7 @@ def export(args: argparse.Namespace) -> Path:
     cfg = model.config
     out = LiveReel(dataclasses.replace(cfg, vae=dataclasses.replace(cfg.vae, display_decoder=True))).eval()
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("vae.display.")}
-    state.update({"vae.display." + k[len("decoder."):]: v for k, v in tensors.items() if k.startswith("decoder.")})
+    state.update({"vae.display." + k: v for k, v in under(tensors, "decoder").items()})
     out.load_state_dict(state, strict=True)
     step = json.loads((args.run / "state.json").read_text())["step"]
     log.info("exporting %s with the decoder of %s at step %d as its display decoder", args.checkpoint, args.run,

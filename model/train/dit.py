@@ -34,7 +34,6 @@ import csv
 import dataclasses
 import json
 import logging
-import math
 import re
 import time
 from pathlib import Path
@@ -50,6 +49,7 @@ from model.camera import CameraCond
 from model.checkpoint import LiveReel, build_model, save_model
 from model.config import get_config
 from model.generate import decode_batch, flow_schedule, start_from_prior, step_batch
+from model.ops import gaussian_blur
 from model.prior import decode_frame, first_chunk_hint, object_disk, frame_pictures, warped_prior, with_object_hint
 from model.sampling import Sampling
 from model.train.common import RUNS, ClipPool, LossLog, cosine_lr, load_state, save_state
@@ -278,20 +278,6 @@ def scale_detail(z: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
     flat = z.flatten(0, 2)[:, None]
     mean = F.avg_pool2d(F.pad(flat, (1, 1, 1, 1), mode="replicate"), 3, 1).view_as(z)
     return mean + gain.to(z.dtype)[:, None, None, None, None] * (z - mean)
-
-
-def blur_latents(z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Latents z (B, F, C, h, w) blurred by a Gaussian of `sigma` (B,) cells (edges
-    repeated; 0 leaves a clip as it is), separable, radius 3 sigma."""
-    r = max(1, int(math.ceil(3 * float(sigma.max()))))
-    x = torch.arange(-r, r + 1, dtype=z.dtype, device=z.device)
-    k = torch.exp(-0.5 * (x[None] / sigma.to(z.dtype).clamp_min(1e-3)[:, None]) ** 2)
-    k = torch.where(sigma[:, None] > 0, k / k.sum(1, keepdim=True), (x == 0).to(z.dtype)[None])  # (B, 2r+1)
-    b, f, c, h, w = z.shape
-    flat = z.permute(1, 2, 0, 3, 4).reshape(f * c, b, h, w)  # the clips as channels: one kernel each
-    flat = F.conv2d(F.pad(flat, (r, r, 0, 0), mode="replicate"), k[:, None, None, :], groups=b)
-    flat = F.conv2d(F.pad(flat, (0, 0, r, r), mode="replicate"), k[:, None, :, None], groups=b)
-    return flat.view(f, c, b, h, w).permute(2, 0, 1, 3, 4)
 
 
 def sample_t(rng: torch.Generator, batch: int, chunks: int, shift: float = 5.0) -> torch.Tensor:
@@ -626,7 +612,7 @@ def train(args: argparse.Namespace) -> Path:
             if args.prior_blur > 0:  # some clips' priors as soft as the model's own pictures
                 blurred = torch.from_numpy(rng.random(args.batch) < args.prior_blur)
                 sigma = torch.where(blurred, torch.from_numpy(rng.uniform(0.5, 2.0, args.batch)), 0.0).float()
-                z = blur_latents(z, sigma.to(device))
+                z = gaussian_blur(z.flatten(1, 2), sigma.to(device), mode="replicate").view_as(z)
             z = ((1 - s) * z + s * torch.randn(z.shape, generator=trng).to(device)) * cover
             prior = torch.cat((z, cover), 2)
             if d.object_hint:  # where the object is, on the first chunk; none on 15% of clips
