@@ -82,7 +82,7 @@ class NoCacheStream:
             valid = torch.full((1,), float(last is not None))
             mine = pixel_prior(gen.model.vae, frame, frame_pos, valid, cam.pos, d.grid)
             if d.object_hint:
-                mine = with_object_hint(mine, gen.model.centre_hint(valid, K))
+                mine = with_object_hint(mine, gen.model.centre_hint(valid, K, gen.prompt))
             prior = torch.cat([c[2] for c in ctx] + [mine], 1)
         n_ctx = len(ctx) * K
         n = gen.cfg_batch  # with guidance: the clip again under the empty prompt, side by side

@@ -240,6 +240,7 @@ class KVCache:
         self.frame = torch.zeros(latent, device=device, dtype=dtype)  # last committed frame
         self.frame_pos = torch.zeros(batch, 3, device=device, dtype=dtype)  # its camera
         self.frame_valid = torch.zeros(batch, device=device, dtype=dtype)  # 0 before the first
+        self.prompt = ""  # what its stream was last asked for (a model's object hint may read it)
         self._pending = (torch.zeros_like(self.frame), torch.zeros_like(self.frame_pos))
         self.prior: Tensor | None = None  # (B, chunk_frames, C + 1, h, w), per chunk
         # the last frames of the latest chunks as the viewer was shown them, (latent frame

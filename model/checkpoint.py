@@ -27,7 +27,7 @@ from model.conditioning import TextCond
 from model.errors import CheckpointError
 from model.config import ModelConfig, get_config
 from model.dit import DiT
-from model.prior import object_disk, pixel_prior, warped_prior, with_object_hint
+from model.prior import object_disk, object_shape_hint, pixel_prior, warped_prior, with_object_hint
 from model.text import TextEncoder
 from model.vae import VAE
 
@@ -101,7 +101,8 @@ class LiveReel(nn.Module):
                 prior = cache.frame.new_zeros(valid.shape[0], camera.pos.shape[1], d.latent_channels + 1,
                                               *cache.frame.shape[-2:])
             if d.object_hint:  # a stream's first chunk (nothing to warp): draw the object at the centre
-                prior = with_object_hint(prior, None if bool(valid.all()) else self.centre_hint(valid, prior.shape[1]))
+                prior = with_object_hint(prior, None if bool(valid.all()) else
+                                         self.centre_hint(valid, prior.shape[1], getattr(cache, "prompt", "")))
             prior = prior.repeat_interleave(rows, 0)
         self.dit.begin_chunk(cache, camera, first_frame, prior=prior)
 
@@ -133,17 +134,23 @@ class LiveReel(nn.Module):
         d = self.config.dit
         return d.warp_prior and d.prior_space == "pixel"
 
-    def centre_hint(self, valid: torch.Tensor, frames: int) -> torch.Tensor:
+    def centre_hint(self, valid: torch.Tensor, frames: int, prompt: str = "") -> torch.Tensor:
         """The object hint (B, frames, h, w) of streams whose prior is `valid` (B,): a disk
         of the world's typical object size at the view's centre where nothing came before
-        (valid 0), none elsewhere."""
-        from model.world import typical_object_radius
+        (valid 0), none elsewhere; with `DiTConfig.hint_shape`, the silhouette of the shape
+        `prompt` names (at that shape's size) where it names one."""
+        from model.world import parse_prompt, shape_radius, typical_object_radius
 
-        d, down = self.config.dit, self.config.vae.downsample
-        centre = torch.tensor(d.latent_size / 2.0, device=valid.device)
-        radius = torch.tensor(typical_object_radius(self.config.image_size) / down, device=valid.device)
-        disk = object_disk(centre, centre, radius, d.latent_size).to(valid.dtype)
-        return (disk * (1 - valid)[:, None, None, None]).expand(-1, frames, -1, -1)
+        d, down, size = self.config.dit, self.config.vae.downsample, self.config.image_size
+        shape = parse_prompt(prompt).get("shape") if d.hint_shape else None
+        if shape is not None:
+            hint = object_shape_hint(shape, size / 2.0, size / 2.0, shape_radius(shape, size), d.latent_size, down)
+            hint = hint.to(valid.device, valid.dtype)
+        else:
+            centre = torch.tensor(d.latent_size / 2.0, device=valid.device)
+            radius = torch.tensor(typical_object_radius(size) / down, device=valid.device)
+            hint = object_disk(centre, centre, radius, d.latent_size).to(valid.dtype)
+        return (hint * (1 - valid)[:, None, None, None]).expand(-1, frames, -1, -1)
 
     # model/prior.py; an engine (model/engine.py) replaces the one the model streams with
     pixel_prior = staticmethod(pixel_prior)

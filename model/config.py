@@ -114,6 +114,9 @@ class DiTConfig:
     # input: one more prior channel, a soft disk where the object should be drawn on a chunk
     # that starts from nothing (a stream's first chunk): the prompt says what, this says where
     object_hint: bool = False
+    # the hint is the silhouette of the shape the prompt names (a disk where it names none):
+    # the prompt's shape word alone did not change what the DiT drew
+    hint_shape: bool = False
 
     def __post_init__(self) -> None:
         c = "DiTConfig"
@@ -130,6 +133,8 @@ class DiTConfig:
         _check(not self.object_hint or (self.warp_prior and self.prior_space == "pixel"), c, "object_hint",
                "needs warp_prior with prior_space 'pixel' (the hint is a channel of the warped prior)",
                self.object_hint)
+        _check(not self.hint_shape or self.object_hint, c, "hint_shape", "needs object_hint (it shapes that hint)",
+               self.hint_shape)
         _check(self.latent_size % self.patch == 0, c, "patch",
                f"must divide latent_size={self.latent_size}", self.patch)
         _check(self.dim % self.heads == 0, c, "heads", f"must divide dim={self.dim}", self.heads)

@@ -406,7 +406,8 @@ def prompt_binding(model, classifier: AttributeClassifier, seeds: Sequence[int] 
             if d.object_hint:  # where the world's object is, on the first chunk (as training gives it)
                 objects = torch.from_numpy(clip.objects[None, :n]).to(dev)
                 prior = with_object_hint(prior, first_chunk_hint(objects, d.latent_size, cfg.vae.downsample,
-                                                                 d.chunk_frames))
+                                                                 d.chunk_frames,
+                                                                 shapes=[scene.shape] if d.hint_shape else None))
             for t in ts:
                 tt = torch.zeros(1, n, device=dev)
                 tt[:, -d.chunk_frames:] = t

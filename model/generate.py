@@ -283,7 +283,7 @@ class Generator:
                     redraw = self.model.redraws_object(self.prompt, text)
                     if redraw:
                         self.cache.frame_valid.zero_()
-            self.prompt = text
+            self.prompt = self.cache.prompt = text
             self.cache.forget_places()  # they show the old prompt
             self.applied.append({"what": "prompt", "text": text, "transition": transition,
                                  "frame": self.frame_index, **({"redraw": True} if redraw else {})})

@@ -23,13 +23,17 @@ With `DiTConfig.object_hint` the prior has one more channel (`object_hint`): a s
 where the object is to be drawn, on a chunk that starts from nothing (training: where the
 world's object is, on each clip's first chunk; streaming: the view's centre, on a
 stream's first chunk), zeros elsewhere. The prompt says what to draw; a first chunk from
-noise had no place to put it and drew none.
+noise had no place to put it and drew none. With `DiTConfig.hint_shape` the hint is the
+silhouette of the shape the prompt names (the parser's; a disk where it names none): the
+MSE-trained DiT drew one blob, read as a cube, for every shape word.
 
 The DiT only sees the result (`DiT.begin_chunk(..., prior=)`, `DiT.forward(..., prior=)`);
 the VAE work lives here, with the Generator and the trainer that call it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -105,15 +109,30 @@ def object_disk(cx: Tensor, cy: Tensor, radius: Tensor, size: int) -> Tensor:
     return (radius[..., None, None] + 0.5 - (dx**2 + dy**2).sqrt()).clamp(0, 1)
 
 
+def object_shape_hint(shape: str, cx: float, cy: float, radius: float, latent_size: int,
+                      downsample: int) -> Tensor:
+    """The hint of `DiTConfig.hint_shape` (latent_size, latent_size): the silhouette of the
+    object `shape` (the world's `_sdf`) of `radius` at (cx, cy), all in view px."""
+    from model.world import object_coverage
+
+    return object_coverage(shape, cx, cy, radius, latent_size, downsample)
+
+
 def first_chunk_hint(objects: Tensor, latent_size: int, downsample: int, chunk_frames: int,
-                     keep: Tensor | None = None) -> Tensor:
+                     keep: Tensor | None = None, shapes: Sequence[str | None] | None = None) -> Tensor:
     """The object hint as training gives it, (B, F, h, w): a disk at the world's object
     (`objects` (B, F, 3): centre x, y and radius in view px) on the first chunk, where
     `keep` (B,) is true (all by default), zeros elsewhere (later chunks have a prior that
-    carries the object)."""
+    carries the object). `shapes` (B,): where one is named, that shape's silhouette in
+    place of the disk (`DiTConfig.hint_shape`)."""
     obj = objects[:, :chunk_frames] / downsample
     hint = torch.zeros(*objects.shape[:2], latent_size, latent_size, device=objects.device)
     hint[:, :chunk_frames] = object_disk(obj[..., 0], obj[..., 1], obj[..., 2], latent_size)
+    for b, shape in enumerate(shapes or ()):
+        if shape is not None:
+            for f in range(chunk_frames):
+                cx, cy, r = (float(v) for v in objects[b, f])
+                hint[b, f] = object_shape_hint(shape, cx, cy, r, latent_size, downsample).to(hint.device)
     return hint if keep is None else hint * keep.to(hint.dtype)[:, None, None, None]
 
 

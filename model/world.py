@@ -732,10 +732,27 @@ def object_radius(scene: Scene, motion: MotionParams, size: int) -> float:
     return _OBJECT_RADIUS[scene.shape] * size / REF_SIZE * motion.size
 
 
+def shape_radius(shape: str, size: int) -> float:
+    """A `shape`'s radius in view pixels at a `size`-pixel view (its typical size)."""
+    return _OBJECT_RADIUS[shape] * size / REF_SIZE
+
+
 def typical_object_radius(size: int) -> float:
     """The object's radius in view pixels at a `size`-pixel view, averaged over shapes and
     sizes: where a stream's first chunk is told to draw it (`DiTConfig.object_hint`)."""
     return float(np.mean(list(_OBJECT_RADIUS.values()))) * size / REF_SIZE
+
+
+def object_coverage(shape: str, cx: float, cy: float, radius: float, cells: int, cell: float,
+                    samples: int = 4) -> torch.Tensor:
+    """How much of each cell of a `cells` x `cells` grid (cells `cell` view px wide) the
+    object `shape` of `radius` view px at (cx, cy) view px covers: (cells, cells) in [0, 1],
+    from `samples` x `samples` points a cell (the object's silhouette at the latent grid)."""
+    n = cells * samples
+    c = (torch.arange(n, dtype=torch.float32) + 0.5) * (cell / samples)
+    d = _sdf(shape, c[None, :] - cx, c[:, None] - cy, radius)  # (n, n), y down
+    inside = (0.5 - d).clamp(0, 1)
+    return F.avg_pool2d(inside[None, None], samples)[0, 0]
 
 
 def object_track(scenes: list[Scene], frame_indices: np.ndarray, motion: MotionParams, size: int = REF_SIZE,

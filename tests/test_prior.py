@@ -151,6 +151,71 @@ def test_a_switch_of_the_objects_colour_or_shape_redraws_it():
     assert not load_model("debug").redraws_object("a red ball", "a blue cube")  # no hint: the prior stays
 
 
+def test_object_coverage_is_each_shapes_silhouette():
+    """The world's silhouettes on the latent grid: a ball covers its area, a triangle stands
+    apex up, and no two shapes' hints are alike."""
+    from model import world
+    from model.prior import object_shape_hint
+
+    r, hints = world.shape_radius("ball", 128), {}
+    for shape in world.SHAPES:
+        hints[shape] = object_shape_hint(shape, 64.0, 64.0, world.shape_radius(shape, 128), 16, 8)
+        assert hints[shape].shape == (16, 16) and 0 <= hints[shape].min() and hints[shape].max() <= 1
+    assert hints["ball"].sum().item() == pytest.approx(np.pi * r * r / 64, rel=0.05)
+    tri = hints["triangle"]
+    rows = tri.sum(1)[tri.sum(1) > 0.5]  # apex up: each row at least as wide as the one above
+    assert len(rows) >= 4 and rows[0] < 0.5 * rows[-2] and (rows[1:-1].diff() > 0).all()
+    names = list(hints)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert (hints[a] - hints[b]).abs().sum() > 1.5, (a, b)
+    with pytest.raises(ValueError, match="needs object_hint"):
+        from model.config import DiTConfig
+
+        DiTConfig(hint_shape=True)
+
+
+@torch.no_grad()
+def test_a_shape_hint_draws_the_shape_the_prompt_names():
+    """`DiTConfig.hint_shape`: a stream's first chunk, and the chunk after a switch of the
+    object, get the silhouette of the shape their prompt names at the view's centre (that
+    shape's size); a prompt that names none gets the disk; a model without it, the disk."""
+    import dataclasses
+
+    from model import world
+    from model.checkpoint import LiveReel
+    from model.prior import object_shape_hint
+
+    cfg = load_model("debug").config
+    cfg = dataclasses.replace(cfg, dit=dataclasses.replace(cfg.dit, object_hint=True, hint_shape=True))
+    torch.manual_seed(0)
+    model = LiveReel(cfg).eval()
+    d, size = cfg.dit, cfg.image_size
+
+    def silhouette(shape):
+        return object_shape_hint(shape, size / 2, size / 2, world.shape_radius(shape, size), d.latent_size,
+                                 cfg.vae.downsample)
+
+    g = model.generator(Sampling(), seed=1)
+    g.set_prompt("a red star over the meadow by day")
+    g.next_frames()
+    for f in range(d.chunk_frames):
+        torch.testing.assert_close(g.cache.prior[0, f, -1], silhouette("star"))
+    g.set_prompt("a red triangle over the meadow by day")
+    g.next_frames()
+    torch.testing.assert_close(g.cache.prior[0, 0, -1], silhouette("triangle"))
+    g.set_prompt("a red triangle over the meadow by day in the rain")  # the same object: its prior, no hint
+    g.next_frames()
+    assert torch.equal(g.cache.prior[:, :, -1], torch.zeros_like(g.cache.prior[:, :, -1]))
+    plain = dataclasses.replace(cfg, dit=dataclasses.replace(d, hint_shape=False))
+    disk = LiveReel(plain).centre_hint(torch.zeros(1), 1, "a red star")
+    torch.testing.assert_close(model.centre_hint(torch.zeros(1), 1, "something red over the sea"), disk)
+    star = model.centre_hint(torch.zeros(1), 1, "a red star")
+    torch.testing.assert_close(star[0, 0], silhouette("star"))
+    assert (star - disk).abs().sum() > 0.2 * disk.sum()
+    assert torch.equal(model.centre_hint(torch.ones(1), 1, "a red star"), torch.zeros_like(disk))
+
+
 def shown_model(model):
     """`model` with `DiTConfig.prior_picture = "shown"` (same weights)."""
     import dataclasses

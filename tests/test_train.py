@@ -248,6 +248,20 @@ def test_object_hint_and_text_aux_go_on_from_a_checkpoint_without_them(vae_run, 
         cli(dit_args(tmp_path / "bad", vae_run, 2) + ["--text-warmup", "5"])
 
 
+def test_hint_shape_trains_resumes_and_exports(vae_run, tmp_path):
+    """`--hint-shape`: the run's network has `DiTConfig.hint_shape`, which resume checks and
+    export keeps; it shapes the object hint, so it needs `--object-hint`."""
+    run, out = tmp_path / "shape", tmp_path / "exported"
+    assert cli(dit_args(run, vae_run, 1) + ["--object-hint", "--hint-shape"]) == 0
+    assert load_model(run / "result").config.dit.hint_shape
+    with pytest.raises(SystemExit, match="trained with --hint-shape"):
+        cli(dit_args(run, vae_run, 2) + ["--resume", "--object-hint"])
+    assert cli(dit_args(run, vae_run, 2) + ["--export", str(out)]) == 0
+    assert load_model(out).config.dit.hint_shape
+    with pytest.raises(SystemExit, match="--hint-shape needs --object-hint"):
+        cli(dit_args(tmp_path / "bad", vae_run, 1) + ["--hint-shape"])
+
+
 def test_text_heads_learn_the_parsers_labels():
     from model.train.dit import TextHeads, warm_up_text
     from model import world

@@ -136,6 +136,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="train (or go on training) a DiT whose warped prior has the object-hint channel "
                         "(DiTConfig.object_hint): a disk where the object is, on each clip's first chunk; "
                         "from a checkpoint without it (--init-from), the new input starts at zero")
+    p.add_argument("--hint-shape", action="store_true",
+                   help="the object hint is the silhouette of the clip's shape (DiTConfig.hint_shape; a disk "
+                        "on a fifth of the clips, as streaming gives a prompt that names no shape); needs "
+                        "--object-hint")
     p.add_argument("--text-aux", type=float, default=0.0, metavar="W",
                    help="weight of the text encoder's auxiliary loss: attribute heads on its pooled "
                         "embedding, cross-entropy on the parser's labels of each caption (0: none; e.g. 0.1)")
@@ -496,7 +500,7 @@ def model_config(args: argparse.Namespace):
                              f"{dit.head_dim} (grow the heads' count with the width)")
         dit = dataclasses.replace(dit, dim=dim, heads=heads)
     if args.object_hint:
-        dit = dataclasses.replace(dit, object_hint=True)
+        dit = dataclasses.replace(dit, object_hint=True, hint_shape=bool(getattr(args, "hint_shape", False)))
     return dataclasses.replace(cfg, dit=dit)
 
 
@@ -548,6 +552,7 @@ def train(args: argparse.Namespace) -> Path:
     if args.resume and (run / "state.json").exists():
         saved = json.loads((run / "state.json").read_text())
         for flag, key, now in (("--object-hint", "object_hint", args.object_hint),
+                               ("--hint-shape", "hint_shape", args.hint_shape),
                                ("--text-aux", "text_aux", heads is not None),
                                ("--adv", "adv", critic is not None)):
             if key in saved and bool(saved[key]) != now:  # the networks (or the optimizer's groups) would differ
@@ -588,6 +593,9 @@ def train(args: argparse.Namespace) -> Path:
         x0, mask, objects = x0.to(device), mask.to(device), objects.to(device)
         after_switch = switch_weights(mask, d.chunk_frames, args.switch_weight)
         cam = CameraCond(cam.pos.to(device), cam.motion.to(device))
+        # the shape each clip's hint draws (DiTConfig.hint_shape): the caption's; a disk on a fifth
+        shapes = ([world.parse_prompt(p).get("shape") if r >= 0.2 else None
+                   for p, r in zip(prompts, rng.random(args.batch))] if d.hint_shape else None)
         drop_text = rng.random(args.batch) < 0.1
         prompts = ["" if drop else p for p, drop in zip(prompts, drop_text)]
         path = cam
@@ -618,7 +626,7 @@ def train(args: argparse.Namespace) -> Path:
             if d.object_hint:  # where the object is, on the first chunk; none on 15% of clips
                 keep = torch.from_numpy(rng.random(args.batch) >= 0.15).to(device)
                 prior = with_object_hint(prior, first_chunk_hint(objects, d.latent_size, cfg.vae.downsample,
-                                                                 d.chunk_frames, keep))
+                                                                 d.chunk_frames, keep, shapes))
         if rollout:  # the first chunks are the model's own; the next starts as the sampler starts it
             k = int(rng.integers(1, n_chunks))
             ctx = slice(0, k * d.chunk_frames)
@@ -683,7 +691,8 @@ def train(args: argparse.Namespace) -> Path:
         if (step + 1) % 100 == 0 or done or out_of_time:
             save_state(run, modules, opt, step + 1,
                        {"hours": hours_before + (time.time() - t0) / 3600,
-                        "init_from": origin, "object_hint": args.object_hint, "text_aux": heads is not None,
+                        "init_from": origin, "object_hint": args.object_hint, "hint_shape": args.hint_shape,
+                        "text_aux": heads is not None,
                         "adv": critic is not None,
                         "prior_picture": args.prior_picture, "switch_share": args.switch_share,
                         "width": list(args.width) if args.width else None})
@@ -831,6 +840,7 @@ def export(args: argparse.Namespace) -> Path:
         args = argparse.Namespace(**{**vars(args), "width": tuple(saved["width"])})
     # the network the run trained: its prior's hint channel and picture (flags or not)
     args = argparse.Namespace(**{**vars(args), "object_hint": bool(saved.get("object_hint", args.object_hint)),
+                                 "hint_shape": bool(saved.get("hint_shape", args.hint_shape)),
                                  "prior_picture": saved.get("prior_picture", args.prior_picture)})
     cfg = model_config(args)
     model = build_model(cfg)
@@ -874,6 +884,8 @@ def main(args: argparse.Namespace) -> int:
     if args.text_warmup < 0 or (args.text_warmup > 0 and args.text_aux <= 0):
         raise SystemExit("--text-warmup needs a positive --text-aux (the warm-up trains on that loss)"
                          if args.text_warmup > 0 else f"--text-warmup must be >= 0 (got {args.text_warmup})")
+    if args.hint_shape and not args.object_hint:
+        raise SystemExit("--hint-shape needs --object-hint (it shapes that hint)")
     if args.object_hint:
         d = get_config(args.preset).dit
         if not (d.warp_prior and d.prior_space == "pixel"):
