@@ -252,14 +252,17 @@ def test_hint_shape_trains_resumes_and_exports(vae_run, tmp_path):
     """`--hint-shape`: the run's network has `DiTConfig.hint_shape`, which resume checks and
     export keeps; it shapes the object hint, so it needs `--object-hint`."""
     run, out = tmp_path / "shape", tmp_path / "exported"
-    assert cli(dit_args(run, vae_run, 1) + ["--object-hint", "--hint-shape"]) == 0
+    assert cli(dit_args(run, vae_run, 1) + ["--object-hint", "--hint-shape", "--first-chunks", "2"]) == 0
     assert load_model(run / "result").config.dit.hint_shape
+    assert math.isfinite(float(list(csv.DictReader((run / "loss.csv").open()))[0]["loss"]))
     with pytest.raises(SystemExit, match="trained with --hint-shape"):
         cli(dit_args(run, vae_run, 2) + ["--resume", "--object-hint"])
     assert cli(dit_args(run, vae_run, 2) + ["--export", str(out)]) == 0
     assert load_model(out).config.dit.hint_shape
     with pytest.raises(SystemExit, match="--hint-shape needs --object-hint"):
         cli(dit_args(tmp_path / "bad", vae_run, 1) + ["--hint-shape"])
+    with pytest.raises(SystemExit, match="--first-chunks needs --object-hint"):
+        cli(dit_args(tmp_path / "bad", vae_run, 1) + ["--first-chunks", "2"])
 
 
 def test_text_heads_learn_the_parsers_labels():

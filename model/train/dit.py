@@ -140,6 +140,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the object hint is the silhouette of the clip's shape (DiTConfig.hint_shape; a disk "
                         "on a fifth of the clips, as streaming gives a prompt that names no shape); needs "
                         "--object-hint")
+    p.add_argument("--first-chunks", type=int, default=0, metavar="N",
+                   help="N more clips a step trained on their first chunk alone, from high noise (t in "
+                        "[0.55, 1]) with the object hint: where a stream's first chunk decides the object "
+                        "(needs --object-hint; 0: off)")
     p.add_argument("--text-aux", type=float, default=0.0, metavar="W",
                    help="weight of the text encoder's auxiliary loss: attribute heads on its pooled "
                         "embedding, cross-entropy on the parser's labels of each caption (0: none; e.g. 0.1)")
@@ -282,6 +286,30 @@ def scale_detail(z: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
     flat = z.flatten(0, 2)[:, None]
     mean = F.avg_pool2d(F.pad(flat, (1, 1, 1, 1), mode="replicate"), 3, 1).view_as(z)
     return mean + gain.to(z.dtype)[:, None, None, None, None] * (z - mean)
+
+
+def first_chunk_loss(model: LiveReel, pool: "LatentPool", rng: np.random.Generator, trng: torch.Generator,
+                     n: int, object_weight: float, device: torch.device) -> torch.Tensor:
+    """The loss of `n` clips' first chunks alone (no context, no prior: a stream's first
+    chunk) from high noise, t in [0.55, 1], with the object hint (the clip's shape with
+    `DiTConfig.hint_shape`): where the object's shape is decided, a small share of the
+    whole-clip batch's loss."""
+    cfg, d = model.config, model.config.dit
+    K = d.chunk_frames
+    x0, cam, prompts, mask, prior, objects = pool.batch(rng, n, K, K)
+    x0, mask, objects = x0.to(device), mask.to(device), objects.to(device)
+    shapes = [world.parse_prompt(p).get("shape") for p in prompts] if d.hint_shape else None
+    prior = with_object_hint(prior.to(device), first_chunk_hint(objects, d.latent_size, cfg.vae.downsample, K,
+                                                                 shapes=shapes))
+    t = (0.55 + 0.45 * torch.rand(n, 1, generator=trng)).expand(n, K).to(device)
+    noise = torch.randn(x0.shape, generator=trng).to(device)
+    tt = t[:, :, None, None, None]
+    xt, target = (1 - tt) * x0 + tt * noise, noise - x0
+    v = model.dit(xt, t, model.text.encode(prompts), CameraCond(cam.pos.to(device), cam.motion.to(device)),
+                  prior=prior).float()
+    w = object_weights(objects, d.latent_size, cfg.vae.downsample, object_weight)
+    per_frame = (F.mse_loss(v, target, reduction="none").mean(2, keepdim=True) * w).sum((2, 3, 4)) / w.sum((2, 3, 4))
+    return (per_frame * mask).sum() / mask.sum().clamp(min=1)
 
 
 def sample_t(rng: torch.Generator, batch: int, chunks: int, shift: float = 5.0) -> torch.Tensor:
@@ -651,6 +679,8 @@ def train(args: argparse.Namespace) -> Path:
         per_frame = (F.mse_loss(v, target, reduction="none").mean(2, keepdim=True) * w).sum((2, 3, 4)) / w.sum((2, 3, 4))
         mask = mask * chunk_weight * after_switch
         loss = (per_frame * mask).sum() / mask.sum()
+        if args.first_chunks:
+            loss = loss + first_chunk_loss(model, pool, rng, trng, args.first_chunks, args.object_weight, device)
         aux = None
         if heads is not None:
             named = [i for i, p in enumerate(prompts) if p]
@@ -884,6 +914,10 @@ def main(args: argparse.Namespace) -> int:
     if args.text_warmup < 0 or (args.text_warmup > 0 and args.text_aux <= 0):
         raise SystemExit("--text-warmup needs a positive --text-aux (the warm-up trains on that loss)"
                          if args.text_warmup > 0 else f"--text-warmup must be >= 0 (got {args.text_warmup})")
+    if args.first_chunks and not args.object_hint:
+        raise SystemExit("--first-chunks needs --object-hint (they are trained with it)")
+    if not 0 <= args.first_chunks <= 1024:
+        raise SystemExit(f"--first-chunks must be in [0, 1024] (got {args.first_chunks})")
     if args.hint_shape and not args.object_hint:
         raise SystemExit("--hint-shape needs --object-hint (it shapes that hint)")
     if args.object_hint:
