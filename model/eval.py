@@ -458,9 +458,18 @@ def prompt_adherence(labels: dict[str, np.ndarray], prompts: str | Sequence[str]
 
     labels: `classify(frames, classifier)`; prompts: one prompt or one per frame.
     Returns per-attribute shares (over frames whose prompt names the attribute), `all`
-    (share of frames where every named attribute matches) and `mean` (of the attributes)."""
+    (share of frames where every named attribute matches), `mean` (of the attributes) and
+    `misread` (per attribute, the value most often read in its place and its share of the
+    frames that name the attribute: a model that draws one object for every shape word
+    shows it here)."""
     m = attribute_matches(labels, prompts)
     per = {a: float(np.nanmean(v)) for a, v in m.items() if np.isfinite(v).any()}
+    misread = {}
+    for a, v in m.items():
+        wrong = np.asarray(labels[a], dtype=object)[v == 0.0]
+        if len(wrong):
+            values, counts = np.unique(wrong.astype(str), return_counts=True)
+            misread[a] = {"as": str(values[counts.argmax()]), "share": float(counts.max() / np.isfinite(v).sum())}
     stacked = np.stack(list(m.values()), 1)  # (F, A)
     any_named = np.isfinite(stacked).any(1)
     all_ok = np.all(np.where(np.isfinite(stacked), stacked, 1.0) == 1.0, axis=1)
@@ -468,6 +477,7 @@ def prompt_adherence(labels: dict[str, np.ndarray], prompts: str | Sequence[str]
         "per_attribute": per,
         "all": float(all_ok[any_named].mean()) if any_named.any() else float("nan"),
         "mean": float(np.mean(list(per.values()))) if per else float("nan"),
+        "misread": misread,
     }
 
 
@@ -1233,11 +1243,17 @@ def _fmt(x, kind: str = "f") -> str:
     return f"{x:.3f}" if abs(x) < 100 else f"{x:.1f}"
 
 
+def adherence_cell(share: float, misread: dict | None) -> str:
+    """An attribute's adherence, and what it was most often read as instead."""
+    return _fmt(share, "%") + (f" (misread most as {misread['as']}: {_fmt(misread['share'], '%')})" if misread else "")
+
+
 def table_rows(result: dict) -> list[tuple[str, str]]:
     """(metric, value) rows of one source's results, for the printed table."""
     rows = [("adherence: all attributes", _fmt(result["adherence"]["all"], "%"))]
+    misread = result["adherence"].get("misread", {})
     for a, v in result["adherence"]["per_attribute"].items():
-        rows.append((f"adherence: {a}", _fmt(v, "%")))
+        rows.append((f"adherence: {a}", adherence_cell(v, misread.get(a))))
     sw = result["switch"]
     if "adherence_still" in result and "adherence_panning" in result:
         rows.append(("adherence still / panning (all attributes)",

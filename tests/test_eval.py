@@ -106,8 +106,13 @@ def test_prompt_adherence_counts_named_attributes_only():
     out = ev.prompt_adherence(labels, "a red ball")
     assert out["per_attribute"] == {"colour": 0.75, "shape": 0.75}
     assert out["all"] == 0.5 and out["mean"] == 0.75
+    assert out["misread"] == {"colour": {"as": "blue", "share": 0.25}, "shape": {"as": "cube", "share": 0.25}}
     per_frame = ev.prompt_adherence(labels, ["a red ball", "a red cube", "a blue ball", "ocean"])
-    assert per_frame["all"] == 1.0
+    assert per_frame["all"] == 1.0 and per_frame["misread"] == {}
+    cubes = ev.prompt_adherence(_labels(shape=["cube", "cube", "star", "ball"]), "a red ball")
+    assert cubes["misread"]["shape"] == {"as": "cube", "share": 0.5}
+    assert ev.adherence_cell(0.25, cubes["misread"]["shape"]) == "25.0% (misread most as cube: 50.0%)"
+    assert ev.adherence_cell(1.0, None) == "100.0%"
 
 
 def test_switch_latency_constructed():
