@@ -201,6 +201,10 @@ class ReadView:
 
 
 class KVCache:
+    # what its stream was last asked for (the Generator sets it; a model's object hint reads
+    # it); a class default, so a cache restored from an older snapshot has it too
+    prompt: str = ""
+
     def __init__(self, layout: CacheLayout, batch: int = 1, device: torch.device | str | None = None,
                  dtype: torch.dtype = torch.float32, memory: bool = True):
         """`layout`: a `CacheLayout`, or a family's config that makes one (`cache_layout()`).
@@ -240,7 +244,6 @@ class KVCache:
         self.frame = torch.zeros(latent, device=device, dtype=dtype)  # last committed frame
         self.frame_pos = torch.zeros(batch, 3, device=device, dtype=dtype)  # its camera
         self.frame_valid = torch.zeros(batch, device=device, dtype=dtype)  # 0 before the first
-        self.prompt = ""  # what its stream was last asked for (a model's object hint may read it)
         self._pending = (torch.zeros_like(self.frame), torch.zeros_like(self.frame_pos))
         self.prior: Tensor | None = None  # (B, chunk_frames, C + 1, h, w), per chunk
         # the last frames of the latest chunks as the viewer was shown them, (latent frame

@@ -27,7 +27,7 @@ from model.conditioning import TextCond
 from model.errors import CheckpointError
 from model.config import ModelConfig, get_config
 from model.dit import DiT
-from model.prior import object_disk, object_shape_hint, pixel_prior, warped_prior, with_object_hint
+from model.prior import object_disk, pixel_prior, warped_prior, with_object_hint
 from model.text import TextEncoder
 from model.vae import VAE
 
@@ -102,7 +102,7 @@ class LiveReel(nn.Module):
                                               *cache.frame.shape[-2:])
             if d.object_hint:  # a stream's first chunk (nothing to warp): draw the object at the centre
                 prior = with_object_hint(prior, None if bool(valid.all()) else
-                                         self.centre_hint(valid, prior.shape[1], getattr(cache, "prompt", "")))
+                                         self.centre_hint(valid, prior.shape[1], cache.prompt))
             prior = prior.repeat_interleave(rows, 0)
         self.dit.begin_chunk(cache, camera, first_frame, prior=prior)
 
@@ -139,12 +139,12 @@ class LiveReel(nn.Module):
         of the world's typical object size at the view's centre where nothing came before
         (valid 0), none elsewhere; with `DiTConfig.hint_shape`, the silhouette of the shape
         `prompt` names (at that shape's size) where it names one."""
-        from model.world import parse_prompt, shape_radius, typical_object_radius
+        from model.world import object_coverage, parse_prompt, shape_radius, typical_object_radius
 
         d, down, size = self.config.dit, self.config.vae.downsample, self.config.image_size
         shape = parse_prompt(prompt).get("shape") if d.hint_shape else None
         if shape is not None:
-            hint = object_shape_hint(shape, size / 2.0, size / 2.0, shape_radius(shape, size), d.latent_size, down)
+            hint = object_coverage(shape, size / 2.0, size / 2.0, shape_radius(shape, size), d.latent_size, down)
             hint = hint.to(valid.device, valid.dtype)
         else:
             centre = torch.tensor(d.latent_size / 2.0, device=valid.device)

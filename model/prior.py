@@ -109,22 +109,15 @@ def object_disk(cx: Tensor, cy: Tensor, radius: Tensor, size: int) -> Tensor:
     return (radius[..., None, None] + 0.5 - (dx**2 + dy**2).sqrt()).clamp(0, 1)
 
 
-def object_shape_hint(shape: str, cx: float, cy: float, radius: float, latent_size: int,
-                      downsample: int) -> Tensor:
-    """The hint of `DiTConfig.hint_shape` (latent_size, latent_size): the silhouette of the
-    object `shape` (the world's `_sdf`) of `radius` at (cx, cy), all in view px."""
-    from model.world import object_coverage
-
-    return object_coverage(shape, cx, cy, radius, latent_size, downsample)
-
-
 def first_chunk_hint(objects: Tensor, latent_size: int, downsample: int, chunk_frames: int,
                      keep: Tensor | None = None, shapes: Sequence[str | None] | None = None) -> Tensor:
     """The object hint as training gives it, (B, F, h, w): a disk at the world's object
     (`objects` (B, F, 3): centre x, y and radius in view px) on the first chunk, where
     `keep` (B,) is true (all by default), zeros elsewhere (later chunks have a prior that
     carries the object). `shapes` (B,): where one is named, that shape's silhouette in
-    place of the disk (`DiTConfig.hint_shape`)."""
+    place of the disk (`DiTConfig.hint_shape`; `world.object_coverage`)."""
+    from model.world import object_coverage
+
     obj = objects[:, :chunk_frames] / downsample
     hint = torch.zeros(*objects.shape[:2], latent_size, latent_size, device=objects.device)
     hint[:, :chunk_frames] = object_disk(obj[..., 0], obj[..., 1], obj[..., 2], latent_size)
@@ -132,7 +125,7 @@ def first_chunk_hint(objects: Tensor, latent_size: int, downsample: int, chunk_f
         if shape is not None:
             for f in range(chunk_frames):
                 cx, cy, r = (float(v) for v in objects[b, f])
-                hint[b, f] = object_shape_hint(shape, cx, cy, r, latent_size, downsample).to(hint.device)
+                hint[b, f] = object_coverage(shape, cx, cy, r, latent_size, downsample).to(hint.device)
     return hint if keep is None else hint * keep.to(hint.dtype)[:, None, None, None]
 
 

@@ -729,7 +729,7 @@ def object_position(motion: str, p: MotionParams, t: np.ndarray) -> tuple[np.nda
 
 def object_radius(scene: Scene, motion: MotionParams, size: int) -> float:
     """The object's size in view pixels (its shape's radius at a `size`-pixel view)."""
-    return _OBJECT_RADIUS[scene.shape] * size / REF_SIZE * motion.size
+    return shape_radius(scene.shape, size) * motion.size
 
 
 def shape_radius(shape: str, size: int) -> float:

@@ -155,11 +155,9 @@ def test_object_coverage_is_each_shapes_silhouette():
     """The world's silhouettes on the latent grid: a ball covers its area, a triangle stands
     apex up, and no two shapes' hints are alike."""
     from model import world
-    from model.prior import object_shape_hint
-
     r, hints = world.shape_radius("ball", 128), {}
     for shape in world.SHAPES:
-        hints[shape] = object_shape_hint(shape, 64.0, 64.0, world.shape_radius(shape, 128), 16, 8)
+        hints[shape] = world.object_coverage(shape, 64.0, 64.0, world.shape_radius(shape, 128), 16, 8)
         assert hints[shape].shape == (16, 16) and 0 <= hints[shape].min() and hints[shape].max() <= 1
     assert hints["ball"].sum().item() == pytest.approx(np.pi * r * r / 64, rel=0.05)
     tri = hints["triangle"]
@@ -184,7 +182,6 @@ def test_a_shape_hint_draws_the_shape_the_prompt_names():
 
     from model import world
     from model.checkpoint import LiveReel
-    from model.prior import object_shape_hint
 
     cfg = load_model("debug").config
     cfg = dataclasses.replace(cfg, dit=dataclasses.replace(cfg.dit, object_hint=True, hint_shape=True))
@@ -193,7 +190,7 @@ def test_a_shape_hint_draws_the_shape_the_prompt_names():
     d, size = cfg.dit, cfg.image_size
 
     def silhouette(shape):
-        return object_shape_hint(shape, size / 2, size / 2, world.shape_radius(shape, size), d.latent_size,
+        return world.object_coverage(shape, size / 2, size / 2, world.shape_radius(shape, size), d.latent_size,
                                  cfg.vae.downsample)
 
     g = model.generator(Sampling(), seed=1)

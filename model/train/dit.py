@@ -254,6 +254,14 @@ def object_weights(objects: torch.Tensor, latent_size: int, downsample: int, wei
     return (1 + weight * inside.float())[:, :, None]
 
 
+def object_weighted_mse(v: torch.Tensor, target: torch.Tensor, objects: torch.Tensor, latent_size: int,
+                        downsample: int, weight: float) -> torch.Tensor:
+    """Per-frame mean squared error (B, F) of velocities v against target (B, F, C, h, w),
+    weighted `object_weights` toward the object."""
+    w = object_weights(objects, latent_size, downsample, weight)
+    return (F.mse_loss(v, target, reduction="none").mean(2, keepdim=True) * w).sum((2, 3, 4)) / w.sum((2, 3, 4))
+
+
 def switch_weights(mask: torch.Tensor, frames_after: int, weight: float) -> torch.Tensor:
     """Loss weights (B, F): `weight` on the first `frames_after` frames under a clip's final
     caption where an earlier one came before (`mask` (B, F) is 0 before the switch, 1
@@ -307,8 +315,7 @@ def first_chunk_loss(model: LiveReel, pool: "LatentPool", rng: np.random.Generat
     xt, target = (1 - tt) * x0 + tt * noise, noise - x0
     v = model.dit(xt, t, model.text.encode(prompts), CameraCond(cam.pos.to(device), cam.motion.to(device)),
                   prior=prior).float()
-    w = object_weights(objects, d.latent_size, cfg.vae.downsample, object_weight)
-    per_frame = (F.mse_loss(v, target, reduction="none").mean(2, keepdim=True) * w).sum((2, 3, 4)) / w.sum((2, 3, 4))
+    per_frame = object_weighted_mse(v, target, objects, d.latent_size, cfg.vae.downsample, object_weight)
     return (per_frame * mask).sum() / mask.sum().clamp(min=1)
 
 
@@ -528,7 +535,7 @@ def model_config(args: argparse.Namespace):
                              f"{dit.head_dim} (grow the heads' count with the width)")
         dit = dataclasses.replace(dit, dim=dim, heads=heads)
     if args.object_hint:
-        dit = dataclasses.replace(dit, object_hint=True, hint_shape=bool(getattr(args, "hint_shape", False)))
+        dit = dataclasses.replace(dit, object_hint=True, hint_shape=args.hint_shape)
     return dataclasses.replace(cfg, dit=dit)
 
 
@@ -675,8 +682,7 @@ def train(args: argparse.Namespace) -> Path:
             else:
                 v = model.dit(xt, t, text, cam, prior=prior)
         v = v.float()
-        w = object_weights(objects, d.latent_size, cfg.vae.downsample, args.object_weight)
-        per_frame = (F.mse_loss(v, target, reduction="none").mean(2, keepdim=True) * w).sum((2, 3, 4)) / w.sum((2, 3, 4))
+        per_frame = object_weighted_mse(v, target, objects, d.latent_size, cfg.vae.downsample, args.object_weight)
         mask = mask * chunk_weight * after_switch
         loss = (per_frame * mask).sum() / mask.sum()
         if args.first_chunks:
