@@ -810,11 +810,32 @@ def drift_curves(frames: np.ndarray, labels: dict[str, np.ndarray], prompts: str
     return {
         "window_s": window_s,
         "windows": windows,
+        "trend": attribute_trends(windows, window_s),
         "adherence_first": first["adherence"],
         "adherence_last": last["adherence"],
         "sharpness_ratio_last_first": last["sharpness"] / max(first["sharpness"], 1e-9),
         "colour_mean_shift": float(np.abs(np.subtract(last["colour_mean"], first["colour_mean"])).max()),
     }
+
+
+def attribute_trends(windows: list[dict], window_s: float) -> dict[str, dict[str, float]]:
+    """Per attribute over a drift run's windows (`drift_curves`): `change`, the least-squares
+    line's rise from the first window's start to the last's (a share, like adherence: the
+    drift a first/last comparison would show without the windows' own scatter), and
+    `spread`, the windows' standard deviation about that line; NaN with fewer than 3
+    windows, where a line says nothing a first/last comparison does not."""
+    names = [a for a in windows[0].get("per_attribute", {})]
+    out: dict[str, dict[str, float]] = {}
+    for a in names:
+        pts = [(w["start_s"], w["per_attribute"][a]) for w in windows if a in w.get("per_attribute", {})]
+        if len(pts) < 3:
+            out[a] = {"change": float("nan"), "spread": float("nan")}
+            continue
+        t, y = np.array(pts).T
+        slope, icept = np.polyfit(t, y, 1)
+        out[a] = {"change": float(slope * (t[-1] - t[0])),
+                  "spread": float(np.std(y - (slope * t + icept)))}
+    return out
 
 
 def psnr(a: np.ndarray, b: np.ndarray, trim: float = 0.0) -> float:
@@ -1311,6 +1332,9 @@ def table_rows(result: dict) -> list[tuple[str, str]]:
                 " ".join(f"{a} {_fmt(v, '%')}/{_fmt(dr['windows'][-1]['per_attribute'].get(a), '%')}"
                          for a, v in dr["windows"][0]["per_attribute"].items()))]
               if dr.get("windows") and "per_attribute" in dr["windows"][0] else []),
+            *([(f"drift: per attribute, the fitted line's change over the run (points); windows' spread",
+                " ".join(f"{a} {v['change'] * 100:+.1f}; {v['spread'] * 100:.1f}" for a, v in dr["trend"].items()))]
+              if dr.get("trend") and any(math.isfinite(v["change"]) for v in dr["trend"].values()) else []),
             ("drift: sharpness last/first", _fmt(dr["sharpness_ratio_last_first"])),
             ("drift: colour mean shift, 0..255", _fmt(dr["colour_mean_shift"])),
         ]

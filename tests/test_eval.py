@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -195,6 +196,21 @@ def test_drift_curves_and_sharpness():
     blurred = torch.nn.functional.avg_pool2d(torch.from_numpy(frames).permute(0, 3, 1, 2).float(), 3, 1, 1)
     blurred = blurred.permute(0, 2, 3, 1).numpy().astype(np.uint8)
     assert ev.sharpness(blurred).mean() < 0.5 * ev.sharpness(frames).mean()
+
+
+def test_attribute_trends_separate_a_decline_from_scatter():
+    """A steady decline shows as the line's change; windows that only scatter about a level
+    (first high, last low) show a change near 0 and their spread."""
+    falling = [{"start_s": 60.0 * i, "per_attribute": {"weather": 1.0 - 0.05 * i}} for i in range(10)]
+    out = ev.attribute_trends(falling, 60.0)["weather"]
+    assert out["change"] == pytest.approx(-0.45) and out["spread"] == pytest.approx(0.0, abs=1e-9)
+    level = [0.75, 0.6, 0.7, 0.55, 0.7, 0.6, 0.72, 0.58, 0.7, 0.56]  # first 75%, last 56%
+    scatter = [{"start_s": 60.0 * i, "per_attribute": {"weather": v}} for i, v in enumerate(level)]
+    out = ev.attribute_trends(scatter, 60.0)["weather"]
+    assert abs(out["change"]) < 0.1 < level[0] - level[-1]
+    assert 0.04 < out["spread"] < 0.1
+    two = ev.attribute_trends(falling[:2], 60.0)["weather"]
+    assert math.isnan(two["change"]) and math.isnan(two["spread"])
 
 
 def test_sharpness_against_the_ground_truth_per_camera_state():
