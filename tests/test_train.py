@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from model.camera import CameraCond
 from model.checkpoint import load_model
 from streamer.cli import main as cli
 
@@ -263,6 +264,58 @@ def test_hint_shape_trains_resumes_and_exports(vae_run, tmp_path):
         cli(dit_args(tmp_path / "bad", vae_run, 1) + ["--hint-shape"])
     with pytest.raises(SystemExit, match="--first-chunks needs --object-hint"):
         cli(dit_args(tmp_path / "bad", vae_run, 1) + ["--first-chunks", "2"])
+
+
+def test_guidance_loss_targets_the_teachers_guided_prediction():
+    """`--guide`'s loss is 0 for the teacher's own guided prediction at the scale and not
+    for its conditional one (unless the scale is 1); clips without a prompt do not count."""
+    from model.train.dit import guidance_loss
+
+    model = load_model("debug")
+    d = model.config.dit
+    teacher = torch.nn.ModuleDict({"text": model.text, "dit": model.dit}).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():  # a model whose prompt matters: the text's cross-attention outputs lifted
+        for block in model.dit.blocks:
+            block.cross.proj.weight.normal_(0, 0.2)
+    B, Fr = 2, d.chunk_frames
+    xt = torch.randn(B, Fr, d.latent_channels, d.latent_size, d.latent_size)
+    t = torch.full((B, Fr), 0.7)
+    cam = CameraCond(torch.zeros(B, Fr, 3), torch.zeros(B, Fr, 3))
+    prior = torch.zeros(B, Fr, d.latent_channels + 1, d.latent_size, d.latent_size)
+    objects = torch.zeros(B, Fr, 3)
+    mask = torch.ones(B, Fr)
+    prompts = ["a red ball over the desert by day", "a blue cube in the city at night"]
+    with torch.no_grad():
+        c = model.dit(xt, t, model.text.encode(prompts), cam, prior=prior)
+        u = model.dit(xt, t, model.text.encode(["", ""]), cam, prior=prior)
+    assert (c - u).abs().amax() > 1e-3  # the prompt changes the prediction
+    args = (cam, prior, objects, mask)
+    guided = u + 3.0 * (c - u)
+    assert guidance_loss(teacher, guided, xt, t, prompts, *args, 3.0, 1.0, model.config) < 1e-8
+    assert guidance_loss(teacher, c, xt, t, prompts, *args, 3.0, 1.0, model.config) > 1e-4
+    assert guidance_loss(teacher, c, xt, t, prompts, *args, 1.0, 1.0, model.config) < 1e-8
+    # the second clip has no prompt: only the first clip's frames count
+    wrong_second = guided.clone()
+    wrong_second[1] += 1.0
+    assert guidance_loss(teacher, wrong_second, xt, t, [prompts[0], ""], *args, 3.0, 1.0, model.config) < 1e-8
+    assert guidance_loss(teacher, c, xt, t, ["", ""], *args, 3.0, 1.0, model.config) == 0
+
+
+def test_guide_trains_from_its_start_and_resumes(vae_run, tmp_path):
+    """`--guide`: a run from a checkpoint learns towards its start's guided predictions; on
+    resume the targets come from the same start (the run's `init_from`)."""
+    first, ckpt, run = tmp_path / "first", tmp_path / "ckpt", tmp_path / "guided"
+    assert cli(dit_args(first, vae_run, 1)) == 0
+    assert cli(dit_args(first, vae_run, 1) + ["--export", str(ckpt)]) == 0
+    assert cli(dit_args(run, ckpt, 1) + ["--init-from", str(ckpt), "--guide", "1", "--guide-scale", "3"]) == 0
+    assert math.isfinite(float(list(csv.DictReader((run / "loss.csv").open()))[0]["loss"]))
+    assert cli(dit_args(run, ckpt, 2) + ["--resume", "--guide", "1"]) == 0
+    assert json.loads((run / "state.json").read_text())["step"] == 2
+    with pytest.raises(SystemExit, match="--guide needs --init-from"):
+        cli(dit_args(tmp_path / "bad", vae_run, 1) + ["--guide", "1"])
+    with pytest.raises(SystemExit, match="--guide-scale must be in"):
+        cli(dit_args(tmp_path / "bad2", vae_run, 1) + ["--init-from", str(ckpt), "--guide", "1", "--guide-scale", "0.5"])
 
 
 def test_text_heads_learn_the_parsers_labels():

@@ -159,6 +159,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "The flow-matching loss alone makes the mean over what the frame could show: a blur")
     p.add_argument("--adv-max-t", type=float, default=0.8, metavar="T",
                    help="the highest noise level whose predictions the critic judges (default 0.8)")
+    p.add_argument("--guide", type=float, default=0.0, metavar="W",
+                   help="weight of a guidance-distillation loss (0: off): a frozen copy of the starting "
+                        "weights (--init-from) evaluates every captioned clip with and without its prompt, "
+                        "and the DiT's own prediction is also pulled towards that pair's classifier-free "
+                        "guided one at --guide-scale; beside the flow-matching loss the model learns "
+                        "guidance (1 + W S) / (1 + W) of its start, at no cost when it streams")
+    p.add_argument("--guide-scale", type=float, default=3.0, metavar="S",
+                   help="the guidance scale of the --guide loss's targets (default 3)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--device", default="cpu",
                    help="where the DiT trains: cpu, cuda or cuda:N (the pool is made on the CPU)")
@@ -317,6 +325,30 @@ def first_chunk_loss(model: LiveReel, pool: "LatentPool", rng: np.random.Generat
                   prior=prior).float()
     per_frame = object_weighted_mse(v, target, objects, d.latent_size, cfg.vae.downsample, object_weight)
     return (per_frame * mask).sum() / mask.sum().clamp(min=1)
+
+
+def guidance_loss(teacher: torch.nn.ModuleDict, v: torch.Tensor, xt: torch.Tensor, t: torch.Tensor,
+                  prompts: list[str], cam: CameraCond, prior: torch.Tensor | None, objects: torch.Tensor,
+                  mask: torch.Tensor, scale: float, object_weight: float, cfg) -> torch.Tensor:
+    """The `--guide` loss: the DiT's prediction `v` (B, F, C, h, w) against the frozen
+    `teacher`'s classifier-free guided one at `scale`, u + scale (c - u) from its
+    evaluations with (c) and without (u) each clip's prompt on the same inputs; the
+    object-weighted MSE over the frames of `mask` (B, F) of clips with a prompt (the
+    others are the unconditional branch, which this loss leaves to the flow matching)."""
+    d = cfg.dit
+    named = torch.tensor([bool(p) for p in prompts], device=v.device)
+    if not bool(named.any()):
+        return v.new_zeros(())
+    B = v.shape[0]
+    with torch.no_grad():
+        text = teacher["text"].encode(list(prompts) + [""] * B)
+        two = lambda x: None if x is None else torch.cat((x, x))  # noqa: E731
+        out = teacher["dit"](two(xt), two(t), text, CameraCond(two(cam.pos), two(cam.motion)), prior=two(prior)).float()
+        cond, uncond = out[:B], out[B:]
+        target = uncond + scale * (cond - uncond)
+    per_frame = object_weighted_mse(v, target, objects, d.latent_size, cfg.vae.downsample, object_weight)
+    w = mask * named[:, None].to(mask.dtype)
+    return (per_frame * w).sum() / w.sum().clamp(min=1e-6)
 
 
 def sample_t(rng: torch.Generator, batch: int, chunks: int, shift: float = 5.0) -> torch.Tensor:
@@ -549,6 +581,9 @@ def train(args: argparse.Namespace) -> Path:
     frames = d.max_frames
     run: Path = args.run
     run.mkdir(parents=True, exist_ok=True)
+    if args.guide > 0 and not (d.warp_prior and d.prior_space == "pixel"):
+        raise SystemExit("--guide needs a model whose chunks start from a pixel-space warped prior "
+                         "(DiTConfig.warp_prior with prior_space 'pixel')")
     clips = ClipPool(args.pool, args.pool_frames, cfg.image_size, cfg.fps, run / "pool.npz",
                      seed_offset=2_000_000, object_start=args.object_start, switch_share=args.switch_share)
     pool = LatentPool(clips, model, run / "latents.npz")
@@ -609,6 +644,12 @@ def train(args: argparse.Namespace) -> Path:
         if args.text_warmup > 0:
             warm_up_text(model, heads, args.text_warmup, args.seed)
             ema["text"].load_state_dict(trainable["text"].state_dict())
+    teacher = None
+    if args.guide > 0:  # the starting weights, frozen: their guided predictions are the --guide targets
+        if origin is None:
+            raise SystemExit("--guide needs --init-from: its targets are the starting weights' guided predictions")
+        teacher = copy.deepcopy(trainable).eval().requires_grad_(False)
+        init_from(Path(origin), copy.deepcopy(teacher), teacher)  # the source's EMA (its exported model)
     (run / "vae.json").write_text(json.dumps({"source": str(args.vae), "latent_shift": cfg.vae.latent_shift,
                                               "latent_scale": cfg.vae.latent_scale}))
 
@@ -687,6 +728,9 @@ def train(args: argparse.Namespace) -> Path:
         loss = (per_frame * mask).sum() / mask.sum()
         if args.first_chunks:
             loss = loss + first_chunk_loss(model, pool, rng, trng, args.first_chunks, args.object_weight, device)
+        if teacher is not None:
+            loss = loss + args.guide * guidance_loss(teacher, v, xt, t, prompts, cam, prior, objects, mask,
+                                                     args.guide_scale, args.object_weight, model.config)
         aux = None
         if heads is not None:
             named = [i for i, p in enumerate(prompts) if p]
@@ -915,6 +959,10 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"--adv must be in [0, 100] (got {args.adv})")
     if not 0.08 < args.adv_max_t <= 1.0:
         raise SystemExit(f"--adv-max-t must be in (0.08, 1] (got {args.adv_max_t})")
+    if not 0.0 <= args.guide <= 100.0:
+        raise SystemExit(f"--guide must be in [0, 100] (got {args.guide})")
+    if not 1.0 <= args.guide_scale <= 20.0:
+        raise SystemExit(f"--guide-scale must be in [1, 20] (got {args.guide_scale})")
     if not 0.0 <= args.text_aux <= 100.0:
         raise SystemExit(f"--text-aux must be in [0, 100] (got {args.text_aux})")
     if args.text_warmup < 0 or (args.text_warmup > 0 and args.text_aux <= 0):
