@@ -810,7 +810,7 @@ def drift_curves(frames: np.ndarray, labels: dict[str, np.ndarray], prompts: str
     return {
         "window_s": window_s,
         "windows": windows,
-        "trend": attribute_trends(windows, window_s),
+        "trend": attribute_trends(windows),
         "adherence_first": first["adherence"],
         "adherence_last": last["adherence"],
         "sharpness_ratio_last_first": last["sharpness"] / max(first["sharpness"], 1e-9),
@@ -818,15 +818,14 @@ def drift_curves(frames: np.ndarray, labels: dict[str, np.ndarray], prompts: str
     }
 
 
-def attribute_trends(windows: list[dict], window_s: float) -> dict[str, dict[str, float]]:
+def attribute_trends(windows: list[dict]) -> dict[str, dict[str, float]]:
     """Per attribute over a drift run's windows (`drift_curves`): `change`, the least-squares
     line's rise from the first window's start to the last's (a share, like adherence: the
     drift a first/last comparison would show without the windows' own scatter), and
     `spread`, the windows' standard deviation about that line; NaN with fewer than 3
     windows, where a line says nothing a first/last comparison does not."""
-    names = [a for a in windows[0].get("per_attribute", {})]
     out: dict[str, dict[str, float]] = {}
-    for a in names:
+    for a in windows[0].get("per_attribute", {}):
         pts = [(w["start_s"], w["per_attribute"][a]) for w in windows if a in w.get("per_attribute", {})]
         if len(pts) < 3:
             out[a] = {"change": float("nan"), "spread": float("nan")}

@@ -202,14 +202,14 @@ def test_attribute_trends_separate_a_decline_from_scatter():
     """A steady decline shows as the line's change; windows that only scatter about a level
     (first high, last low) show a change near 0 and their spread."""
     falling = [{"start_s": 60.0 * i, "per_attribute": {"weather": 1.0 - 0.05 * i}} for i in range(10)]
-    out = ev.attribute_trends(falling, 60.0)["weather"]
+    out = ev.attribute_trends(falling)["weather"]
     assert out["change"] == pytest.approx(-0.45) and out["spread"] == pytest.approx(0.0, abs=1e-9)
     level = [0.75, 0.6, 0.7, 0.55, 0.7, 0.6, 0.72, 0.58, 0.7, 0.56]  # first 75%, last 56%
     scatter = [{"start_s": 60.0 * i, "per_attribute": {"weather": v}} for i, v in enumerate(level)]
-    out = ev.attribute_trends(scatter, 60.0)["weather"]
+    out = ev.attribute_trends(scatter)["weather"]
     assert abs(out["change"]) < 0.1 < level[0] - level[-1]
     assert 0.04 < out["spread"] < 0.1
-    two = ev.attribute_trends(falling[:2], 60.0)["weather"]
+    two = ev.attribute_trends(falling[:2])["weather"]
     assert math.isnan(two["change"]) and math.isnan(two["spread"])
 
 

@@ -328,26 +328,25 @@ def first_chunk_loss(model: LiveReel, pool: "LatentPool", rng: np.random.Generat
 
 
 def guidance_loss(teacher: torch.nn.ModuleDict, v: torch.Tensor, xt: torch.Tensor, t: torch.Tensor,
-                  prompts: list[str], cam: CameraCond, prior: torch.Tensor | None, objects: torch.Tensor,
+                  prompts: list[str], cam: CameraCond, prior: torch.Tensor, objects: torch.Tensor,
                   mask: torch.Tensor, scale: float, object_weight: float, cfg) -> torch.Tensor:
     """The `--guide` loss: the DiT's prediction `v` (B, F, C, h, w) against the frozen
     `teacher`'s classifier-free guided one at `scale`, u + scale (c - u) from its
     evaluations with (c) and without (u) each clip's prompt on the same inputs; the
-    object-weighted MSE over the frames of `mask` (B, F) of clips with a prompt (the
-    others are the unconditional branch, which this loss leaves to the flow matching)."""
-    d = cfg.dit
-    named = torch.tensor([bool(p) for p in prompts], device=v.device)
-    if not bool(named.any()):
+    object-weighted MSE over the frames of `mask` (B, F), on the clips with a prompt only
+    (the others are the unconditional branch, which this loss leaves to the flow matching)."""
+    named = [i for i, p in enumerate(prompts) if p]
+    if not named:
         return v.new_zeros(())
-    B = v.shape[0]
+    n = len(named)
+    two = lambda x: x[named].repeat(2, *[1] * (x.dim() - 1))  # noqa: E731  (conditional, unconditional)
     with torch.no_grad():
-        text = teacher["text"].encode(list(prompts) + [""] * B)
-        two = lambda x: None if x is None else torch.cat((x, x))  # noqa: E731
+        text = teacher["text"].encode([prompts[i] for i in named] + [""] * n)
         out = teacher["dit"](two(xt), two(t), text, CameraCond(two(cam.pos), two(cam.motion)), prior=two(prior)).float()
-        cond, uncond = out[:B], out[B:]
-        target = uncond + scale * (cond - uncond)
-    per_frame = object_weighted_mse(v, target, objects, d.latent_size, cfg.vae.downsample, object_weight)
-    w = mask * named[:, None].to(mask.dtype)
+        target = out[n:] + scale * (out[:n] - out[n:])
+    per_frame = object_weighted_mse(v[named], target, objects[named], cfg.dit.latent_size, cfg.vae.downsample,
+                                    object_weight)
+    w = mask[named]
     return (per_frame * w).sum() / w.sum().clamp(min=1e-6)
 
 
