@@ -531,3 +531,50 @@ def test_adv_flag_trains_resumes_and_is_checked(vae_run, tmp_path):
         cli(dit_args(run, vae_run, 4) + ["--sample-every", "0", "--resume"])
     with pytest.raises(SystemExit, match="adv-max-t"):
         cli(dit_args(tmp_path / "bad", vae_run, 2) + ["--adv", "0.3", "--adv-max-t", "0.05"])
+
+
+def test_soft_priors_come_from_the_blurred_picture_for_the_chosen_share(vae_run, tmp_path):
+    """`--soft-priors`: a second prior set warped from each clip's picture blurred in pixel
+    space (the same coverage, other latents), and `LatentPool.batch` takes a clip's warm
+    chunks from it for the asked share of clips; 0 draws nothing (the same data order)."""
+    import numpy as np
+
+    from model.train.dit import LatentPool
+
+    run = tmp_path / "soft"
+    assert cli(dit_args(run, vae_run, 2) + ["--soft-priors", "0.5", "--soft-sigma", "1", "2"]) == 0
+    sharp = np.load(run / "priors.npz")["priors"].astype(np.float32)
+    soft = np.load(run / "priors-soft-1-2.npz")["priors"].astype(np.float32)
+    assert soft.shape == sharp.shape
+    assert np.array_equal(soft[..., -1:, :, :], sharp[..., -1:, :, :])  # the same coverage
+    covered = sharp[..., -1:, :, :] > 0
+    diff = np.abs(soft[..., :-1, :, :] - sharp[..., :-1, :, :])
+    assert float(diff[np.broadcast_to(covered, diff.shape)].mean()) > 1e-3  # other pictures where covered
+
+    pool = LatentPool.__new__(LatentPool)  # the batch logic alone, on marked priors
+    n, F_, K = 3, 8, 2
+    pool.latents, pool.objects = torch.zeros(n, F_, 4, 4, 4), torch.zeros(n, F_, 3)
+    pool.camera, pool.velocity = torch.zeros(n, F_, 3), torch.zeros(n, F_, 3)
+    pool.captions = [["a"] * F_ for _ in range(n)]
+    pool.priors, pool.soft_priors = torch.zeros(n, F_ - 1, K, 5, 4, 4), torch.ones(n, F_ - 1, K, 5, 4, 4)
+    marks = lambda share: pool.batch(np.random.default_rng(0), 64, 6, K, share)[4][:, K:].mean((1, 2, 3, 4))  # noqa: E731
+    assert set(marks(0.5).tolist()) == {0.0, 1.0} and 0.25 < float(marks(0.5).mean()) < 0.75
+    assert float(marks(0.0).max()) == 0.0 and float(marks(1.0).min()) == 1.0
+    with pytest.raises(SystemExit, match="--soft-priors must be in"):
+        cli(dit_args(tmp_path / "bad", vae_run, 1) + ["--soft-priors", "2"])
+    with pytest.raises(SystemExit, match="--soft-sigma needs"):
+        cli(dit_args(tmp_path / "bad2", vae_run, 1) + ["--soft-priors", "0.5", "--soft-sigma", "2", "1"])
+
+
+def test_teacher_flag_picks_the_guide_teacher_and_a_resume_keeps_it(vae_run, tmp_path):
+    """`--teacher`: the --guide loss's frozen weights from another folder than the start
+    (here with no --init-from at all); the run records it and a resume uses it again."""
+    first, ckpt, run = tmp_path / "first", tmp_path / "ckpt", tmp_path / "taught"
+    assert cli(dit_args(first, vae_run, 1)) == 0
+    assert cli(dit_args(first, vae_run, 1) + ["--export", str(ckpt)]) == 0
+    assert cli(dit_args(run, ckpt, 1) + ["--teacher", str(ckpt), "--guide", "1"]) == 0
+    assert json.loads((run / "state.json").read_text())["teacher"] == str(ckpt)
+    assert cli(dit_args(run, ckpt, 2) + ["--resume", "--guide", "1"]) == 0
+    assert json.loads((run / "state.json").read_text())["teacher"] == str(ckpt)
+    with pytest.raises(SystemExit, match="--teacher is the --guide loss's"):
+        cli(dit_args(tmp_path / "bad", vae_run, 1) + ["--teacher", str(ckpt)])

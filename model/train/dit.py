@@ -167,6 +167,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "guidance (1 + W S) / (1 + W) of its start, at no cost when it streams")
     p.add_argument("--guide-scale", type=float, default=3.0, metavar="S",
                    help="the guidance scale of the --guide loss's targets (default 3)")
+    p.add_argument("--teacher", type=Path, default=None, metavar="DIR",
+                   help="the --guide loss's frozen teacher: a run or a model checkpoint folder (default: "
+                        "the starting weights, --init-from); e.g. go on training a guidance-distilled run "
+                        "against the weights it was distilled from")
+    p.add_argument("--soft-priors", type=float, default=0.0, metavar="P",
+                   help="share of clips whose warm chunks' prior is warped from their picture blurred in "
+                        "pixel space (a Gaussian of --soft-sigma px, before the warp and the encode) while the "
+                        "target keeps the world's: the pictures a stream keeps are the model's own, as soft "
+                        "as sigma ~1 px (4%% of the world's sharpness), and a DiT trained on sharp priors "
+                        "copies their softness: it lets a slow pan lag and an object's shape wear (a second "
+                        "prior set, made once per run)")
+    p.add_argument("--soft-sigma", type=float, nargs=2, default=(0.6, 1.5), metavar=("LO", "HI"),
+                   help="the --soft-priors blur's range in px, one sigma per clip (default 0.6 1.5)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--device", default="cpu",
                    help="where the DiT trains: cpu, cuda or cuda:N (the pool is made on the CPU)")
@@ -203,31 +216,53 @@ class LatentPool:
         self.captions = clips.captions
         self.objects = torch.from_numpy(clips.objects)  # (N, F, 3) centre x, y and radius, view px
         self.priors: torch.Tensor | None = None
+        self.soft_priors: torch.Tensor | None = None
 
-    def build_priors(self, model: LiveReel, path: Path) -> None:
+    def build_priors(self, model: LiveReel, path: Path, blur: tuple[float, float] | None = None,
+                     seed: int = 0) -> torch.Tensor:
         """Pixel-space priors (model/prior.py) of every frame j as the source of the next
         `chunk_frames` frames: (clips, F - 1, K, C + 1, h, w), so a crop starting anywhere
         finds each chunk's prior (its source: the frame before the chunk), its picture as
         `DiTConfig.prior_picture` says (the frame decoded alone, or the whole clip's
-        streaming decode: what a stream shows). Made once."""
+        streaming decode: what a stream shows). Made once. With `blur` (lo, hi): each clip's
+        pictures blurred first by a Gaussian of sigma drawn in [lo, hi] px (from `seed`), kept
+        apart as `soft_priors` (`--soft-priors`)."""
         if path.exists():
-            self.priors = torch.from_numpy(np.load(path)["priors"])
-            return
+            priors = torch.from_numpy(np.load(path)["priors"])
+        else:
+            priors = self._make_priors(model, path, blur, seed)
+        if blur is None:
+            self.priors = priors
+        else:
+            self.soft_priors = priors
+        return priors
+
+    def _make_priors(self, model: LiveReel, path: Path, blur: tuple[float, float] | None,
+                     seed: int) -> torch.Tensor:
         d = model.config.dit
         K, F_ = d.chunk_frames, self.latents.shape[1]
         src = torch.arange(F_ - 1)
         dst = (src[:, None] + 1 + torch.arange(K)).clamp(max=F_ - 1)  # targets past the end: unused
+        sigmas = np.random.default_rng(seed).uniform(*blur, len(self.latents)) if blur else None
         out = []
         with torch.no_grad():
-            for lat, pos in tqdm(zip(self.latents, self.camera), total=len(self.latents),
-                                 desc="pixel priors", unit="clip"):
+            for i, (lat, pos) in enumerate(tqdm(zip(self.latents, self.camera), total=len(self.latents),
+                                                desc="soft pixel priors" if blur else "pixel priors", unit="clip")):
                 pictures = frame_pictures(model.vae, lat[None], d.prior_picture)[0]
+                if sigmas is not None:
+                    pictures = gaussian_blur(pictures, torch.full((len(pictures),), float(sigmas[i])),
+                                             mode="replicate")
                 out.append(warped_prior(model.vae, pictures[src], pos[src], torch.ones(F_ - 1), pos[dst],
                                         d.grid).half())
-        self.priors = torch.stack(out)
-        np.savez(path, priors=self.priors.numpy())
+        priors = torch.stack(out)
+        np.savez(path, priors=priors.numpy())
+        return priors
 
-    def batch(self, rng: np.random.Generator, batch: int, frames: int, chunk_frames: int):
+    def batch(self, rng: np.random.Generator, batch: int, frames: int, chunk_frames: int,
+              soft_share: float = 0.0):
+        """A batch of crops: latents, camera, final captions, the mask of frames under the
+        final caption, the warm chunks' priors (a `soft_share` of the clips from
+        `soft_priors`; no draw at 0: the same data order) and the object's track."""
         n, F_ = self.latents.shape[:2]
         idx = rng.integers(n, size=batch)
         start = rng.integers(F_ - frames + 1, size=batch)
@@ -245,9 +280,12 @@ class LatentPool:
         if self.priors is not None:  # chunk c >= 1 of a crop at s: source frame s + c*K - 1
             K = chunk_frames
             prior = torch.zeros(batch, frames, *self.priors.shape[3:])
+            soft = (rng.random(batch) < soft_share if soft_share > 0 and self.soft_priors is not None
+                    else np.zeros(batch, bool))
             for b, (i, s) in enumerate(zip(idx, start)):
+                source = self.soft_priors if soft[b] else self.priors
                 for c in range(1, frames // K):
-                    prior[b, c * K:(c + 1) * K] = self.priors[i, s + c * K - 1].float()
+                    prior[b, c * K:(c + 1) * K] = source[i, s + c * K - 1].float()
         return x, CameraCond(pos, vel), prompts, mask, prior, objects
 
 
@@ -590,6 +628,9 @@ def train(args: argparse.Namespace) -> Path:
     if d.warp_prior and d.prior_space == "pixel":
         name = "priors.npz" if d.prior_picture == "decoded" else f"priors-{d.prior_picture}.npz"
         pool.build_priors(model, run / name)
+        if args.soft_priors > 0:  # a run keeps the soft set it made (its sigmas are in its name)
+            lo, hi = args.soft_sigma
+            pool.build_priors(model, run / f"{name[:-4]}-soft-{lo:g}-{hi:g}.npz", blur=(lo, hi), seed=args.seed)
     elif args.rollout_share > 0:
         raise SystemExit("--rollout-share needs a model whose chunks start from a pixel-space warped prior "
                          "(DiTConfig.warp_prior with prior_space 'pixel')")
@@ -618,6 +659,7 @@ def train(args: argparse.Namespace) -> Path:
                **({"critic": critic} if critic is not None else {})}
     start, hours_before = 0, 0.0
     origin = str(args.init_from) if args.init_from else None  # what the run started from, kept on resume
+    teacher_from = str(args.teacher) if args.teacher else None  # --guide's teacher, kept on resume
     if args.resume and (run / "state.json").exists():
         saved = json.loads((run / "state.json").read_text())
         for flag, key, now in (("--object-hint", "object_hint", args.object_hint),
@@ -634,6 +676,7 @@ def train(args: argparse.Namespace) -> Path:
                 raise SystemExit(f"{run} was trained with {flag} {saved.get(key, default)}: resume it with that")
         meta = load_state(run, modules, opt)
         start, hours_before, origin = meta["step"], meta.get("hours", 0.0), meta.get("init_from")
+        teacher_from = meta.get("teacher", teacher_from)
         log.info("resumed %s at step %d", run, start)
     elif (run / "state.json").exists():
         raise SystemExit(f"{run} already holds a run: pass --resume, or another --run")
@@ -645,10 +688,12 @@ def train(args: argparse.Namespace) -> Path:
             ema["text"].load_state_dict(trainable["text"].state_dict())
     teacher = None
     if args.guide > 0:  # the starting weights, frozen: their guided predictions are the --guide targets
-        if origin is None:
-            raise SystemExit("--guide needs --init-from: its targets are the starting weights' guided predictions")
+        source = teacher_from or origin
+        if source is None:
+            raise SystemExit("--guide needs --init-from or --teacher: its targets are those weights' guided "
+                             "predictions")
         teacher = copy.deepcopy(trainable).eval().requires_grad_(False)
-        init_from(Path(origin), copy.deepcopy(teacher), teacher)  # the source's EMA (its exported model)
+        init_from(Path(source), copy.deepcopy(teacher), teacher)  # the source's EMA (its exported model)
     (run / "vae.json").write_text(json.dumps({"source": str(args.vae), "latent_shift": cfg.vae.latent_shift,
                                               "latent_scale": cfg.vae.latent_scale}))
 
@@ -664,7 +709,8 @@ def train(args: argparse.Namespace) -> Path:
     chunk_weight = torch.ones(1, frames, device=device)
     chunk_weight[:, :d.chunk_frames] = args.first_chunk_weight
     for step in bar:
-        x0, cam, prompts, mask, prior, objects = pool.batch(rng, args.batch, frames, d.chunk_frames)
+        x0, cam, prompts, mask, prior, objects = pool.batch(rng, args.batch, frames, d.chunk_frames,
+                                                            args.soft_priors)
         x0, mask, objects = x0.to(device), mask.to(device), objects.to(device)
         after_switch = switch_weights(mask, d.chunk_frames, args.switch_weight)
         cam = CameraCond(cam.pos.to(device), cam.motion.to(device))
@@ -770,7 +816,8 @@ def train(args: argparse.Namespace) -> Path:
         if (step + 1) % 100 == 0 or done or out_of_time:
             save_state(run, modules, opt, step + 1,
                        {"hours": hours_before + (time.time() - t0) / 3600,
-                        "init_from": origin, "object_hint": args.object_hint, "hint_shape": args.hint_shape,
+                        "init_from": origin, "teacher": teacher_from,
+                        "object_hint": args.object_hint, "hint_shape": args.hint_shape,
                         "text_aux": heads is not None,
                         "adv": critic is not None,
                         "prior_picture": args.prior_picture, "switch_share": args.switch_share,
@@ -962,6 +1009,13 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"--guide must be in [0, 100] (got {args.guide})")
     if not 1.0 <= args.guide_scale <= 20.0:
         raise SystemExit(f"--guide-scale must be in [1, 20] (got {args.guide_scale})")
+    if args.teacher is not None and args.guide <= 0:
+        raise SystemExit("--teacher is the --guide loss's: pass --guide W too")
+    if not 0.0 <= args.soft_priors <= 1.0:
+        raise SystemExit(f"--soft-priors must be in [0, 1] (got {args.soft_priors})")
+    lo, hi = args.soft_sigma
+    if not 0.0 < lo <= hi <= 8.0:
+        raise SystemExit(f"--soft-sigma needs 0 < LO <= HI <= 8 px (got {lo:g} {hi:g})")
     if not 0.0 <= args.text_aux <= 100.0:
         raise SystemExit(f"--text-aux must be in [0, 100] (got {args.text_aux})")
     if args.text_warmup < 0 or (args.text_warmup > 0 and args.text_aux <= 0):
