@@ -161,7 +161,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the highest noise level whose predictions the critic judges (default 0.8)")
     p.add_argument("--guide", type=float, default=0.0, metavar="W",
                    help="weight of a guidance-distillation loss (0: off): a frozen copy of the starting "
-                        "weights (--init-from) evaluates every captioned clip with and without its prompt, "
+                        "weights (--init-from; or --teacher's) evaluates every captioned clip with and without its prompt, "
                         "and the DiT's own prediction is also pulled towards that pair's classifier-free "
                         "guided one at --guide-scale; beside the flow-matching loss the model learns "
                         "guidance (1 + W S) / (1 + W) of its start, at no cost when it streams")
