@@ -576,5 +576,7 @@ def test_teacher_flag_picks_the_guide_teacher_and_a_resume_keeps_it(vae_run, tmp
     assert json.loads((run / "state.json").read_text())["teacher"] == str(ckpt)
     assert cli(dit_args(run, ckpt, 2) + ["--resume", "--guide", "1"]) == 0
     assert json.loads((run / "state.json").read_text())["teacher"] == str(ckpt)
+    with pytest.raises(SystemExit, match="was trained with --teacher"):  # another teacher mid-run: refused
+        cli(dit_args(run, ckpt, 3) + ["--resume", "--guide", "1", "--teacher", str(first)])
     with pytest.raises(SystemExit, match="--teacher is the --guide loss's"):
         cli(dit_args(tmp_path / "bad", vae_run, 1) + ["--teacher", str(ckpt)])

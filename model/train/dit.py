@@ -224,21 +224,11 @@ class LatentPool:
         `chunk_frames` frames: (clips, F - 1, K, C + 1, h, w), so a crop starting anywhere
         finds each chunk's prior (its source: the frame before the chunk), its picture as
         `DiTConfig.prior_picture` says (the frame decoded alone, or the whole clip's
-        streaming decode: what a stream shows). Made once. With `blur` (lo, hi): each clip's
-        pictures blurred first by a Gaussian of sigma drawn in [lo, hi] px (from `seed`), kept
-        apart as `soft_priors` (`--soft-priors`)."""
+        streaming decode: what a stream shows). Made once into `path`, loaded from it after.
+        With `blur` (lo, hi): each clip's pictures blurred first by a Gaussian of sigma drawn
+        in [lo, hi] px (from `seed`): the `soft_priors` of `--soft-priors`."""
         if path.exists():
-            priors = torch.from_numpy(np.load(path)["priors"])
-        else:
-            priors = self._make_priors(model, path, blur, seed)
-        if blur is None:
-            self.priors = priors
-        else:
-            self.soft_priors = priors
-        return priors
-
-    def _make_priors(self, model: LiveReel, path: Path, blur: tuple[float, float] | None,
-                     seed: int) -> torch.Tensor:
+            return torch.from_numpy(np.load(path)["priors"])
         d = model.config.dit
         K, F_ = d.chunk_frames, self.latents.shape[1]
         src = torch.arange(F_ - 1)
@@ -627,10 +617,11 @@ def train(args: argparse.Namespace) -> Path:
     del clips
     if d.warp_prior and d.prior_space == "pixel":
         name = "priors.npz" if d.prior_picture == "decoded" else f"priors-{d.prior_picture}.npz"
-        pool.build_priors(model, run / name)
+        pool.priors = pool.build_priors(model, run / name)
         if args.soft_priors > 0:  # a run keeps the soft set it made (its sigmas are in its name)
             lo, hi = args.soft_sigma
-            pool.build_priors(model, run / f"{name[:-4]}-soft-{lo:g}-{hi:g}.npz", blur=(lo, hi), seed=args.seed)
+            pool.soft_priors = pool.build_priors(model, run / f"{name[:-4]}-soft-{lo:g}-{hi:g}.npz",
+                                                 blur=(lo, hi), seed=args.seed)
     elif args.rollout_share > 0:
         raise SystemExit("--rollout-share needs a model whose chunks start from a pixel-space warped prior "
                          "(DiTConfig.warp_prior with prior_space 'pixel')")
@@ -676,7 +667,11 @@ def train(args: argparse.Namespace) -> Path:
                 raise SystemExit(f"{run} was trained with {flag} {saved.get(key, default)}: resume it with that")
         meta = load_state(run, modules, opt)
         start, hours_before, origin = meta["step"], meta.get("hours", 0.0), meta.get("init_from")
-        teacher_from = meta.get("teacher", teacher_from)
+        saved_teacher = meta.get("teacher")
+        if args.teacher is not None and str(args.teacher) != saved_teacher:
+            raise SystemExit(f"{run} was trained with --teacher {saved_teacher}: resume it without --teacher "
+                             "(the run's is kept), or start another --run")
+        teacher_from = saved_teacher
         log.info("resumed %s at step %d", run, start)
     elif (run / "state.json").exists():
         raise SystemExit(f"{run} already holds a run: pass --resume, or another --run")
